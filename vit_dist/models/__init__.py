@@ -1,0 +1,27 @@
+"""Vision Transformer models as plain ``nn.Module``s with timm-compatible parameter names.
+
+Public API: ``create_model``, ``list_models``, ``load_pretrained``, ``flops_per_image``.
+Models contain no distributed code; parallelism is applied from outside (vit_dist.parallel).
+"""
+
+from .deit import DistilledVisionTransformer
+from .flops import count_flops, flops_per_image
+from .pretrained import CheckpointMismatchError, LoadReport, load_pretrained, read_state_dict
+from .registry import create_model, list_families, list_models
+from .swin import SwinTransformer
+from .vit import VisionTransformer
+
+__all__ = [
+    "CheckpointMismatchError",
+    "DistilledVisionTransformer",
+    "LoadReport",
+    "SwinTransformer",
+    "VisionTransformer",
+    "count_flops",
+    "create_model",
+    "flops_per_image",
+    "list_families",
+    "list_models",
+    "load_pretrained",
+    "read_state_dict",
+]

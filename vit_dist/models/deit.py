@@ -1,0 +1,47 @@
+"""DeiT with a distillation token (Touvron et al., 2021).
+
+A second learned token travels with the class token through the blocks; its output feeds a
+second head (``head_dist``) that the distillation loss trains against a teacher. In training
+mode the forward returns both logits ``(cls_logits, dist_logits)``; in eval mode their mean, as
+the paper does at test time. The plain (non-distilled) DeiT models are ViTs (see registry).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import trunc_normal_
+from .vit import VisionTransformer
+
+
+class DistilledVisionTransformer(VisionTransformer):
+    num_extra_tokens = 1
+    classifier_prefixes = ("head.", "head_dist.")
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
+            raise ValueError(
+                "the distilled DeiT reads its class and distillation tokens: global_pool='token'"
+            )
+        super().__init__(*args, **kwargs)
+
+    def _init_extra_tokens(self, dim: int) -> None:
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def _init_extra_heads(self, dim: int, num_classes: int) -> None:
+        self.head_dist = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _prefix_tokens(self, b: int) -> list[torch.Tensor]:
+        return [self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1)]
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        trunc_normal_(self.dist_token, std=0.02)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x_cls = self.head(self.head_drop(x[:, 0]))
+        x_dist = self.head_dist(self.head_drop(x[:, 1]))
+        if self.training:
+            return x_cls, x_dist
+        return (x_cls + x_dist) / 2

@@ -1,0 +1,207 @@
+"""Building blocks shared by ViT, DeiT and Swin.
+
+Parameter names follow timm (``proj``, ``qkv``, ``fc1``/``fc2``, ``norm1``/``norm2``, ``gamma``)
+so that timm checkpoints load without renaming. Attention goes through
+``F.scaled_dot_product_attention`` so that CUDA picks the flash / memory-efficient kernels.
+Nothing here knows about processes, devices or precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"expected an int or a pair, got {x!r}")
+        return int(x[0]), int(x[1])
+    return int(x), int(x)
+
+
+def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    """Truncated normal at +-2 std, the init used by ViT/DeiT/Swin reference code."""
+    return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+def init_linear_and_norm(m: nn.Module) -> None:
+    """Paper init for a module tree: Linear trunc-normal(0.02) with zero bias, LayerNorm (1, 0)."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping conv patch embedding: (B, C, H, W) -> (B, N, D) or (B, H', W', D)."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        norm: bool = False,
+        flatten: bool = True,
+    ):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        for s, p in zip(self.img_size, self.patch_size):
+            if s % p:
+                raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.flatten = flatten
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        if h % self.patch_size[0] or w % self.patch_size[1]:
+            raise ValueError(f"input {h}x{w} is not divisible by patch size {self.patch_size}")
+        x = self.proj(x)  # (B, D, H', W')
+        x = x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)  # (B, N, D) | NHWC
+        return self.norm(x)
+
+    def flops(self, h: int | None = None, w: int | None = None) -> int:
+        h = h or self.img_size[0]
+        w = w or self.img_size[1]
+        n = (h // self.patch_size[0]) * (w // self.patch_size[1])
+        k = self.in_chans * self.patch_size[0] * self.patch_size[1]
+        return 2 * n * k * self.embed_dim
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. ``attn_bias`` is an additive float mask broadcast to (B, heads, N, N)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)  # SDPA wants the mask in the query dtype under autocast
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0
+        )  # (B, heads, N, head_dim)
+        x = x.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(x))
+
+    def flops(self, n: int) -> int:
+        """Forward FLOPs (2 x MACs) for one sequence of n tokens."""
+        c = self.num_heads * self.head_dim
+        return 2 * (n * c * 3 * c + 2 * n * n * c + n * c * c)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+    def flops(self, n: int) -> int:
+        return 2 * 2 * n * self.fc1.in_features * self.fc1.out_features
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample, rescale the kept ones by 1/keep."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale (CaiT / DeiT III); named ``gamma`` as in timm."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    """Stochastic depth rate rising linearly from 0 at the first block to the set rate at the last."""
+    if depth <= 1:
+        return [drop_path_rate] * depth
+    return [drop_path_rate * i / (depth - 1) for i in range(depth)]
+
+
+def resample_grid(t: torch.Tensor, new_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a (H, W, C) table to (new_h, new_w, C), computed in fp32."""
+    orig_dtype = t.dtype
+    x = t.float().permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
+    x = F.interpolate(x, size=new_hw, mode="bicubic", align_corners=False, antialias=True)
+    return x.squeeze(0).permute(1, 2, 0).to(orig_dtype)
+
+
+def resample_abs_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int, old_grid=None
+) -> torch.Tensor:
+    """Interpolate a (1, prefix + H*W, D) learned position embedding to a new patch grid.
+
+    The prefix (cls / distillation) token embeddings are kept as they are.
+    """
+    n_old = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = int(math.isqrt(n_old))
+        if side * side != n_old:
+            raise ValueError(f"cannot infer a square grid from {n_old} position embeddings")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    grid = resample_grid(grid.reshape(old_grid[0], old_grid[1], -1), new_grid)
+    return torch.cat([prefix, grid.reshape(1, new_grid[0] * new_grid[1], -1)], dim=1)

@@ -1,0 +1,147 @@
+"""Load timm-format weights into our models, safely and loudly.
+
+Accepted files: ``.safetensors`` (read with safetensors) and ``.pth/.pt/.bin`` (``torch.load``
+with ``weights_only=True``): a checkpoint can never run code. The state dict may be the file
+itself or sit under ``model`` / ``state_dict`` / ``model_ema`` / ``module``; ``module.`` (DDP)
+and ``_orig_mod.`` (torch.compile) prefixes are stripped.
+
+Then, in this order: the model's own ``adapt_state_dict`` fits the checkpoint to the
+architecture (old Swin layout, position-embedding and relative-position-table resizing); a
+classifier whose size differs from the model's is dropped and the model's fresh head kept
+(reported); anything else that does not fit raises ``CheckpointMismatchError`` listing the
+missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+_MAX_LISTED = 12
+
+
+class CheckpointMismatchError(ValueError):
+    """The file's weights do not fit the model (names the offending keys)."""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: int = 0
+    head_reinitialised: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        s = f"loaded {self.loaded} tensors from {self.path}"
+        if self.head_reinitialised:
+            s += f"; classifier re-initialised ({', '.join(self.head_reinitialised)})"
+        return s + "".join(f"; {n}" for n in self.notes)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat {name: tensor} dict on CPU, never executing code."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj = load_file(path, device="cpu")
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle with code or objects: refuse, explain
+            raise CheckpointMismatchError(
+                f"{path} is not a weights-only checkpoint (refusing to unpickle arbitrary objects): "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and obj[key]:
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{path} does not hold a state dict of tensors")
+    return {_strip_prefixes(k): v for k, v in obj.items()}
+
+
+def _strip_prefixes(k: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k, changed = k[len(p) :], True
+    return k
+
+
+def _fmt(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f", ... (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
+
+
+def fit_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<state dict>"):
+    """Return (state dict ready for ``load_state_dict``, LoadReport) or raise on a mismatch."""
+    report = LoadReport(path=path)
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is not None:
+        sd = adapt(sd)
+    target = model.state_dict()
+    head_prefixes = tuple(getattr(model, "classifier_prefixes", ()))
+
+    # A classifier of another size (e.g. 1000 ImageNet classes -> 10): drop it, keep the fresh head.
+    head_keys = [k for k in target if k.startswith(head_prefixes)] if head_prefixes else []
+    if head_keys and any(k in sd and sd[k].shape != target[k].shape for k in head_keys):
+        n_ckpt = next((sd[k].shape[0] for k in head_keys if k in sd and sd[k].ndim == 2), None)
+        for k in head_keys:
+            sd.pop(k, None)
+        report.head_reinitialised = sorted({k.split(".")[0] for k in head_keys})
+        report.notes.append(
+            f"checkpoint classifier does not match num_classes={getattr(model, 'num_classes', '?')}"
+            + (f" (checkpoint: {n_ckpt})" if n_ckpt else "")
+        )
+    elif head_keys and not any(k in sd for k in head_keys):
+        report.head_reinitialised = sorted({k.split(".")[0] for k in head_keys})
+        report.notes.append("checkpoint has no classifier")
+    allowed_missing = set(head_keys) if report.head_reinitialised else set()
+    # A headless model (num_classes=0) simply ignores the checkpoint's classifier.
+    ignored = [k for k in sd if k not in target and head_prefixes and k.startswith(head_prefixes)]
+    for k in ignored:
+        sd.pop(k)
+
+    missing = sorted(k for k in target if k not in sd and k not in allowed_missing)
+    unexpected = sorted(k for k in sd if k not in target)
+    misshaped = sorted(
+        f"{k} {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in sd
+        if k in target and sd[k].shape != target[k].shape
+    )
+    if missing or unexpected or misshaped:
+        parts = [f"{path} does not fit {type(model).__name__}"]
+        if missing:
+            parts.append(f"missing {len(missing)}: {_fmt(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_fmt(unexpected)}")
+        if misshaped:
+            parts.append(f"mis-shaped {len(misshaped)}: {_fmt(misshaped)}")
+        raise CheckpointMismatchError("; ".join(parts))
+    report.loaded = len(sd)
+    return sd, report
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, verbose: bool = True) -> LoadReport:
+    """Load a timm-format checkpoint into ``model`` in place; returns what was done."""
+    sd = read_state_dict(path)
+    sd, report = fit_state_dict(model, sd, os.fspath(path))
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=not report.head_reinitialised)
+    if verbose:
+        log.log(logging.WARNING if report.head_reinitialised else logging.INFO, str(report))
+    return report
