@@ -1,0 +1,204 @@
+"""The streaming loader end to end on small real-digit shards: split, epochs, resume, bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+from collections import Counter
+
+import pytest
+import torch
+
+from vit_dist.data import AugmentConfig, DataConfig, DataError, ShardLoader, resolve_shards
+
+AUG = AugmentConfig(img_size=16)
+UNEVEN = [37, 5, 20, 13, 29, 1, 18]  # 123 samples, deliberately uneven shards
+
+
+def _cfg(shards, **kw):
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("num_workers", 2)
+    kw.setdefault("shuffle_buffer", 16)
+    return DataConfig(str(shards), augment=AUG, **kw)
+
+
+def _epoch(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def _valid_keys(batches):
+    return [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
+
+
+def test_exact_two_ranks_two_workers_every_sample_once_equal_batches(make_data_shards):
+    shards = make_data_shards(UNEVEN)
+    loaders = [ShardLoader(_cfg(shards), rank=r, world_size=2) for r in range(2)]
+    orders = {}
+    for epoch in (0, 1):
+        per_rank = [_epoch(loader, epoch) for loader in loaders]
+        assert [len(b) for b in per_rank] == [len(loaders[0])] * 2  # equal batch counts: no hang
+        for batches in per_rank:
+            for b in batches:
+                assert b["image"].shape == (8, 3, 16, 16) and b["image"].dtype == torch.float32
+                assert b["label"].dtype == torch.int64 and b["valid"].dtype == torch.bool
+        keys = _valid_keys(per_rank[0]) + _valid_keys(per_rank[1])
+        assert Counter(keys) == Counter(f"s{s}_{i}" for s, n in enumerate(UNEVEN) for i in range(n))
+        orders[epoch] = keys
+    assert orders[0] != orders[1]  # a new epoch, a new order
+    assert _valid_keys(_epoch(loaders[0], 0)) == orders[0][: len(_valid_keys(_epoch(loaders[0], 0)))]
+    assert loaders[0].bad_samples == 0
+
+
+def test_same_seed_and_epoch_give_the_same_batches(make_data_shards):
+    shards = make_data_shards(UNEVEN)
+    a, b = (_epoch(ShardLoader(_cfg(shards, num_workers=1)), 3) for _ in range(2))
+    assert [x["key"] for x in a] == [y["key"] for y in b]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))  # augmentation too
+
+
+def test_loading_in_the_main_process_leaves_the_trainers_rng_alone(make_data_shards):
+    loader = ShardLoader(_cfg(make_data_shards([9]), num_workers=0))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    _epoch(loader, 0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_resampled_mode_yields_the_set_epoch_length(make_data_shards):
+    shards = make_data_shards([10, 10, 10])  # fewer shards than streams is fine here
+    cfg = _cfg(shards, epoch_mode="resampled", samples_per_epoch=96)
+    per_rank = [_epoch(ShardLoader(cfg, rank=r, world_size=2), 0) for r in range(2)]
+    assert [len(b) for b in per_rank] == [6, 6]
+    assert sum(int(b["valid"].sum()) for batches in per_rank for b in batches) == 96
+
+
+@pytest.mark.parametrize("workers,mode", [(0, "exact"), (2, "exact"), (2, "resampled")])
+def test_resume_mid_epoch_yields_exactly_the_remaining_batches(make_data_shards, workers, mode):
+    shards = make_data_shards(UNEVEN)
+    make = lambda n_workers: ShardLoader(
+        _cfg(shards, num_workers=n_workers, epoch_mode=mode, samples_per_epoch=150), rank=1, world_size=2
+    )
+    full = _epoch(make(workers), 2)
+    k = 3
+    first = make(workers)
+    first.set_epoch(2)
+    it = iter(first)
+    for _ in range(k):
+        next(it)
+    state = first.state_dict()  # what a checkpoint taken after k training steps stores
+    assert (state["epoch"], state["batch"]) == (2, k)
+    resumed = make(workers)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    rest = list(resumed)
+    assert len(full) > k + 2 and len(rest) == len(full) - k
+    assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(rest, full[k:]))  # same augmentation
+    assert resumed.state_dict()["batch"] == len(full)
+    with pytest.raises(DataError, match="num_workers"):
+        make(workers + 1).load_state_dict(state)
+
+
+def _corrupt(shard, i, files):
+    if (shard, i) == (0, 1):
+        return {"jpg": b"\xff\xd8\xff\xe0 not really a jpeg", "cls": files["cls"]}  # corrupt image
+    if (shard, i) == (0, 2):
+        return {"jpg": files["jpg"][: len(files["jpg"]) // 3], "cls": files["cls"]}  # truncated image
+    if (shard, i) == (1, 0):
+        return {"jpg": files["jpg"]}  # missing label
+    if (shard, i) == (2, 3):
+        return {"jpg": files["jpg"], "cls": b"42"}  # out of range label
+    return files
+
+
+def test_bad_input_is_skipped_counted_and_never_hangs(make_data_shards, caplog):
+    sizes = [6, 6, 6, 6, 6]
+    shards = make_data_shards(sizes, edit=_corrupt)
+    # shard 3: truncated after 2 full samples; shard 4: not a tar at all
+    t3 = shards / "train-000003.tar"
+    with tarfile.open(t3) as tf:
+        cut = next(m for m in tf.getmembers() if m.name == "s3_2.jpg").offset_data + 10
+    os.truncate(t3, cut)
+    (shards / "train-000004.tar").write_bytes(b"this is not a tar file" * 40)
+    expected_bad = 4 + (6 - 2) + 6
+    cfg = _cfg(shards, batch_size=4, max_bad_fraction=1.0)
+    loaders = [ShardLoader(cfg, rank=r, world_size=2) for r in range(2)]
+    with caplog.at_level(logging.WARNING, logger="vit_dist.data"):
+        per_rank = [_epoch(loader, 0) for loader in loaders]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(loaders[0])
+    valid = sum(int(b["valid"].sum()) for batches in per_rank for b in batches)
+    assert sum(loader.bad_samples for loader in loaders) == expected_bad
+    assert sum(loader.samples_seen for loader in loaders) == sum(sizes)
+    assert valid == sum(sizes) - expected_bad
+    assert all(b["image"].shape == (4, 3, 16, 16) for batches in per_rank for b in batches)
+
+
+def test_bad_sample_limit_stops_with_a_clear_error(make_data_shards):
+    shards = make_data_shards([6, 6, 6, 6], edit=_corrupt)
+    loader = ShardLoader(_cfg(shards, batch_size=4, num_workers=0, shuffle_buffer=0, bad_min_seen=10))
+    with pytest.raises(DataError, match=r"bad samples of \d+ seen on rank 0 exceed max_bad_fraction=0.01"):
+        _epoch(loader, 0)
+
+
+def test_spec_errors_are_clear_at_start_up(make_data_shards, tmp_path):
+    shards = make_data_shards([5, 5, 5])
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_shards(str(shards / "train-{000000..000009}.tar"))
+    with pytest.raises(DataError, match="matches no file"):
+        resolve_shards(str(tmp_path / "nothing-*.tar"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no dataset.json"):
+        resolve_shards(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="no split 'val'"):
+        resolve_shards(str(shards), split="val")
+    with pytest.raises(DataError, match="3 shards cannot feed 2 ranks x 2 loader workers"):
+        ShardLoader(_cfg(shards), rank=0, world_size=2)
+    with pytest.raises(DataError, match="need per-shard sample counts"):
+        ShardLoader(_cfg("pipe:cat " + str(shards / "train-{000000..000002}.tar"), num_workers=0))
+
+
+def test_brace_and_pipe_specs_read_the_same_samples(make_data_shards):
+    shards = make_data_shards([5, 7, 4])
+    local = resolve_shards(str(shards / "train-{000000..000002}.tar"))
+    assert local.sizes == [5, 7, 4] and local.classes is not None
+    cfg = _cfg(
+        "pipe:cat " + str(shards / "train-{000000..000002}.tar"), num_workers=0, meta=str(shards), train=False
+    )
+    batches = _epoch(ShardLoader(cfg), 0)
+    assert sorted(_valid_keys(batches)) == sorted(
+        f"s{s}_{i}" for s, n in enumerate([5, 7, 4]) for i in range(n)
+    )
+
+
+def test_resampled_mode_with_only_unreadable_shards_stops_instead_of_spinning(make_data_shards):
+    shards = make_data_shards([4, 4])
+    (shards / "train-000000.tar").write_bytes(b"garbage" * 100)
+    with tarfile.open(shards / "train-000001.tar", "w"):
+        pass  # an empty tar: no samples at all
+    cfg = _cfg(shards, epoch_mode="resampled", samples_per_epoch=10_000, num_workers=1, bad_min_seen=10)
+    with pytest.raises(DataError, match="bad samples"):
+        _epoch(ShardLoader(cfg), 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_shard_read_is_a_clear_error_not_a_hang(make_data_shards):
+    shards = make_data_shards([4, 4])
+    spec = "pipe:sleep 6; cat " + str(shards / "train-{000000..000001}.tar")
+    cfg = _cfg(spec, num_workers=1, meta=str(shards), worker_timeout=1.5)
+    with pytest.raises(DataError, match="no batch from the loader workers for 2 s"):
+        _epoch(ShardLoader(cfg), 0)
+
+
+def test_accelerate_prepare_leaves_the_loader_alone(make_data_shards):
+    """prepare() re-shards DataLoaders (rank 0's batches to everyone); ours must pass through untouched."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState
+
+    loader = ShardLoader(_cfg(make_data_shards([4, 4]), num_workers=0), rank=1, world_size=2)
+    try:
+        assert accelerate.Accelerator(cpu=True).prepare(loader) is loader
+    finally:
+        AcceleratorState._reset_state(True)  # the accelerator is a process-wide singleton

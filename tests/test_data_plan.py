@@ -1,0 +1,87 @@
+"""The epoch planner alone (no I/O): coverage, equal batch counts, determinism, resume arithmetic."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vit_dist.data.errors import DataError
+from vit_dist.data.plan import consumed_per_worker, exact_plan, resampled_batches
+
+
+def _samples(plans):
+    return [(s.shard, i) for p in plans for s in p.slices for i in range(s.start, s.stop)]
+
+
+@pytest.mark.parametrize(
+    "sizes,world,workers,batch",
+    [
+        ([37, 5, 20, 13, 29, 1, 18], 2, 2, 8),
+        ([100] * 5 + [57], 2, 2, 64),
+        ([3, 1, 1, 9, 4, 4, 2, 2], 4, 2, 1),
+    ],
+)
+def test_exact_plan_covers_every_sample_once_with_equal_batches(sizes, world, workers, batch):
+    for epoch in range(3):
+        plans = [
+            exact_plan(
+                sizes,
+                seed=1,
+                epoch=epoch,
+                rank=r,
+                world_size=world,
+                num_workers=workers,
+                batch_size=batch,
+                shuffle=True,
+            )
+            for r in range(world)
+        ]
+        got = [x for rank_plans in plans for x in _samples(rank_plans)]
+        assert sorted(got) == [(s, i) for s, n in enumerate(sizes) for i in range(n)]  # once each
+        counts = {p.num_batches for rank_plans in plans for p in rank_plans}
+        assert len(counts) == 1  # every stream, so every rank, yields the same number of batches
+        lengths = [p.num_samples for rank_plans in plans for p in rank_plans]
+        assert max(lengths) - min(lengths) <= 1
+        assert counts.pop() * batch >= max(lengths)
+
+
+def test_shard_order_depends_on_seed_and_epoch_only():
+    kw = dict(rank=0, world_size=1, num_workers=1, batch_size=4, shuffle=True)
+    sizes = [5] * 20
+    order = lambda seed, epoch: [s.shard for s in exact_plan(sizes, seed=seed, epoch=epoch, **kw)[0].slices]
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1)
+    assert order(0, 0) != order(1, 0)
+    assert sorted(order(0, 1)) == list(range(20))
+
+
+def test_too_few_shards_for_streams_is_a_clear_error():
+    with pytest.raises(DataError, match=r"3 shards cannot feed 2 ranks x 2 loader workers"):
+        exact_plan(
+            [10, 10, 10], seed=0, epoch=0, rank=0, world_size=2, num_workers=2, batch_size=4, shuffle=True
+        )
+
+
+def test_consumed_per_worker_mirrors_round_robin():
+    per_worker = [3, 3, 2]  # resampled epochs give lower workers the remainder
+    order = [w for rnd in range(3) for w in range(3) if rnd < per_worker[w]]  # the DataLoader's order
+    for k in range(sum(per_worker) + 1):
+        expected = [sum(1 for w in order[:k] if w == x) for x in range(3)]
+        done, nxt = consumed_per_worker(k, per_worker)
+        assert done == expected
+        if k < len(order):
+            assert nxt == order[k]
+            # a round-robin restarted at nxt over the remaining batches continues the same order
+            left = [n - d for n, d in zip(per_worker, done)]
+            rotated = [(nxt + i) % 3 for rnd in range(3) for i in range(3) if rnd < left[(nxt + i) % 3]]
+            assert rotated == order[k:]
+    with pytest.raises(DataError):
+        consumed_per_worker(9, per_worker)
+
+
+def test_resampled_batches_add_up_to_the_epoch_length():
+    for total, world, workers, batch in itertools.product([64, 100, 1000], [1, 2, 3], [1, 2, 4], [1, 8]):
+        per_worker = resampled_batches(total, world, workers, batch)
+        assert max(per_worker) - min(per_worker) <= 1
+        assert sum(per_worker) * batch * world >= total > (sum(per_worker) - 1) * batch * world

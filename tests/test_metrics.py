@@ -1,0 +1,395 @@
+"""vit_dist.metrics: JSONL records, resume truncation, W&B offline/disabled paths, curves PNG,
+non-main ranks, the plain progress lines, MFU, peak FLOP/s, peak memory and StepTimer.
+
+No test may reach the network: W&B runs offline with its base URL pointed at a closed local
+port and every W&B directory (config, cache, data) inside the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vit_dist import metrics
+from vit_dist.metrics import RunLogger, StepTimer, max_memory_mb, mfu, peak_flops, resolve_wandb_mode
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def wandb_sandbox(tmp_path, monkeypatch):
+    """Offline W&B, no key, nothing outside tmp_path, and a dead base URL as a backstop."""
+    home = tmp_path / "wandb_home"
+    for var in (
+        "WANDB_API_KEY",
+        "WANDB_DIR",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("NETRC", str(home / "no_netrc"))
+    # XDG_CACHE_HOME: wandb-core writes its own debug log under $XDG_CACHE_HOME/wandb/logs.
+    for var in (
+        "WANDB_CONFIG_DIR",
+        "WANDB_CACHE_DIR",
+        "WANDB_DATA_DIR",
+        "WANDB_ARTIFACT_DIR",
+        "XDG_CACHE_HOME",
+    ):
+        monkeypatch.setenv(var, str(home / var.lower()))
+
+
+def train_record(step: int, **kw) -> dict:
+    rec = dict(
+        step=step,
+        epoch=step // 10,
+        samples_seen=step * 32,
+        loss=2.0 / step,
+        lr=1e-3 * min(1.0, step / 5),
+        grad_norm=1.5,
+        images_per_sec=1500.0 + step,
+        mfu=0.31,
+        max_memory_mb=812.5,
+        data_wait_frac=0.02,
+        bad_samples=0,
+        world_size=1,
+    )
+    rec.update(kw)
+    return rec
+
+
+def eval_record(step: int, **kw) -> dict:
+    rec = dict(step=step, epoch=step // 10, top1=50.0 + step, top5=90.0, loss=1.0 / step, num_samples=360)
+    rec.update(kw)
+    return rec
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def make_logger(out: Path, **kw) -> RunLogger:
+    kw.setdefault("is_main", True)
+    kw.setdefault("total_steps", 100)
+    kw.setdefault("config", {"model": "vit_tiny", "lr": 1e-3})
+    kw.setdefault("wandb_enabled", False)
+    kw.setdefault("progress", "lines")
+    return RunLogger(str(out), **kw)
+
+
+# ------------------------------------------------------------------ JSONL files
+
+
+def test_jsonl_records_fields_and_final_eval(tmp_path):
+    out = tmp_path / "run"
+    lg = make_logger(out)
+    for s in (1, 2, 3):
+        lg.log_train(train_record(s, loss=torch.tensor(0.5 * s)))  # 0-d tensors are accepted
+    # Flushed per record: readable before finish() (a crash keeps what was logged).
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert set(train_record(1)) <= set(rows[0])
+    assert rows[2]["loss"] == pytest.approx(1.5) and rows[0]["world_size"] == 1
+
+    lg.log_eval(eval_record(3, ema_top1=51.0))
+    ev = read_jsonl(out / "eval.jsonl")
+    assert ev == [eval_record(3, ema_top1=51.0)]
+
+    final = eval_record(3, ema_top1=51.0)
+    lg.finish(final)
+    assert json.loads((out / "eval.json").read_text()) == final
+    lg.log_train(train_record(4))  # after finish: ignored, not an error
+    assert len(read_jsonl(out / "metrics.jsonl")) == 3
+
+
+def test_resume_truncates_superseded_lines(tmp_path):
+    out = tmp_path / "run"
+    lg = make_logger(out)
+    for s in range(1, 11):
+        lg.log_train(train_record(s))
+        if s % 5 == 0:
+            lg.log_eval(eval_record(s))
+    lg.finish(None)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11, "lo')  # torn line of a process killed mid-write
+
+    # Resume from the checkpoint at step 6: steps 7..10 (and the torn 11) are superseded.
+    lg = make_logger(out, start_step=6)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_jsonl(out / "eval.jsonl")] == [5]
+    for s in range(7, 13):
+        lg.log_train(train_record(s))
+        if s % 5 == 0:
+            lg.log_eval(eval_record(s))
+    lg.finish(None)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 13))
+    assert [r["step"] for r in read_jsonl(out / "eval.jsonl")] == [5, 10]
+
+    # start_step=0 is a fresh run in the same directory: nothing of the old run is kept.
+    lg = make_logger(out, start_step=0)
+    lg.log_train(train_record(1))
+    lg.finish(None)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
+    assert read_jsonl(out / "eval.jsonl") == []
+
+
+# ------------------------------------------------------------------ W&B
+
+
+def test_wandb_offline_run_dir_and_resume_reuses_id(tmp_path, capsys):
+    out = tmp_path / "run"
+    lg = make_logger(out, wandb_enabled=True, config={"model": "probe_model_x7"})
+    run_dir = Path(lg.wandb_run_dir)
+    assert lg.wandb_mode == "offline"
+    assert run_dir.is_dir() and run_dir.parent == out / "wandb" and run_dir.name.startswith("offline-run-")
+    run_id = (out / "wandb_run_id.txt").read_text().strip()
+    assert run_dir.name.endswith("-" + run_id) and len(run_id) >= 6
+    for s in (1, 2, 3):
+        lg.log_train(train_record(s))
+    lg.log_eval(eval_record(3))
+    lg.finish(eval_record(3))
+    printed = capsys.readouterr().out
+    assert f"wandb sync {run_dir}\n" in printed
+    log_file = run_dir / f"run-{run_id}.wandb"
+    # wandb-core (a separate process) may still be flushing the run file when finish() returns.
+    deadline = time.monotonic() + 30
+    while b"probe_model_x7" not in log_file.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b"probe_model_x7" in log_file.read_bytes()  # the config went into the run
+
+    # A resumed run continues the same W&B run in a new offline segment.
+    lg2 = make_logger(out, wandb_enabled=True, start_step=3)
+    assert lg2.wandb_run_dir != lg.wandb_run_dir
+    assert Path(lg2.wandb_run_dir).name.endswith("-" + run_id)
+    assert lg2._run.id == run_id
+    lg2.log_train(train_record(4))
+    lg2.finish(None)
+    printed = capsys.readouterr().out
+    assert f"wandb sync {lg2.wandb_run_dir}\n" in printed
+    assert f"wandb sync --id {run_id} {run_dir} {lg2.wandb_run_dir}" in printed
+    assert (out / "wandb_run_id.txt").read_text().strip() == run_id
+
+
+def test_wandb_disabled_creates_no_wandb_files(tmp_path, monkeypatch):
+    lg = make_logger(tmp_path / "off", wandb_enabled=False)
+    lg.log_train(train_record(1))
+    lg.finish(None)
+    assert lg.wandb_run_dir is None
+    assert not (tmp_path / "off" / "wandb").exists() and not (tmp_path / "off" / "wandb_run_id.txt").exists()
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment's explicit "no W&B" wins
+    lg = make_logger(tmp_path / "env", wandb_enabled=True, wandb_mode="online")
+    lg.log_train(train_record(1))
+    lg.finish(None)
+    assert lg.wandb_run_dir is None and not (tmp_path / "env" / "wandb").exists()
+
+
+def test_wandb_disabled_never_imports_wandb(tmp_path):
+    # A fresh interpreter: other tests in this process have imported wandb already.
+    code = (
+        "import sys; from vit_dist.metrics import RunLogger\n"
+        f"lg = RunLogger({str(tmp_path / 'r')!r}, is_main=True, total_steps=2, config={{}}, "
+        "wandb_enabled=False, progress='lines')\n"
+        "lg.log_train({'step': 1, 'loss': 1.0}); lg.finish(None)\n"
+        "assert 'wandb' not in sys.modules, 'wandb imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_resolve_wandb_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_wandb_mode("auto") == "offline"  # no key: never online, never a prompt
+    assert resolve_wandb_mode("offline") == "offline"
+    assert resolve_wandb_mode("online") == "online"  # RunLogger downgrades it without a key
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login user password " + "k" * 40 + "\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert resolve_wandb_mode("auto") == "online"  # host taken from WANDB_BASE_URL
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_wandb_mode("auto") == "offline"
+    assert resolve_wandb_mode("online") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode("offline") == "disabled"
+    with pytest.raises(ValueError):
+        resolve_wandb_mode("sometimes")
+
+
+def test_online_init_failure_falls_back_to_offline(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    real_init, modes = wandb.init, []
+
+    def init(*args, mode=None, **kwargs):
+        modes.append(mode)
+        if mode == "online":  # stands in for an unreachable server; never goes out
+            raise wandb.errors.CommError("server unreachable")
+        return real_init(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    lg = make_logger(tmp_path / "run", wandb_enabled=True, wandb_mode="auto")
+    assert modes == ["online", "offline"]
+    assert lg.wandb_mode == "offline" and Path(lg.wandb_run_dir).is_dir()
+    lg.finish(None)
+    out = capsys.readouterr().out
+    assert "wandb online init failed" in out and "logging offline" in out
+
+
+# ------------------------------------------------------------------ curves, ranks, display
+
+
+def test_curves_png_written(tmp_path):
+    out = tmp_path / "run"
+    lg = make_logger(out)
+    for s in range(1, 81):
+        lg.log_train(train_record(s))
+        if s % 20 == 0:
+            lg.log_eval(eval_record(s, ema_top1=49.0 + s))
+    lg.finish(None)
+    data = (out / "curves.png").read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 20_000
+
+
+def test_non_main_rank_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "rank1"
+    lg = make_logger(out, is_main=False, wandb_enabled=True, progress="bar")
+    lg.log_train(train_record(1))
+    lg.log_eval(eval_record(1))
+    lg.info("hello")
+    lg.finish(eval_record(1))
+    assert not out.exists()
+    assert lg.wandb_run_dir is None
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    # Bad arguments fail on every rank, not on rank 0 alone (which would hang the others).
+    with pytest.raises(ValueError):
+        make_logger(out, is_main=False, wandb_mode="sometimes")
+    with pytest.raises(ValueError):
+        make_logger(out, is_main=False, progress="fancy")
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def perf_counter(self) -> float:
+        return self.t
+
+
+def test_lines_progress_format(tmp_path, monkeypatch, capsys):
+    clock = FakeClock()
+    monkeypatch.setattr(metrics, "time", clock)
+    lg = make_logger(tmp_path / "run", total_steps=3000, start_step=100)
+    clock.t += 20.0  # 20 steps in 20 s in this process: 1 s/step, 2880 steps left
+    lg.log_train(train_record(120, epoch=2, loss=1.23449, lr=4.8e-4, images_per_sec=1532.2))
+    lg.log_eval(eval_record(120, epoch=2, top1=76.54, top5=93.1, loss=0.91234, num_samples=360))
+    lg.info("checkpoint saved")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step 120/3000 ep 2 loss 1.2345 lr 4.8e-04 img/s 1532 eta 00:48:00"
+    assert lines[1] == "eval step 120 ep 2 top1 76.54 top5 93.1 loss 0.9123 (360 samples)"
+    assert lines[2] == "checkpoint saved"
+    lg.finish(None)
+
+
+def test_bar_progress_keeps_messages(tmp_path, capsys):
+    lg = make_logger(tmp_path / "run", total_steps=10, progress="bar")
+    lg.log_train(train_record(1))
+    lg.info("a message")
+    lg.log_train(train_record(2))
+    lg.finish(None)
+    out = capsys.readouterr().out
+    assert "a message\n" in out and "2/10" in out and "step 1/10" not in out
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def test_mfu_arithmetic():
+    # 3 x 1 GFLOP/image x 1000 images/s over 4 devices of 1 TFLOP/s = 0.75
+    assert mfu(1e9, 1000.0, 4, 1e12) == pytest.approx(0.75)
+    assert mfu(4.6e9, 2000.0, 1, 989e12) == pytest.approx(3 * 4.6e9 * 2000 / 989e12)
+    assert math.isnan(mfu(1e9, 1000.0, 1, 0.0))
+
+
+def test_peak_flops_cpu_measured_once():
+    t = time.perf_counter()
+    p = peak_flops("cpu", torch.float32)
+    assert math.isfinite(p) and p > 1e8
+    assert time.perf_counter() - t < 5.0
+    t = time.perf_counter()
+    assert peak_flops(torch.device("cpu"), "fp32") == p  # cached per (device type, dtype)
+    assert time.perf_counter() - t < 0.01
+    with pytest.raises(ValueError):
+        peak_flops("cpu", "int7")
+
+
+def test_peak_flops_gpu_table(monkeypatch):
+    table = metrics._table_peak
+    assert table("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989e12
+    assert table("NVIDIA H200", torch.float16) == 989e12
+    assert table("NVIDIA H100 PCIe", torch.bfloat16) == 756e12
+    assert table("NVIDIA A100-SXM4-80GB", torch.bfloat16) == 312e12
+    assert table("NVIDIA GeForce RTX 4090", torch.bfloat16) == 165e12
+    assert table("Some Future GPU", torch.bfloat16) is None  # measured instead
+    monkeypatch.setattr(metrics, "_tf32_enabled", lambda: True)
+    assert table("NVIDIA A100-SXM4-40GB", torch.float32) == 156e12
+    monkeypatch.setattr(metrics, "_tf32_enabled", lambda: False)
+    assert table("NVIDIA A100-SXM4-40GB", torch.float32) is None  # true fp32: measured
+
+
+def test_max_memory_mb_cpu():
+    mb = max_memory_mb("cpu")
+    assert 10.0 < mb < 1e6  # this interpreter with torch loaded is well above 10 MiB
+    if torch.cuda.is_available():
+        assert max_memory_mb(torch.device("cuda", 0)) >= 0.0
+
+
+def test_step_timer(monkeypatch):
+    clock = FakeClock(0.0)
+    monkeypatch.setattr(metrics, "time", clock)
+    timer = StepTimer()
+    for wait, compute in ((0.1, 0.9), (0.3, 0.7)):
+        timer.data_start()
+        clock.t += wait
+        timer.data_end()
+        clock.t += compute
+        timer.step_end()
+    s = timer.summary()
+    assert s["steps"] == 2
+    assert s["step_time"] == pytest.approx(1.0) and s["data_wait_frac"] == pytest.approx(0.2)
+
+    clock.t += 50.0  # evaluation between windows is not step time
+    synced = []
+
+    def sync():
+        synced.append(True)
+        clock.t += 0.5  # device work still queued when the host finished
+
+    timer.data_start()
+    clock.t += 0.5
+    timer.data_end()
+    clock.t += 1.0
+    timer.step_end()
+    s = timer.summary(sync_fn=sync)
+    assert synced == [True]
+    assert s == {"step_time": pytest.approx(2.0), "data_wait_frac": pytest.approx(0.25), "steps": 1}
+    assert timer.summary() == {"step_time": 0.0, "data_wait_frac": 0.0, "steps": 0}

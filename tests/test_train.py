@@ -1,0 +1,240 @@
+"""The trainer end to end on real digits: one process, and 2 processes (DDP, FSDP) via accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "digits_vit.yaml"
+TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
+METRIC_FIELDS = {
+    "step",
+    "epoch",
+    "samples_seen",
+    "loss",
+    "lr",
+    "grad_norm",
+    "images_per_sec",
+    "mfu",
+    "max_memory_mb",
+    "data_wait_frac",
+    "bad_samples",
+    "world_size",
+}
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_train(args: list[str], nproc: int = 1, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "vit_dist.train", "--config", str(CONFIG), *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(nproc),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "vit_dist.train",
+            "--config",
+            str(CONFIG),
+            *args,
+        ]
+        env = {"ACCELERATE_USE_CPU": "1", **env}
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+
+
+@pytest.mark.slow
+def test_single_process_digits_run_learns_and_writes_outputs(digits_data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(
+        [
+            f"data.train={digits_data_dir}",
+            f"data.val={digits_data_dir}",
+            "train.epochs=4",
+            "logging.every=10",
+            "checkpoint.every=50",
+            f"output_dir={out}",
+        ],
+        OMP_NUM_THREADS="2",
+    )
+    _ok(proc)
+    assert "held-out top-1" in proc.stdout and str(out) in proc.stdout
+
+    for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "eval.json", "curves.png", "run_info.json"):
+        assert (out / name).is_file(), name
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert metrics and set(metrics[0]) >= METRIC_FIELDS, METRIC_FIELDS - set(metrics[0])
+    steps = [m["step"] for m in metrics]
+    assert (
+        steps == sorted(steps) and steps[-1] == 4 * 23
+    )  # ceil(1437 / 64) batches per epoch, the last padded
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5, [m["loss"] for m in metrics]
+    assert all(m["world_size"] == 1 and m["bad_samples"] == 0 for m in metrics)
+    assert all(m["images_per_sec"] > 0 and 0 <= m["data_wait_frac"] <= 1 for m in metrics)
+
+    evals = read_jsonl(out / "eval.jsonl")
+    assert len(evals) == 4  # every epoch end (the last one is the final evaluation)
+    final = json.loads((out / "eval.json").read_text())
+    assert final["num_samples"] == 360
+    assert final["top1"] > 0.6, final  # chance is 0.1
+    assert {"top1", "top5", "loss", "num_samples"} <= set(final)
+
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "best" in ckpts and f"step-{4 * 23:08d}" in ckpts
+    assert (out / "checkpoints" / f"step-{4 * 23:08d}" / "meta.json").is_file()
+    assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_ddp_and_fsdp_two_processes_match_and_fsdp_shards(digits_data_dir, tmp_path):
+    common = [
+        f"data.train={digits_data_dir}",
+        f"data.val={digits_data_dir}",
+        "train.steps=8",
+        "logging.every=1",
+        "logging.wandb=false",
+        "model.drop_path_rate=0.1",
+        *TINY,
+    ]
+    losses = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        proc = run_train([*common, f"parallel.strategy={strategy}", f"output_dir={out}"], nproc=2)
+        _ok(proc)
+        metrics = read_jsonl(out / "metrics.jsonl")
+        assert [m["step"] for m in metrics] == list(range(1, 9))
+        assert all(m["world_size"] == 2 for m in metrics)
+        losses[strategy] = [m["loss"] for m in metrics]
+        info = json.loads((out / "run_info.json").read_text())
+        assert info["world_size"] == 2
+        if strategy == "fsdp":
+            assert info["sharded"] is True
+            total, local = info["params_total"], info["params_local_per_rank"]
+            # each rank holds only its shard: about half, together the whole (dim-0 padding aside)
+            assert all(n < 0.6 * total for n in local), (local, total)
+            assert total <= sum(local) <= 1.05 * total
+        else:
+            assert info["params_local_per_rank"] == [info["params_total"]] * 2
+        assert json.loads((out / "eval.json").read_text())["num_samples"] == 360
+    for a, b in zip(losses["ddp"], losses["fsdp"]):
+        assert abs(a - b) < 1e-4, (losses["ddp"], losses["fsdp"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_paths_run(digits_data_dir, tmp_path, precision):
+    out = tmp_path / precision
+    proc = run_train(
+        [
+            f"data.train={digits_data_dir}",
+            f"data.val={digits_data_dir}",
+            "train.steps=6",
+            "logging.every=2",
+            "logging.wandb=false",
+            f"precision={precision}",
+            f"output_dir={out}",
+            *TINY,
+        ]
+    )
+    _ok(proc)
+    assert f"compute torch.{'bfloat16' if precision == 'bf16' else 'float16'}" in proc.stdout
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    if precision == "fp16":
+        assert metrics[-1]["loss_scale"] > 1.0  # the scaler is active
+    else:
+        assert metrics[-1]["loss_scale"] == 1.0
+
+
+def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):
+    from vit_dist.config import load_config
+    from vit_dist.distributed import init_distributed
+    from vit_dist.trainer import Trainer
+
+    env = init_distributed()
+    params = {}
+    for bs, accum in ((32, 1), (16, 2)):
+        cfg = load_config(
+            CONFIG,
+            [
+                f"data.train={digits_data_dir}",
+                "train.steps=1",
+                f"train.batch_size={bs}",
+                f"train.grad_accum={accum}",
+                "data.workers=0",
+                "data.shuffle_buffer=0",
+                "model.drop_path_rate=0.0",
+                "optim.warmup_steps=0",
+                "logging.wandb=false",
+                f"output_dir={tmp_path / str(bs)}",
+                "model.embed_dim=32",
+                "model.depth=2",
+                "model.num_heads=2",
+            ],
+        )
+        trainer = Trainer(cfg, env)
+        trainer.train_loader.set_epoch(0)
+        trainer.train_step(iter(trainer.train_loader))
+        params[bs] = {n: p.detach().clone() for n, p in trainer.core.named_parameters()}
+    changed = 0
+    for n, p in params[32].items():
+        torch.testing.assert_close(params[16][n], p, atol=2e-6, rtol=1e-5)
+        changed += 1
+    assert changed > 10
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("optim.lrr=1e-3", "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        ("parallel.strategy=zero3", "parallel.strategy: 'zero3' is not one of 'ddp', 'fsdp'"),
+        ("train.batch_size=0", "train.batch_size: 0 must be >= 1"),
+        ("precision=fp8", "precision: 'fp8' is not one of"),
+        ("model.dpeth=3", "did you mean 'depth'"),
+        ("data.train=/nonexistent/shards-{000..003}.tar", "/nonexistent"),
+    ],
+)
+def test_bad_config_fails_fast_with_one_line(override, expected, tmp_path):
+    proc = run_train(
+        ["train.steps=1", "logging.wandb=false", f"output_dir={tmp_path}", override], timeout=120
+    )
+    assert proc.returncode != 0
+    assert expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -1,0 +1,81 @@
+"""Shared command-line plumbing for ``vit_dist.train`` / ``vit_dist.evaluate``.
+
+User mistakes (bad config, missing shards, unusable checkpoint, out of memory) end the
+process with one clear line on rank 0 and a non-zero exit code, never a traceback; all ranks
+exit, so no rank is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING = 2, 3, 4, 5, 6
+
+
+def parse_args(prog: str, argv: list[str] | None) -> tuple[str | None, list[str]]:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="key=value overrides use dotted config keys, e.g. train.epochs=3 optim.lr=1e-3",
+    )
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    return args.config, args.overrides
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup_logging() -> None:
+    level = logging.INFO if _rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    for noisy in ("torch", "accelerate", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run ``main`` mapping known failure types to one line + an exit code."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .models import CheckpointMismatchError
+    from .trainer import TrainingError
+
+    def fail(kind: str, e: BaseException, code: int) -> int:
+        if _rank() == 0 or code != EXIT_CONFIG:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"{kind}: {msg}", file=sys.stderr, flush=True)
+        return code
+
+    try:
+        return main()
+    except ConfigError as e:
+        return fail("config error", e, EXIT_CONFIG)
+    except DataError as e:
+        return fail("data error", e, EXIT_DATA)
+    except (CheckpointError, CheckpointMismatchError) as e:
+        return fail("checkpoint error", e, EXIT_CHECKPOINT)
+    except TrainingError as e:
+        return fail("training stopped", e, EXIT_TRAINING)
+    except FileNotFoundError as e:
+        return fail("file not found", e, EXIT_CONFIG)
+    except ValueError as e:  # model keyword errors and similar user mistakes
+        return fail("config error", e, EXIT_CONFIG)
+    except MemoryError as e:
+        return fail("out of memory", e, EXIT_OOM)
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            return fail(
+                "out of memory",
+                RuntimeError(
+                    "lower train.batch_size (raise train.grad_accum to keep the global batch), set "
+                    "parallel.activation_checkpointing=true, or use parallel.strategy=fsdp / precision=bf16"
+                ),
+                EXIT_OOM,
+            )
+        raise

@@ -1,0 +1,358 @@
+"""The run configuration: one validated object built from a YAML file plus dotted overrides.
+
+    cfg = load_config("configs/digits_vit.yaml", ["train.epochs=3", "optim.lr=1e-3"])
+
+Every key has a declared type, range and allowed values; everything is checked before any
+work starts. An unknown key fails with its name and the closest valid key; a bad value fails
+naming the key, the value and what is allowed. All failures are ``ConfigError`` (one line).
+Override values are parsed as YAML scalars/lists (``3``, ``1e-3``, ``true``, ``[2,2,6,2]``).
+``model.<kw>`` passes any model keyword through; those are checked against the model's
+constructor when the model is resolved. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration (unknown key, wrong type, out of range); the message is one line."""
+
+
+def _f(default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, factory=None, doc: str = ""):
+    """A config field with an optional numeric range [lo, hi] (lo exclusive when lo_open)."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelSection:
+    name: str = _f(
+        "vit", doc="registered name (python -m vit_dist.models list) or family vit|deit_distilled|swin"
+    )
+    pretrained: str | None = _f(None, doc="timm-format weights to start from")
+    # Any other key under `model:` is a model keyword (img_size, depth, drop_path_rate, ...).
+    kwargs: dict = _f(factory=dict)
+
+
+@dataclass
+class DataSection:
+    train: str | list[str] | None = _f(None, doc="training shard spec")
+    val: str | list[str] | None = _f(None, doc="validation shard spec")
+    meta: str | None = _f(None, doc="directory holding dataset.json, for remote shards")
+    workers: int = _f(4, lo=0)
+    img_size: int = _f(224, lo=1)
+    num_classes: int | None = _f(None, lo=1, doc="default: from dataset.json")
+    in_chans: int = _f(3, lo=1)
+    mode: Literal["exact", "resampled"] = "exact"
+    samples_per_epoch: int | None = _f(None, lo=1, doc="resampled mode: global samples per epoch")
+    shuffle_buffer: int = _f(1000, lo=0)
+    pin_memory: bool = True
+    prefetch: int = _f(2, lo=1)
+    max_bad_fraction: float = _f(0.01, lo=0.0, hi=1.0)
+    # augmentation (train); DeiT's ImageNet recipe by default
+    scale: list[float] = _f(factory=lambda: [0.08, 1.0])
+    ratio: list[float] = _f(factory=lambda: [0.75, 4 / 3])
+    hflip: float = _f(0.5, lo=0.0, hi=1.0)
+    randaugment_ops: int = _f(2, lo=0)
+    randaugment_magnitude: int = _f(9, lo=0, hi=30)
+    trivial_augment: bool = False
+    color_jitter: float = _f(0.0, lo=0.0)
+    random_erasing: float = _f(0.25, lo=0.0, hi=1.0)
+    mixup: float = _f(0.8, lo=0.0, doc="Beta(a, a) for mixup; 0 = off")
+    cutmix: float = _f(1.0, lo=0.0, doc="Beta(a, a) for cutmix; 0 = off")
+    mixup_prob: float = _f(1.0, lo=0.0, hi=1.0)
+    switch_prob: float = _f(0.5, lo=0.0, hi=1.0)
+    crop_pct: float = _f(0.875, lo=0.0, hi=1.0, lo_open=True)
+    mean: list[float] = _f(factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = _f(factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class TrainSection:
+    epochs: int | None = _f(None, lo=1)
+    steps: int | None = _f(None, lo=1, doc="optimizer steps; overrides epochs")
+    batch_size: int = _f(64, lo=1, doc="per device")
+    grad_accum: int = _f(1, lo=1)
+    seed: int = _f(0, lo=0)
+    label_smoothing: float = _f(0.1, lo=0.0, hi=1.0)
+    max_skipped_steps: int = _f(20, lo=0, doc="stop after this many non-finite (skipped) steps")
+
+
+@dataclass
+class OptimSection:
+    lr: float = _f(5e-4, lo=0.0, lo_open=True)
+    base_batch_size: int | None = _f(None, lo=1, doc="scale lr by global_batch / base_batch_size")
+    weight_decay: float = _f(0.05, lo=0.0)
+    betas: list[float] = _f(factory=lambda: [0.9, 0.999])
+    eps: float = _f(1e-8, lo=0.0, lo_open=True)
+    warmup_epochs: float = _f(0.0, lo=0.0)
+    warmup_steps: int | None = _f(None, lo=0, doc="overrides warmup_epochs")
+    min_lr: float = _f(1e-6, lo=0.0)
+    clip_grad: float | None = _f(None, lo=0.0, lo_open=True, doc="max global grad norm; null = off")
+    layer_decay: float | None = _f(
+        None, lo=0.0, hi=1.0, lo_open=True, doc="layer-wise lr decay (fine-tuning)"
+    )
+
+
+@dataclass
+class EmaSection:
+    decay: float = _f(0.0, lo=0.0, hi=1.0, doc="EMA of weights; 0 = off, e.g. 0.9998")
+    every: int = _f(1, lo=1, doc="update every N optimizer steps")
+
+
+@dataclass
+class ParallelSection:
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    reshard_after_forward: bool = True
+
+
+@dataclass
+class EvalSection:
+    every: int = _f(0, lo=0, doc="optimizer steps between evaluations; 0 = each epoch end")
+    batch_size: int | None = _f(None, lo=1, doc="default: train.batch_size")
+
+
+@dataclass
+class LoggingSection:
+    every: int = _f(10, lo=1)
+    wandb: bool = True
+    project: str = "vit_dist"
+    entity: str | None = None
+    name: str | None = None
+    mode: Literal["auto", "offline", "online"] = _f("auto", doc="auto: online only with a key and a network")
+    progress: Literal["auto", "bar", "lines"] = "auto"
+
+
+@dataclass
+class CheckpointSection:
+    every: int = _f(0, lo=0, doc="optimizer steps between checkpoints; 0 = epoch ends")
+    keep: int = _f(2, lo=1, doc="keep the last K (the best is kept too)")
+
+
+@dataclass
+class Config:
+    model: ModelSection = _f(factory=ModelSection)
+    data: DataSection = _f(factory=DataSection)
+    train: TrainSection = _f(factory=TrainSection)
+    optim: OptimSection = _f(factory=OptimSection)
+    ema: EmaSection = _f(factory=EmaSection)
+    parallel: ParallelSection = _f(factory=ParallelSection)
+    eval: EvalSection = _f(factory=EvalSection)
+    logging: LoggingSection = _f(factory=LoggingSection)
+    checkpoint: CheckpointSection = _f(factory=CheckpointSection)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    resume: str | None = _f(None, doc="'auto' (latest in output_dir, else fresh) or a checkpoint path")
+    output_dir: str = "runs/default"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = {"name": self.model.name, "pretrained": self.model.pretrained, **self.model.kwargs}
+        return d
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _all_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every valid dotted key, e.g. 'optim.lr'."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], f"{prefix}{f.name}.")
+        elif f.name != "kwargs":
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _closest(key: str) -> str:
+    m = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def _check_type(key: str, value: Any, tp) -> Any:
+    """Return value coerced to tp (int -> float, list/tuple) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(key, value, a)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        return [_check_type(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is Any or tp is dict:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_range(key: str, value: Any, meta) -> None:
+    if value is None or isinstance(value, (list, str, bool)):
+        return
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise ConfigError(f"{key}: {value!r} must be {'>' if meta.get('lo_open') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} must be <= {hi}")
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    extra = {k: v for k, v in raw.items() if k not in names or k == "kwargs"}
+    if cls is ModelSection:
+        kwargs["kwargs"] = extra  # free model keywords, checked against the model later
+    elif extra:
+        k = next(iter(extra))
+        raise ConfigError(f"unknown config key {prefix + str(k)!r}{_closest(prefix + str(k))}")
+    for f in dataclasses.fields(cls):
+        if f.name not in raw or f.name == "kwargs":
+            continue
+        key, tp, value = prefix + f.name, hints[f.name], raw[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value if value is not None else {}, key + ".")
+            continue
+        value = _check_type(key, value, tp)
+        _check_range(key, value, f.metadata)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _check_consistency(cfg: Config) -> None:
+    if cfg.data.mode == "resampled" and not cfg.data.samples_per_epoch:
+        raise ConfigError("data.samples_per_epoch is required with data.mode=resampled (the epoch length)")
+    for name in ("betas", "scale", "ratio"):
+        sec = cfg.optim if name == "betas" else cfg.data
+        v = getattr(sec, name)
+        if len(v) != 2:
+            raise ConfigError(
+                f"{'optim' if name == 'betas' else 'data'}.{name}: expected 2 numbers, got {v!r}"
+            )
+    if len(cfg.data.mean) != len(cfg.data.std):
+        raise ConfigError("data.mean and data.std must have the same length")
+    if cfg.train.epochs is None and cfg.train.steps is None:
+        raise ConfigError("set train.epochs or train.steps")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'} (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def config_from_dict(raw: dict) -> Config:
+    cfg = _build(Config, raw, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + dotted overrides -> validated Config, or ConfigError."""
+    raw = read_yaml(path) if path else {}
+    raw = _merge(raw, parse_overrides(list(overrides or [])))
+    return config_from_dict(raw)
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (loadable again with load_config)."""
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

@@ -1,0 +1,401 @@
+"""The per-rank streaming loader: shard list -> ... -> batch, with a checkpointable position.
+
+Stages, in the order :meth:`ShardStream.__iter__` applies them (one stream per loader worker):
+
+    shard list (spec.py)
+    -> deterministic shard shuffle seeded by (seed, epoch)          plan.py
+    -> explicit split by rank (contiguous, so also by node)          plan.py
+    -> explicit split by loader worker                               plan.py
+    -> tar to samples (bad shards become counted placeholders)       tario.py
+    -> shuffle buffer seeded by (seed, epoch, rank, worker)          shuffle_buffer()
+    -> masked padding up to the epoch's common batch count           (exact mode)
+    -> skip the batches a resumed run already consumed               (no decode)
+    -> decode + transform, torch seeded per sample                   transforms.py
+    -> batch: {"image" (B,3,S,S) float32, "label" (B,) int64, "valid" (B,) bool, "key": [str]}
+
+Every rank yields exactly ``len(loader)`` batches of exactly ``batch_size`` rows. Rows that are
+padding or replace a bad sample are copies of other rows of the stream with ``valid=False``:
+training may use them (shapes stay static), evaluation must mask them (``evaluation.py``).
+
+Position: ``state_dict()`` is ``(epoch, batches consumed by this rank)`` plus the settings the
+stream depends on; ``load_state_dict()`` makes the next iteration of that epoch start right
+after the consumed batches, with the same samples, order and augmentation as the
+uninterrupted run (see ``plan.py``).
+
+Bad samples: each batch carries its worker's running counts; :class:`ShardLoader` sums them
+into ``bad_samples`` / ``samples_seen`` for this rank (``evaluation.global_bad_samples`` sums
+over ranks) and raises :class:`DataError` when ``bad_samples > max_bad_fraction *
+max(samples_seen, bad_min_seen)``. The loader never runs collectives itself.
+
+``ShardLoader`` is deliberately not a ``torch.utils.data.DataLoader``: ``accelerate.prepare()``
+passes other objects through untouched, so it cannot re-shard or re-dispatch this loader
+(which would hand rank 0's batches to everyone). Do not wrap it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .errors import DataError
+from .plan import (
+    consumed_per_worker,
+    derive_seed,
+    exact_plan,
+    resampled_batches,
+    resampled_shards,
+    sample_seed,
+)
+from .spec import ShardList, resolve_shards, with_sizes
+from .tario import Bad, read_slice
+from .transforms import AugmentConfig, SampleTransform
+
+log = logging.getLogger("vit_dist.data")
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
+_PAD = object()  # a padding slot of an exact epoch (not a sample: not counted as seen)
+
+
+@dataclass
+class DataConfig:
+    """What the trainer passes in. ``batch_size`` is per rank."""
+
+    shards: str | list[str]
+    split: str = "train"
+    train: bool = True
+    batch_size: int = 64
+    num_workers: int = 4
+    epoch_mode: str = "exact"  # "exact" or "resampled"
+    samples_per_epoch: int | None = None  # resampled mode: global samples per epoch
+    shuffle_buffer: int = 1000  # train only; 0 disables
+    seed: int = 0
+    num_classes: int | None = None  # default: len(classes) of dataset.json
+    meta: str | None = None  # directory of a dataset.json for remote shards
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    # "auto": fork on Linux. Workers only decode on the CPU, and fork starts them in
+    # milliseconds, where spawn/forkserver (the default inside torch.multiprocessing.spawn
+    # children and from Python 3.14) re-import torch in every worker at every epoch.
+    worker_start_method: str = "auto"
+    # A stalled read (a pipe: command waiting on a dead object store) must not hang the run:
+    # no batch from the workers for this many seconds is a DataError. 0 disables.
+    worker_timeout: float = 600.0
+    max_bad_fraction: float = 0.01
+    bad_min_seen: int = 1000
+
+    def __post_init__(self):
+        if self.epoch_mode not in ("exact", "resampled"):
+            raise DataError(f"epoch_mode must be 'exact' or 'resampled', got {self.epoch_mode!r}")
+        if self.epoch_mode == "resampled" and not self.samples_per_epoch:
+            raise DataError("epoch_mode='resampled' needs samples_per_epoch (the epoch length)")
+        if not self.train and self.epoch_mode != "exact":
+            raise DataError("evaluation data must use epoch_mode='exact' (exactly-once evaluation)")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise DataError(
+                f"batch_size must be >= 1 and num_workers >= 0 ({self.batch_size}, {self.num_workers})"
+            )
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Classic streaming shuffle: keep ``size`` items, emit a random one per item read."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardStream(IterableDataset):
+    """The stream of one (rank, worker); built by :class:`ShardLoader`, iterated in a worker."""
+
+    def __init__(self, shards: ShardList, cfg: DataConfig, rank: int, world_size: int, num_classes: int):
+        super().__init__()
+        self.shards, self.cfg, self.rank, self.world_size = shards, cfg, rank, world_size
+        self.num_classes = num_classes
+        self.transform = SampleTransform(cfg.augment, train=cfg.train)
+        self.epoch = 0
+        self.skip_batches = [0] * max(1, cfg.num_workers)  # per stream, set by the loader on resume
+        self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % W (resume)
+
+    @property
+    def num_streams(self) -> int:
+        return max(1, self.cfg.num_workers)
+
+    def batches_per_worker(self, epoch: int) -> list[int]:
+        c = self.cfg
+        if c.epoch_mode == "resampled":
+            return resampled_batches(c.samples_per_epoch, self.world_size, self.num_streams, c.batch_size)
+        return [p.num_batches for p in self._exact_plans(epoch)]
+
+    def _exact_plans(self, epoch: int):
+        c = self.cfg
+        return exact_plan(
+            self.shards.sizes,
+            seed=c.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.num_streams,
+            batch_size=c.batch_size,
+            shuffle=c.train,
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = ((info.id if info is not None else 0) + self.worker_offset) % self.num_streams
+        c, B, epoch = self.cfg, self.cfg.batch_size, self.epoch
+        # shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker -> tar to samples
+        if c.epoch_mode == "exact":
+            plan = self._exact_plans(epoch)[worker]
+            num_batches = plan.num_batches
+            items = itertools.chain.from_iterable(
+                read_slice(self.shards.urls[s.shard], s.start, s.stop) for s in plan.slices
+            )
+        else:
+            num_batches = self.batches_per_worker(epoch)[worker]
+            picks = resampled_shards(len(self.shards.urls), c.seed, epoch, self.rank, worker)
+            items = itertools.chain.from_iterable(read_slice(self.shards.urls[i]) for i in picks)
+        # shuffle buffer
+        if c.train:
+            rng = random.Random(derive_seed("buffer", c.seed, epoch, self.rank, worker))
+            items = shuffle_buffer(items, c.shuffle_buffer, rng)
+        # masked padding so every stream has num_batches full batches; then cut the epoch there
+        items = itertools.islice(itertools.chain(items, itertools.repeat(_PAD)), num_batches * B)
+        # resume: skip consumed batches without decoding them
+        start = self.skip_batches[worker] * B
+        items = itertools.islice(items, start, None)
+        # decode + transform, then batch
+        aug_seed = derive_seed("augment", c.seed, epoch, self.rank, worker)
+        decoded = (self._decode(item, aug_seed, pos) for pos, item in enumerate(items, start))
+        yield from self._batches(decoded, worker)
+
+    def _decode(self, item, aug_seed: int, position: int):
+        """-> (image, label, key) or Bad or _PAD; never raises for a bad sample."""
+        if item is _PAD or isinstance(item, Bad):
+            return item
+        key = f"{item['__url__']}#{item['__key__']}"
+        ext = next((e for e in IMAGE_EXTS if e in item), None)
+        if ext is None:
+            return Bad(key, f"sample {key} has no image ({', '.join(IMAGE_EXTS)})")
+        try:
+            label = int(item["cls"].decode().strip())
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return Bad(key, f"sample {key} has a missing or unparsable .cls label")
+        if not 0 <= label < self.num_classes:
+            return Bad(key, f"sample {key} has label {label} outside [0, {self.num_classes})")
+        # In the main process (num_workers=0) the trainer's RNG must not be disturbed.
+        saved = torch.get_rng_state() if get_worker_info() is None else None
+        # Only the CPU generator: torch.manual_seed also seeds (lazily) every accelerator and
+        # costs ~2 ms, as much as decoding the image.
+        torch.default_generator.manual_seed(sample_seed(aug_seed, position))
+        try:
+            image = self.transform(item[ext])
+        except Exception as e:  # PIL / libjpeg / torchvision raise many types for corrupt data
+            return Bad(key, f"sample {key} does not decode: {type(e).__name__}: {e}")
+        finally:
+            if saved is not None:
+                torch.set_rng_state(saved)
+        return image, label, item["__key__"]
+
+    def _batches(self, decoded: Iterator, worker: int) -> Iterator[dict]:
+        B, S = self.cfg.batch_size, self.cfg.augment.img_size
+        seen = bad = 0
+        previous: list = []  # good rows of the last batch: filler when a batch has none
+        while True:
+            group = list(itertools.islice(decoded, B))
+            if not group:
+                return
+            good = [g for g in group if isinstance(g, tuple)]
+            reasons = [g.reason for g in group if isinstance(g, Bad)]
+            seen += sum(g is not _PAD for g in group)
+            for r in reasons:  # each of the first 10 per worker, then every 1000th: no log flood
+                bad += 1
+                if bad <= 10 or bad % 1000 == 0:
+                    log.warning("bad sample #%d of worker %d skipped: %s", bad, worker, r)
+            filler = good or previous
+            rows, valid = [], []
+            for i, g in enumerate(group):
+                if isinstance(g, tuple):
+                    rows.append(g)
+                    valid.append(True)
+                else:  # padding or bad: a masked copy keeps the batch shape static
+                    rows.append(filler[i % len(filler)] if filler else (torch.zeros(3, S, S), 0, ""))
+                    valid.append(False)
+            previous = good or previous
+            yield {
+                "image": torch.stack([r[0] for r in rows]),  # (B, 3, S, S) float32
+                "label": torch.tensor([r[1] for r in rows], dtype=torch.int64),  # (B,)
+                "valid": torch.tensor(valid, dtype=torch.bool),  # (B,)
+                "key": [r[2] for r in rows],
+                "_worker": worker,
+                "_seen": seen,
+                "_bad": bad,
+                "_bad_reason": reasons[-1] if reasons else "",
+            }
+
+
+class ShardLoader:
+    """Per-rank loader over a :class:`ShardStream` with ``set_epoch``, ``state_dict`` and bad counts.
+
+    ``rank``/``world_size`` are explicit (see :func:`dist_rank_world`); the loader never asks
+    torch.distributed or accelerate to split data.
+    """
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        shards = resolve_shards(cfg.shards, cfg.split, meta=cfg.meta)
+        if cfg.epoch_mode == "exact":
+            shards = with_sizes(shards)
+        num_classes = cfg.num_classes or (len(shards.classes) if shards.classes else None)
+        if not num_classes:
+            raise DataError(f"number of classes unknown for {shards.spec}: set num_classes (no dataset.json)")
+        self.num_classes = num_classes
+        self.shards = shards
+        self.dataset = ShardStream(shards, cfg, rank, world_size, num_classes)
+        self.epoch = 0
+        self._start = 0  # batches of self.epoch to skip at the next iteration (resume)
+        self._consumed = 0
+        self.bad_samples = 0  # this rank, cumulative over the run
+        self.samples_seen = 0
+        self.last_bad_reason = ""
+        self.dataset.batches_per_worker(0)  # start-up check: raises now if shards < streams
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._start = 0
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (identical on every rank)."""
+        return sum(self.dataset.batches_per_worker(self.epoch))
+
+    def state_dict(self) -> dict:
+        c = self.cfg
+        return {
+            "epoch": self.epoch,
+            "batch": self._consumed,
+            "seed": c.seed,
+            "world_size": self.world_size,
+            "num_workers": c.num_workers,
+            "batch_size": c.batch_size,
+            "epoch_mode": c.epoch_mode,
+            "bad_samples": self.bad_samples,
+            "samples_seen": self.samples_seen,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next iteration of ``state['epoch']`` starts after ``state['batch']`` batches."""
+        c = self.cfg
+        now = {
+            "seed": c.seed,
+            "world_size": self.world_size,
+            "num_workers": c.num_workers,
+            "batch_size": c.batch_size,
+            "epoch_mode": c.epoch_mode,
+        }
+        changed = [f"{k}: {state.get(k)} -> {v}" for k, v in now.items() if state.get(k) != v]
+        if changed:
+            raise DataError(
+                f"cannot resume the data position mid-epoch after changing {', '.join(changed)}; "
+                f"the sample order depends on them (restart the epoch or keep them)"
+            )
+        self.epoch, self._start = int(state["epoch"]), int(state["batch"])
+        self._consumed = self._start
+        self.bad_samples, self.samples_seen = int(state["bad_samples"]), int(state["samples_seen"])
+
+    def __iter__(self) -> Iterator[dict]:
+        c = self.cfg
+        per_worker = self.dataset.batches_per_worker(self.epoch)
+        start, self._start = self._start, 0
+        self.dataset.epoch = self.epoch
+        self.dataset.skip_batches, self.dataset.worker_offset = consumed_per_worker(start, per_worker)
+        self._consumed = start
+        if start == sum(per_worker):
+            return
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,  # the stream batches itself
+            num_workers=c.num_workers,
+            pin_memory=c.pin_memory,
+            persistent_workers=False,  # workers re-read the epoch/skip set above
+            prefetch_factor=c.prefetch_factor if c.num_workers > 0 else None,
+            # DataLoader draws its base seed from this generator, not from the trainer's RNG.
+            generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
+            multiprocessing_context=_start_method(c.worker_start_method) if c.num_workers > 0 else None,
+            timeout=c.worker_timeout if c.num_workers > 0 else 0,
+        )
+        base_bad, base_seen = self.bad_samples, self.samples_seen
+        bad, seen = {}, {}  # running counts per worker this iteration
+        for batch in _guard_timeout(loader, c.worker_timeout, self.shards.spec):
+            w = batch.pop("_worker")
+            bad[w], seen[w] = batch.pop("_bad"), batch.pop("_seen")
+            reason = batch.pop("_bad_reason")
+            self.last_bad_reason = reason or self.last_bad_reason
+            self.bad_samples, self.samples_seen = base_bad + sum(bad.values()), base_seen + sum(seen.values())
+            self._consumed += 1
+            self._check_bad_limit()
+            yield batch
+
+    def _check_bad_limit(self) -> None:
+        c = self.cfg
+        if self.bad_samples > c.max_bad_fraction * max(self.samples_seen, c.bad_min_seen):
+            raise DataError(
+                f"{self.bad_samples} bad samples of {self.samples_seen} seen on rank {self.rank} exceed "
+                f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last: {self.last_bad_reason})"
+            )
+
+
+def _guard_timeout(loader: DataLoader, timeout: float, spec: str) -> Iterator[dict]:
+    """Iterate ``loader``, turning its worker timeout into a one-line DataError."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            raise DataError(
+                f"no batch from the loader workers for {timeout:.0f} s reading {spec} (stalled shard reads?); "
+                f"see worker_timeout"
+            ) from None
+        yield batch
+
+
+def _start_method(name: str) -> str | None:
+    if name == "auto":
+        return "fork" if sys.platform == "linux" else None
+    return name
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def build_loader(cfg: DataConfig, rank: int | None = None, world_size: int | None = None) -> ShardLoader:
+    """The trainer's entry point: a :class:`ShardLoader` for this rank (defaults from torch.distributed)."""
+    if rank is None or world_size is None:
+        rank, world_size = dist_rank_world()
+    return ShardLoader(cfg, rank=rank, world_size=world_size)

@@ -1,0 +1,163 @@
+"""Shard specs -> a concrete shard list (URLs plus, when known, samples per shard).
+
+Accepted specs (a string, or a list of them; ``::`` also separates several in one string):
+
+* a directory written by ``python -m vit_dist.data.shards``: its ``dataset.json`` gives the
+  shards of the requested split, their sample counts and the class names;
+* local paths, brace patterns (``train-{000000..000127}.tar``) and globs (``train-*.tar``);
+  sample counts come from a ``dataset.json`` in the same directory when there is one, else
+  (only when exact mode asks) from reading the tar headers;
+* any URL webdataset's ``gopen`` can open (``pipe:aws s3 cp s3://b/train-000001.tar -``,
+  ``http(s)://``, ``gs://`` ...), with brace patterns. Remote shards cannot be checked or
+  counted at start-up, so exact mode needs a ``dataset.json`` (``meta=``) for them.
+
+Errors are raised here, at start-up, as :class:`DataError` naming the spec: a pattern that
+matches nothing, a missing path, a split absent from ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from webdataset.shardlists import expand_urls
+
+from .errors import DataError
+from .meta import META_NAME, read_meta
+
+# "pipe:cmd", "s3://...", "https://..." but not "file:" (local) and not a Windows drive letter.
+_REMOTE = re.compile(r"^(?!file:)[A-Za-z][A-Za-z0-9+.\-]+:")
+
+
+@dataclass(frozen=True)
+class ShardList:
+    """The resolved shards, in spec order. ``sizes[i]`` is the sample count of ``urls[i]``."""
+
+    urls: list[str]
+    sizes: list[int] | None
+    classes: list[str] | None
+    spec: str
+
+    @property
+    def num_samples(self) -> int | None:
+        return None if self.sizes is None else sum(self.sizes)
+
+
+def is_remote(url: str) -> bool:
+    return bool(_REMOTE.match(url))
+
+
+def resolve_shards(
+    spec: str | os.PathLike | list, split: str = "train", meta: str | None = None
+) -> ShardList:
+    """Resolve ``spec`` to a :class:`ShardList`; ``meta`` is an optional ``dataset.json`` directory
+    whose shard counts apply to the resolved shards (matched by file name)."""
+    parts = [str(p) for p in spec] if isinstance(spec, (list, tuple)) else str(spec).split("::")
+    parts = [p for p in parts if p.strip()]
+    if not parts:
+        raise DataError(f"empty shard spec {spec!r}")
+    lists = [_resolve_one(p.strip(), split) for p in parts]
+    urls = [u for sl in lists for u in sl.urls]
+    classes = next((sl.classes for sl in lists if sl.classes is not None), None)
+    sizes = None if any(sl.sizes is None for sl in lists) else [n for sl in lists for n in sl.sizes]
+    if meta is not None:
+        m = read_meta(meta)
+        by_name = {s["name"]: s["num_samples"] for sp in m["splits"].values() for s in sp["shards"]}
+        missing = [u for u in urls if _basename(u) not in by_name]
+        if missing:
+            raise DataError(f"{Path(meta) / META_NAME} has no sample count for shard {missing[0]}")
+        sizes = [by_name[_basename(u)] for u in urls]
+        classes = classes or m["classes"]
+    return ShardList(urls=urls, sizes=sizes, classes=classes, spec=str(spec))
+
+
+def _basename(url: str) -> str:
+    """The shard's file name, also inside a ``pipe:`` command (the last ``*.tar`` word in it)."""
+    if not is_remote(url):
+        return Path(url).name
+    names = re.findall(r"[^/\s'\"]+\.(?:tar|tgz|tar\.gz)(?=$|[\s'\"|;])", url)
+    return names[-1] if names else re.split(r"[/\s]", url.rstrip())[-1]
+
+
+def _resolve_one(part: str, split: str) -> ShardList:
+    if is_remote(part):
+        # Remote: expand braces only; existence is discovered (and counted as bad) when read.
+        return ShardList(urls=expand_urls(part), sizes=None, classes=None, spec=part)
+    local = re.sub(r"^file:(//)?", "", part)  # file:///a/b -> /a/b, file:rel -> rel
+    if os.path.isdir(local):
+        return _from_directory(Path(local), split)
+    paths: list[str] = []
+    for pattern in expand_urls(local):
+        if glob.has_magic(pattern):
+            hits = sorted(glob.glob(pattern))
+            if not hits:
+                raise DataError(f"shard pattern {pattern!r} (from spec {part!r}) matches no file")
+            paths.extend(hits)
+        elif not os.path.isfile(pattern):
+            raise DataError(f"shard {pattern!r} (from spec {part!r}) does not exist")
+        else:
+            paths.append(pattern)
+    sizes = classes = None
+    parents = {str(Path(p).parent) for p in paths}
+    if len(parents) == 1 and (Path(next(iter(parents))) / META_NAME).is_file():
+        meta = read_meta(next(iter(parents)))
+        by_name = {s["name"]: s["num_samples"] for sp in meta["splits"].values() for s in sp["shards"]}
+        if all(Path(p).name in by_name for p in paths):
+            sizes = [by_name[Path(p).name] for p in paths]
+        classes = meta["classes"]
+    return ShardList(urls=paths, sizes=sizes, classes=classes, spec=part)
+
+
+def _from_directory(directory: Path, split: str) -> ShardList:
+    meta = read_meta(directory)
+    if split not in meta["splits"]:
+        raise DataError(
+            f"{directory / META_NAME} has no split {split!r} (it has: {', '.join(sorted(meta['splits']))})"
+        )
+    shards = meta["splits"][split]["shards"]
+    if not shards:
+        raise DataError(f"split {split!r} of {directory} has no shards")
+    urls = [str(directory / s["name"]) for s in shards]
+    for u in urls:
+        if not os.path.isfile(u):
+            raise DataError(f"shard {u} listed in {directory / META_NAME} does not exist")
+    return ShardList(
+        urls=urls, sizes=[int(s["num_samples"]) for s in shards], classes=meta["classes"], spec=str(directory)
+    )
+
+
+def count_tar_samples(path: str) -> int:
+    """Number of distinct sample keys in a local tar (reads headers only, seeking past data)."""
+    keys = set()
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for member in tf:
+                if member.isfile():
+                    keys.add(_sample_key(member.name))
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"cannot count samples in shard {path}: {e}") from None
+    return len(keys)
+
+
+def with_sizes(shards: ShardList) -> ShardList:
+    """Return ``shards`` with per-shard sample counts, counting local tars when they are unknown."""
+    if shards.sizes is not None:
+        return shards
+    remote = [u for u in shards.urls if is_remote(u)]
+    if remote:
+        raise DataError(
+            f"exact epochs need per-shard sample counts and remote shard {remote[0]} has none: pass the "
+            f"dataset.json directory as meta=..., or use epoch_mode='resampled'"
+        )
+    return ShardList(shards.urls, [count_tar_samples(u) for u in shards.urls], shards.classes, shards.spec)
+
+
+def _sample_key(name: str) -> str:
+    """webdataset's grouping rule: the key is the path up to the first dot of the base name."""
+    directory, _, base = name.rpartition("/")
+    stem = base.split(".", 1)[0]
+    return f"{directory}/{stem}" if directory else stem

@@ -1,0 +1,108 @@
+"""Optimizer, parameter groups and learning-rate schedule.
+
+- AdamW (fused where the device supports it); weight decay only on weight matrices: norms,
+  biases, position embeddings, class/distillation tokens and Swin's relative-position tables
+  are exempt (the model names the last ones in ``no_weight_decay()``).
+- Layer-wise lr decay (BEiT / MAE fine-tuning): layer id 0 for everything before the first
+  transformer block (patch embedding, tokens), i + 1 for block i, and L + 1 for what follows the
+  last block (final norm, head); parameters between blocks (Swin's patch merging) take the id of
+  the next block. Group lr = lr * decay ** (L + 1 - id).
+- Per-step schedule: linear warmup from 0, then cosine to ``min_lr``.
+Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _unwrap_name(name: str) -> str:
+    for p in ("module.", "_orig_mod."):
+        name = name.replace(p, "")
+    return name
+
+
+def layer_ids(model: nn.Module, blocks: list[nn.Module]) -> tuple[dict[str, int], int]:
+    """Map parameter name -> layer id (see module docstring); returns (ids, num_layers + 2)."""
+    block_of: dict[int, int] = {}
+    for i, blk in enumerate(blocks):
+        for p in blk.parameters():
+            block_of[id(p)] = i + 1
+    named = list(model.named_parameters())
+    ids: dict[str, int] = {}
+    n = len(blocks)
+    for idx, (name, p) in enumerate(named):
+        if id(p) in block_of:
+            ids[name] = block_of[id(p)]
+            continue
+        following = next((block_of[id(q)] for _, q in named[idx + 1 :] if id(q) in block_of), None)
+        if following is None:
+            ids[name] = n + 1  # after the last block: final norm, head
+        elif following == 1:
+            ids[name] = 0  # before the first block: embeddings and tokens
+        else:
+            ids[name] = following  # between blocks (Swin patch merging)
+    return ids, n + 2
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_keywords: set[str] | None = None,
+    layer_decay: float | None = None,
+    blocks: list[nn.Module] | None = None,
+) -> list[dict]:
+    """Parameter groups with ``weight_decay`` and an ``lr_scale`` each (1.0 without layer decay)."""
+    keywords = set(no_decay_keywords or ())
+    ids, num_layers = layer_ids(model, blocks or []) if layer_decay else ({}, 1)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        short = _unwrap_name(name)
+        no_decay = p.ndim <= 1 or any(k in short.split(".") or short.endswith(k) for k in keywords)
+        lid = ids.get(name, 0)
+        key = (lid, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers - 1 - lid) if layer_decay else 1.0
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": scale,
+            }
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(short)
+    return [groups[k] for k in sorted(groups)]
+
+
+def fused_available(device: torch.device) -> bool:
+    """Fused AdamW runs on CUDA and (torch >= 2.4) CPU; we use it on CUDA where it pays off."""
+    return device.type == "cuda"
+
+
+def build_optimizer(groups: list[dict], lr: float, betas, eps: float, device: torch.device):
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    kwargs = {"fused": True} if fused_available(device) else {"foreach": True}
+    return torch.optim.AdamW(clean, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): warmup then cosine."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float):
+    min_ratio = min(1.0, min_lr / lr) if lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, min_ratio)
+    )

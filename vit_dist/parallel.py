@@ -1,0 +1,127 @@
+"""Apply parallelism to a plain model, from the outside, in one place.
+
+The order is fixed and written down once, as torchtitan does it:
+
+    1. activation checkpointing per transformer block (recompute in backward, saves memory)
+    2. torch.compile per block (graphs stay small; the same compiled block is reused)
+    3. FSDP2: ``fully_shard`` on every block, then on the root, with a mixed-precision policy
+       (low-precision compute copies of fp32 master weights, fp32 gradient reduction)
+       -- or DDP for ``strategy=ddp`` (when there is more than one process).
+
+Models only expose ``transformer_blocks()``; they never import this module. Parameter names are
+unchanged by steps 1-3 (FSDP2 keeps them; DDP prefixes ``module.``, see ``unwrap``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .amp import DTYPES
+from .distributed import DistEnv
+
+log = logging.getLogger(__name__)
+
+
+def apply_activation_checkpointing(blocks: list[nn.Module]) -> None:
+    """Each block's forward is recomputed in backward; parameter names stay as they are."""
+    for blk in blocks:
+        inner = blk.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        blk.forward = forward
+
+
+def apply_compile(blocks: list[nn.Module]) -> None:
+    for blk in blocks:
+        blk.compile()  # in place: keeps names and state-dict keys
+
+
+def apply_fsdp(
+    model: nn.Module, blocks: list[nn.Module], env: DistEnv, precision: str, reshard: bool
+) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(env.device.type, (env.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32)
+    for blk in blocks:
+        fully_shard(blk, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+    # The root keeps what is outside the blocks (embeddings, norms, heads); no reshard after its
+    # forward because backward needs those parameters at once.
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+
+
+def parallelize(
+    model: nn.Module,
+    env: DistEnv,
+    *,
+    strategy: str,
+    precision: str,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """Steps 1-3 above, on a model already on ``env.device``. Returns the model to train."""
+    blocks = model.transformer_blocks()
+    if activation_checkpointing:
+        apply_activation_checkpointing(blocks)
+    if compile:
+        apply_compile(blocks)
+    if strategy == "fsdp":
+        if not torch.distributed.is_initialized():
+            log.warning(
+                "parallel.strategy=fsdp in a single process without a process group: nothing to shard"
+            )
+            return model
+        apply_fsdp(model, blocks, env, precision, reshard_after_forward)
+        return model
+    if env.world_size > 1:
+        return DistributedDataParallel(
+            model,
+            device_ids=[env.device.index] if env.device.type == "cuda" else None,
+            broadcast_buffers=False,  # no running statistics; Swin's masks are identical everywhere
+        )
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model (DDP's ``module``); FSDP2 shards in place, so it is the model itself."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def no_grad_sync(model: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on gradient-accumulation micro-steps."""
+    if not enabled:
+        yield
+        return
+    if isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif is_fsdp(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly DTensor) parameter or gradient."""
+    return t.to_local() if hasattr(t, "to_local") else t

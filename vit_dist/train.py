@@ -1,0 +1,46 @@
+"""``python -m vit_dist.train --config configs/X.yaml [key=value ...]``
+
+Also under ``accelerate launch [flags] -m vit_dist.train ...`` (one process per device, DDP or
+FSDP from ``parallel.strategy``) and under ``srun`` via slurm/train.sbatch. Prints the run
+directory and the final held-out accuracy; exit codes are listed in ``vit_dist.cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .cli import parse_args, run_cli, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    config_path, overrides = parse_args("python -m vit_dist.train", argv)
+    setup_logging()
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    def _run() -> int:
+        from .config import load_config
+        from .models.registry import check_model_kwargs
+
+        cfg = load_config(config_path, overrides)  # everything validated before any work
+        check_model_kwargs(cfg.model.name, cfg.model.kwargs)
+
+        from .distributed import init_distributed, shutdown
+        from .trainer import Trainer, run_summary
+
+        env = init_distributed()
+        try:
+            trainer = Trainer(cfg, env)
+            result = trainer.fit()
+            if env.is_main:
+                print(f"run directory: {os.path.abspath(cfg.output_dir)}", flush=True)
+                print(run_summary(result), flush=True)
+        finally:
+            shutdown()
+        return 0
+
+    return run_cli(_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
