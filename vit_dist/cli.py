@@ -39,37 +39,40 @@ def setup_logging() -> None:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run ``main`` mapping known failure types to one line + an exit code."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .models import CheckpointMismatchError
-    from .trainer import TrainingError
+    """Run ``main`` mapping known failure types to one line + an exit code.
+
+    The exception classes are imported only when something failed, so that a config mistake
+    is reported before torch is even imported."""
 
     def fail(kind: str, e: BaseException, code: int) -> int:
-        if _rank() == 0 or code != EXIT_CONFIG:
+        if _rank() == 0 or code != EXIT_CONFIG:  # config errors are the same on every rank
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"{kind}: {msg}", file=sys.stderr, flush=True)
         return code
 
     try:
         return main()
-    except ConfigError as e:
-        return fail("config error", e, EXIT_CONFIG)
-    except DataError as e:
-        return fail("data error", e, EXIT_DATA)
-    except (CheckpointError, CheckpointMismatchError) as e:
-        return fail("checkpoint error", e, EXIT_CHECKPOINT)
-    except TrainingError as e:
-        return fail("training stopped", e, EXIT_TRAINING)
-    except FileNotFoundError as e:
-        return fail("file not found", e, EXIT_CONFIG)
-    except ValueError as e:  # model keyword errors and similar user mistakes
-        return fail("config error", e, EXIT_CONFIG)
-    except MemoryError as e:
-        return fail("out of memory", e, EXIT_OOM)
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower():
+    except Exception as e:
+        from .config import ConfigError
+
+        if isinstance(e, ConfigError):
+            return fail("config error", e, EXIT_CONFIG)
+        from .checkpoint import CheckpointError
+        from .data.errors import DataError
+        from .models.pretrained import CheckpointMismatchError
+        from .trainer import TrainingError
+
+        if isinstance(e, DataError):
+            return fail("data error", e, EXIT_DATA)
+        if isinstance(e, (CheckpointError, CheckpointMismatchError)):
+            return fail("checkpoint error", e, EXIT_CHECKPOINT)
+        if isinstance(e, TrainingError):
+            return fail("training stopped", e, EXIT_TRAINING)
+        if isinstance(e, FileNotFoundError):
+            return fail("file not found", e, EXIT_CONFIG)
+        if isinstance(e, ValueError):  # model keyword errors and similar user mistakes
+            return fail("config error", e, EXIT_CONFIG)
+        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
             return fail(
                 "out of memory",
                 RuntimeError(

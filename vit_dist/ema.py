@@ -16,7 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .parallel import local_tensor
+from .parallel import local_tensor, reshard
 
 
 class ModelEma:
@@ -36,6 +36,7 @@ class ModelEma:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
+        reshard(model)
         named = dict(model.named_parameters())
         ema = [local_tensor(self.params[n]) for n in self.names]
         cur = [local_tensor(named[n].detach()) for n in self.names]
@@ -44,6 +45,7 @@ class ModelEma:
 
     @torch.no_grad()
     def _swap(self, model: nn.Module) -> None:
+        reshard(model)
         named = dict(model.named_parameters())
         for n in self.names:
             a, b = local_tensor(named[n].detach()), local_tensor(self.params[n])

@@ -122,6 +122,16 @@ def no_grad_sync(model: nn.Module, enabled: bool):
         yield
 
 
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP2 module back into its sharded state (a forward without backward, e.g. in
+    evaluation, leaves the root unsharded), so that ``named_parameters()`` are the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a (possibly DTensor) parameter or gradient."""
     return t.to_local() if hasattr(t, "to_local") else t

@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def _run() -> int:
         from .config import load_config
-        from .models.registry import check_model_kwargs
 
         cfg = load_config(config_path, overrides)  # everything validated before any work
+        from .models.registry import check_model_kwargs  # (imports torch)
+
         check_model_kwargs(cfg.model.name, cfg.model.kwargs)
 
         from .distributed import init_distributed, shutdown
