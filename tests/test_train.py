@@ -302,3 +302,26 @@ def test_evaluate_checkpoint_export_and_timm_file(digits_data_dir, tmp_path):
 
     proc = run_evaluate([*args, f"output_dir={tmp_path / 'x'}"])
     assert proc.returncode != 0 and "checkpoint=PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_compile_and_activation_checkpointing_match_eager(digits_data_dir, tmp_path):
+    args = [
+        f"data.train={digits_data_dir}",
+        f"data.val={digits_data_dir}",
+        "train.steps=4",
+        "logging.every=1",
+        "logging.wandb=false",
+        *TINY,
+    ]
+    losses = {}
+    for name, extra in {
+        "eager": [],
+        "compiled+ac": ["parallel.compile=true", "parallel.activation_checkpointing=true"],
+    }.items():
+        out = tmp_path / name.replace("+", "_")
+        _ok(run_train([*args, *extra, f"output_dir={out}"], timeout=900))
+        losses[name] = [m["loss"] for m in read_jsonl(out / "metrics.jsonl")]
+    assert len(losses["eager"]) == 4
+    for a, b in zip(losses["eager"], losses["compiled+ac"]):
+        assert abs(a - b) < 1e-4, losses
