@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import faults
 from .distributed import DistEnv, barrier, broadcast_object
 
 CKPT_DIR = "checkpoints"
@@ -153,6 +154,7 @@ def save_checkpoint(
             state["ema"] = ema
         _atomic_torch_save(state, tmp / "state.pt")
     _atomic_torch_save({**rank_state, "rng": rng_state()}, tmp / f"rank-{env.rank:05d}.pt")
+    faults.maybe_kill("kill_in_save", step, env.rank)
     barrier()  # every rank's files are in place
 
     if env.is_main:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING = 2, 3, 4, 5, 6
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, requeue and resume with resume=auto
 
 
 def parse_args(prog: str, argv: list[str] | None) -> tuple[str | None, list[str]]:
@@ -45,7 +46,7 @@ def run_cli(main: Callable[[], int]) -> int:
     is reported before torch is even imported."""
 
     def fail(kind: str, e: BaseException, code: int) -> int:
-        if _rank() == 0 or code != EXIT_CONFIG:  # config errors are the same on every rank
+        if _rank() == 0 or code not in (EXIT_CONFIG, EXIT_PREEMPTED):  # the same on every rank
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"{kind}: {msg}", file=sys.stderr, flush=True)
         return code
@@ -60,12 +61,14 @@ def run_cli(main: Callable[[], int]) -> int:
         from .checkpoint import CheckpointError
         from .data.errors import DataError
         from .models.pretrained import CheckpointMismatchError
-        from .trainer import TrainingError
+        from .trainer import Preempted, TrainingError
 
         if isinstance(e, DataError):
             return fail("data error", e, EXIT_DATA)
         if isinstance(e, (CheckpointError, CheckpointMismatchError)):
             return fail("checkpoint error", e, EXIT_CHECKPOINT)
+        if isinstance(e, Preempted):
+            return fail("preempted", e, EXIT_PREEMPTED)
         if isinstance(e, TrainingError):
             return fail("training stopped", e, EXIT_TRAINING)
         if isinstance(e, FileNotFoundError):

@@ -36,8 +36,11 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(timeout_minutes: float = 30.0) -> DistEnv:
-    """Join the process group the launcher described (if any) and pick this rank's device."""
+def init_distributed(timeout_minutes: float = 30.0, need_group: bool = False) -> DistEnv:
+    """Join the process group the launcher described (if any) and pick this rank's device.
+
+    ``need_group``: a single process still gets a process group of one (FSDP needs one), so
+    that e.g. a sharded run can be resumed or debugged in one process."""
     from accelerate import PartialState
 
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in _TRUE
@@ -47,6 +50,14 @@ def init_distributed(timeout_minutes: float = 30.0) -> DistEnv:
     device = torch.device("cpu") if use_cpu else state.device
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if need_group and not dist.is_initialized():
+        dist.init_process_group(
+            backend="gloo" if device.type == "cpu" else "nccl",
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
     return DistEnv(
         rank=state.process_index,
         world_size=state.num_processes,

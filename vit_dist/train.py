@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import init_distributed, shutdown
         from .trainer import Trainer, run_summary
 
-        env = init_distributed()
+        env = init_distributed(need_group=cfg.parallel.strategy == "fsdp")
         try:
             trainer = Trainer(cfg, env)
             result = trainer.fit()

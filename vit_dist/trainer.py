@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
+from . import faults
 from .amp import DTYPES, LossScaler, autocast
 from .config import Config, dump_config
 from .data import AugmentConfig, DataConfig, EvalSums, MixupCutmix, build_loader, global_bad_samples
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """The run cannot continue (e.g. too many non-finite steps); the message says why."""
+
+
+class Preempted(RuntimeError):
+    """SIGUSR1/SIGTERM arrived; a checkpoint was saved and the process should exit (code 75)."""
 
 
 def data_config(cfg: Config, train: bool, device: torch.device) -> DataConfig:
@@ -192,6 +198,16 @@ class Trainer:
         )
         self.timer = StepTimer()
         self._dtypes_logged = False
+        self._signal = None  # name of a preemption signal received by this process
+        # The preemption flag is reduced over a CPU (gloo) group: agreeing on it each step
+        # costs no host-device synchronisation, also when the training backend is NCCL.
+        self._flag_group = None
+        if torch.distributed.is_initialized() and env.world_size > 1:
+            self._flag_group = (
+                torch.distributed.new_group(backend="gloo")
+                if env.backend != "gloo"
+                else torch.distributed.group.WORLD
+            )
 
     def _write_run_info(self) -> None:
         """run_info.json: how the run is laid out, including how many parameter elements each
@@ -254,6 +270,14 @@ class Trainer:
         for k, v in mine.items():
             if meta.get(k) != v:
                 raise ckpt.CheckpointError(f"{path} was written for {k}={meta.get(k)!r}, this run has {v!r}")
+        theirs = json.loads(json.dumps(meta.get("model_kwargs", {})))
+        ours = json.loads(json.dumps(getattr(self.core, "model_kwargs", {})))
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if diff:
+            detail = ", ".join(
+                f"model.{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in diff
+            )
+            raise ckpt.CheckpointError(f"{path} is from another model ({detail})")
         meta, rank_state = ckpt.load_checkpoint(
             path,
             self.env,
@@ -318,6 +342,8 @@ class Trainer:
                 with autocast(self.device, cfg.precision):
                     out = model(x)
                     loss = classification_loss(out, y, cfg.train.label_smoothing)
+                if faults.armed("nan", self.step + 1, self.env.rank):
+                    loss = loss * float("nan")
                 self.scaler.scale_loss(loss / self.accum).backward()
             loss_sum += loss.detach()
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -428,6 +454,33 @@ class Trainer:
                 f"{limit}); lower optim.lr, set optim.clip_grad, or use bf16 instead of fp16"
             )
 
+    # ------------------------------------------------------------------ preemption
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signal.Signals(signum).name  # acted on at the next step boundary
+
+    def _install_signal_handlers(self) -> None:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _preempt_requested(self) -> bool:
+        """True on every rank when any rank received a preemption signal (a collective)."""
+        flag = torch.tensor([1.0 if self._signal else 0.0])
+        if self._flag_group is not None:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._flag_group)
+        return bool(flag.item())
+
+    def _preempt(self) -> None:
+        path = self.save()
+        if self.env.is_main:
+            (self.out / "preempted.json").write_text(
+                json.dumps({"step": self.step, "checkpoint": str(path), "signal": self._signal or "peer"})
+            )
+        self.logger.finish(None)
+        raise Preempted(
+            f"preemption signal: checkpoint saved at step {self.step} ({path}); resume with resume=auto"
+        )
+
     # ------------------------------------------------------------------ the loop
 
     def _due(self, every: int) -> bool:
@@ -435,6 +488,9 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
+        self._install_signal_handlers()
+        if self.env.is_main and (self.out / "preempted.json").exists():
+            (self.out / "preempted.json").unlink()
         self.logger.info(
             f"training {cfg.model.name} for {self.total_steps} steps ({self.steps_per_epoch} per epoch), "
             f"lr {self.lr:.3g}, warmup {self.warmup_steps} steps, output {self.out}"
@@ -461,6 +517,10 @@ class Trainer:
                     final_eval = self._eval_and_track()
                 if self._due(cfg.checkpoint.every) and self.step < self.total_steps:
                     self.save()
+                faults.maybe_kill("kill", self.step, self.env.rank)
+                faults.maybe_signal(self.step, self.env.rank)
+                if self._preempt_requested():
+                    self._preempt()
             del it  # stops this epoch's loader workers
             if self.step_in_epoch >= self.steps_per_epoch:
                 self.epoch += 1

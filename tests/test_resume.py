@@ -1,0 +1,155 @@
+"""Never lose a run: hard kills, kills during a save, preemption signals, NaN steps, other world
+sizes and other models -- each followed by a resume that must continue exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_train import _ok, read_jsonl, run_train
+
+SMOKE = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.drop_path_rate=0.1",  # RNG in the model ...
+    "data.mixup=0.8",  # ... and in the batch: both must be restored on resume
+    "data.cutmix=1.0",
+    "data.randaugment_ops=1",
+    "train.batch_size=16",
+    "data.workers=1",
+    "ema.decay=0.9",
+    "logging.every=1",
+    "logging.wandb=false",
+    "eval.every=0",
+]
+
+
+def _args(data, out, steps=14, every=5, extra=()):
+    return [
+        f"data.train={data}",
+        f"data.val={data}",
+        f"train.steps={steps}",
+        f"checkpoint.every={every}",
+        f"output_dir={out}",
+        *SMOKE,
+        *extra,
+    ]
+
+
+def _losses(out) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_jsonl(out / "metrics.jsonl")}
+
+
+def _assert_same_run(ref, got):
+    a, b = _losses(ref), _losses(got)
+    assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+    ea, eb = (json.loads((d / "eval.json").read_text()) for d in (ref, got))
+    for k in ("top1", "loss", "ema_top1", "ema_loss"):
+        assert abs(ea[k] - eb[k]) <= 1e-6, (k, ea, eb)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_kill9_and_preemption_resume_exactly(digits_data_dir, tmp_path, strategy):
+    """2 processes; (a) rank 0 is SIGKILLed mid-epoch after the step-10 checkpoint; (b) rank 1
+    alone gets SIGUSR1 after step 7. Both resume with resume=auto and must reproduce the
+    uninterrupted run's per-step losses and final evaluation (fp32, CPU: within 1e-6)."""
+    extra = [f"parallel.strategy={strategy}"]
+    ref = tmp_path / "ref"
+    _ok(run_train(_args(digits_data_dir, ref, extra=extra), nproc=2))
+
+    killed = tmp_path / "killed"
+    proc = run_train(_args(digits_data_dir, killed, extra=extra), nproc=2, VIT_DIST_FAULT="kill@12")
+    assert proc.returncode != 0
+    steps_before = max(_losses(killed))
+    assert steps_before == 12  # it really died mid-run, after the step-10 checkpoint
+    _ok(run_train(_args(digits_data_dir, killed, extra=[*extra, "resume=auto"]), nproc=2))
+    _assert_same_run(ref, killed)
+
+    pre = tmp_path / "preempted"
+    proc = run_train(_args(digits_data_dir, pre, extra=extra), nproc=2, VIT_DIST_FAULT="sigusr1@7:1")
+    assert proc.returncode != 0
+    marker = json.loads((pre / "preempted.json").read_text())
+    assert marker["step"] == 7 and marker["checkpoint"].endswith("step-00000007")
+    assert (pre / "checkpoints" / "step-00000007" / "meta.json").is_file()
+    assert "preempted: preemption signal: checkpoint saved at step 7" in proc.stderr
+    _ok(run_train(_args(digits_data_dir, pre, extra=[*extra, "resume=auto"]), nproc=2))
+    assert not (pre / "preempted.json").exists()
+    _assert_same_run(ref, pre)
+
+
+@pytest.mark.slow
+def test_single_process_preemption_exit_code_and_kill_during_save(digits_data_dir, tmp_path):
+    ref = tmp_path / "ref"
+    _ok(run_train(_args(digits_data_dir, ref, steps=12, every=4)))
+
+    pre = tmp_path / "pre"
+    proc = run_train(_args(digits_data_dir, pre, steps=12, every=4), VIT_DIST_FAULT="sigterm@6")
+    assert proc.returncode == 75, proc.stderr  # documented: checkpoint saved, requeue me
+    assert json.loads((pre / "preempted.json").read_text())["signal"] == "SIGTERM"
+
+    # Killed while writing the step-8 checkpoint: step 4 stays the latest complete checkpoint.
+    ks = tmp_path / "kill_in_save"
+    proc = run_train(_args(digits_data_dir, ks, steps=12, every=4), VIT_DIST_FAULT="kill_in_save@8")
+    assert proc.returncode == -9
+    ckpts = sorted(p.name for p in (ks / "checkpoints").iterdir())
+    assert "step-00000008.tmp" in ckpts and "step-00000008" not in ckpts and "step-00000004" in ckpts
+    proc = run_train(_args(digits_data_dir, ks, steps=12, every=4, extra=["resume=auto"]))
+    _ok(proc)
+    assert "resumed from" in proc.stdout and "step-00000004" in proc.stdout
+    assert not list((ks / "checkpoints").glob("*.tmp"))  # the torn save was cleaned up
+    _assert_same_run(ref, ks)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_resume_on_another_world_size(digits_data_dir, tmp_path, strategy):
+    out = tmp_path / "run"
+    extra = [f"parallel.strategy={strategy}"]
+    proc = run_train(_args(digits_data_dir, out, steps=10, extra=extra), nproc=2, VIT_DIST_FAULT="kill@7")
+    assert proc.returncode != 0
+    proc = run_train(_args(digits_data_dir, out, steps=10, extra=[*extra, "resume=auto"]), nproc=1)
+    _ok(proc)
+    assert "world size changed" in proc.stdout + proc.stderr
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics][-5:] == [6, 7, 8, 9, 10]
+    assert metrics[-1]["world_size"] == 1 and metrics[0]["world_size"] == 2
+    assert metrics[-1]["epoch"] == 1  # the data position restarts at the next epoch
+    assert json.loads((out / "eval.json").read_text())["num_samples"] == 360
+
+
+@pytest.mark.multiproc
+def test_nan_steps_are_skipped_together_then_stop_the_run(digits_data_dir, tmp_path):
+    out = tmp_path / "nan_once"
+    proc = run_train(_args(digits_data_dir, out, steps=6, every=2), nproc=2, VIT_DIST_FAULT="nan@3")
+    _ok(proc)  # one non-finite step on rank 0 only: skipped by both ranks, the run goes on
+    m = {r["step"]: r for r in read_jsonl(out / "metrics.jsonl")}
+    assert m[2]["skipped_steps"] == 0 and m[3]["skipped_steps"] == 1 and m[6]["skipped_steps"] == 1
+
+    out = tmp_path / "nan_many"
+    proc = run_train(
+        _args(digits_data_dir, out, steps=8, every=2, extra=["train.max_skipped_steps=1"]),
+        nproc=2,
+        VIT_DIST_FAULT="nan@3,nan@4",
+    )
+    assert proc.returncode != 0
+    assert "training stopped: 2 optimizer steps had a non-finite loss or gradient" in proc.stderr
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert ckpts[-1] == "step-00000002"  # the last good checkpoint, intact
+    assert (out / "checkpoints" / "step-00000002" / "meta.json").is_file()
+
+
+def test_checkpoint_of_another_model_is_refused(digits_data_dir, tmp_path):
+    out = tmp_path / "run"
+    _ok(run_train(_args(digits_data_dir, out, steps=2, every=2)))
+    proc = run_train(_args(digits_data_dir, out, steps=4, every=2, extra=["resume=auto", "model.depth=3"]))
+    assert proc.returncode == 4
+    assert "checkpoint error:" in proc.stderr and "model.depth: checkpoint 2, this run 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_train(_args(digits_data_dir, tmp_path / "x", steps=2, extra=[f"resume={tmp_path / 'nothing'}"]))
+    assert proc.returncode == 4 and "not a complete checkpoint" in proc.stderr
