@@ -151,5 +151,7 @@ def test_checkpoint_of_another_model_is_refused(digits_data_dir, tmp_path):
     assert proc.returncode == 4
     assert "checkpoint error:" in proc.stderr and "model.depth: checkpoint 2, this run 3" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_train(_args(digits_data_dir, tmp_path / "x", steps=2, extra=[f"resume={tmp_path / 'nothing'}"]))
+    proc = run_train(
+        _args(digits_data_dir, tmp_path / "x", steps=2, extra=[f"resume={tmp_path / 'nothing'}"])
+    )
     assert proc.returncode == 4 and "not a complete checkpoint" in proc.stderr

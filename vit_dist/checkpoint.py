@@ -65,6 +65,25 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint directory (has meta.json), or the latest complete one of a run directory
+    or of its ``checkpoints/`` directory. Raises CheckpointError otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint={path}: no such file or directory")
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint={path} is a file: expected a checkpoint or run directory")
+    if (p / "meta.json").is_file():
+        return p
+    latest = latest_checkpoint(p) or (latest_checkpoint(p.parent) if p.name == CKPT_DIR else None)
+    if latest is None:
+        raise CheckpointError(
+            f"checkpoint={path}: no complete checkpoint there (expected a directory with meta.json, "
+            f"or a run directory with checkpoints/step-N)"
+        )
+    return latest
+
+
 def rng_state() -> dict:
     """All RNG states as tensors and plain Python values, so that weights_only loading works."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -113,6 +113,21 @@ class EmaSection:
 
 
 @dataclass
+class DistillSection:
+    type: Literal["none", "soft", "hard"] = "none"
+    teacher: str | None = _f(
+        None, doc="registry or torchvision model name (optional for a vit_dist checkpoint)"
+    )
+    teacher_weights: str | None = _f(None, doc="weights file or a vit_dist checkpoint / run directory")
+    teacher_kwargs: dict = _f(factory=dict, doc="extra keywords for building the teacher")
+    alpha: float = _f(0.5, lo=0.0, hi=1.0, doc="soft: weight of the KL term")
+    tau: float = _f(1.0, lo=0.0, lo_open=True, doc="soft: temperature")
+    teacher_mean: list[float] | None = _f(None, doc="teacher input normalisation; default data.mean")
+    teacher_std: list[float] | None = _f(None, doc="default data.std")
+    shard_teacher_above_gb: float = _f(4.0, lo=0.0, doc="FSDP-shard the teacher when its weights exceed this")
+
+
+@dataclass
 class ParallelSection:
     strategy: Literal["ddp", "fsdp"] = "ddp"
     compile: bool = False
@@ -150,6 +165,7 @@ class Config:
     train: TrainSection = _f(factory=TrainSection)
     optim: OptimSection = _f(factory=OptimSection)
     ema: EmaSection = _f(factory=EmaSection)
+    distill: DistillSection = _f(factory=DistillSection)
     parallel: ParallelSection = _f(factory=ParallelSection)
     eval: EvalSection = _f(factory=EvalSection)
     logging: LoggingSection = _f(factory=LoggingSection)
@@ -288,6 +304,13 @@ def _check_consistency(cfg: Config) -> None:
             )
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")
+    d = cfg.distill
+    if d.type != "none" and not (d.teacher or d.teacher_weights):
+        raise ConfigError(f"distill.type={d.type} needs distill.teacher and/or distill.teacher_weights")
+    for name in ("teacher_mean", "teacher_std"):
+        v = getattr(d, name)
+        if v is not None and len(v) != len(cfg.data.mean):
+            raise ConfigError(f"distill.{name}: expected {len(cfg.data.mean)} numbers, got {v!r}")
     if cfg.train.epochs is None and cfg.train.steps is None:
         raise ConfigError("set train.epochs or train.steps")
 

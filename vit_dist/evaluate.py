@@ -39,14 +39,8 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool = False) -> st
     from .models.pretrained import fit_state_dict
 
     p = Path(path)
-    if p.is_dir() and not (p / "meta.json").is_file():
-        latest = ckpt.latest_checkpoint(p) or (
-            ckpt.latest_checkpoint(p.parent) if p.name == ckpt.CKPT_DIR else None
-        )
-        if latest is None:
-            raise ckpt.CheckpointError(f"{path}: no complete checkpoint found")
-        p = latest
     if p.is_dir():
+        p = ckpt.resolve_checkpoint_dir(p)
         meta = ckpt.read_meta(p)
         key = "ema" if use_ema else "model"
         if meta.get("fsdp"):
@@ -54,7 +48,9 @@ def load_weights(model: torch.nn.Module, path: str, use_ema: bool = False) -> st
 
             sd = {k: v.clone() for k, v in model.state_dict().items()}
             state = {key: {n: sd[n] for n, _ in model.named_parameters()} if use_ema else sd}
-            dcp.load(state, checkpoint_id=str(p / "dcp"))  # gathers the shards into full tensors
+            # Every process reads the full tensors on its own (no_dist): no collectives, so this
+            # also works on one rank of a running job (the trainer's final export).
+            dcp.load(state, checkpoint_id=str(p / "dcp"), no_dist=True)
             sd.update(state[key])
         else:
             state = torch.load(p / "state.pt", map_location="cpu", weights_only=True)

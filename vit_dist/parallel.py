@@ -59,6 +59,16 @@ def apply_fsdp(
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
 
 
+def shard_frozen(module: nn.Module, env: DistEnv, precision: str) -> None:
+    """FSDP2 on a forward-only module (a large distillation teacher): one unit, resharded after
+    each forward."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(env.device.type, (env.world_size,))
+    fully_shard(module, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=DTYPES[precision]))
+
+
 def parallelize(
     model: nn.Module,
     env: DistEnv,

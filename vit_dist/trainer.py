@@ -28,13 +28,14 @@ from . import faults
 from .amp import DTYPES, LossScaler, autocast
 from .config import Config, dump_config
 from .data import AugmentConfig, DataConfig, EvalSums, MixupCutmix, build_loader, global_bad_samples
+from .distill import FrozenTeacher, Renormalize, build_teacher, distillation_loss
 from .distributed import DistEnv, all_gather_object, all_reduce, barrier
 from .ema import ModelEma
 from .losses import classification_loss
 from .metrics import RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
 from .models import create_model, flops_per_image, load_pretrained
 from .optim import build_optimizer, build_scheduler, param_groups
-from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
+from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, shard_frozen, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class Trainer:
         )
         self.core = unwrap(self.model)
         self.fsdp = is_fsdp(self.model)
+        self.teacher = self._build_teacher() if cfg.distill.type != "none" else None
         self._write_run_info()
         torch.manual_seed(cfg.train.seed * 1000 + 1 + env.rank)
 
@@ -208,6 +210,29 @@ class Trainer:
                 if env.backend != "gloo"
                 else torch.distributed.group.WORLD
             )
+
+    def _build_teacher(self) -> FrozenTeacher:
+        cfg, d = self.cfg, self.cfg.data
+        model, what = build_teacher(cfg.distill, self.num_classes, d.img_size, d.in_chans)
+        renorm = Renormalize(
+            d.mean, d.std, cfg.distill.teacher_mean or d.mean, cfg.distill.teacher_std or d.std
+        )
+        teacher = FrozenTeacher(model, renorm).to(self.device)
+        gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+        sharded = self.fsdp and gb > cfg.distill.shard_teacher_above_gb
+        if sharded:  # see distill.py: replicated unless it is too big to hold on every rank
+            shard_frozen(model, self.env, cfg.precision)
+        if self.env.is_main:
+            log.info(
+                "distill (%s, alpha %s, tau %s): teacher %s, %.2f GB, %s",
+                cfg.distill.type,
+                cfg.distill.alpha,
+                cfg.distill.tau,
+                what,
+                gb,
+                "FSDP-sharded" if sharded else "replicated on every rank",
+            )
+        return teacher
 
     def _write_run_info(self) -> None:
         """run_info.json: how the run is laid out, including how many parameter elements each
@@ -341,7 +366,14 @@ class Trainer:
             with no_grad_sync(model, enabled=not sync and self.env.world_size > 1):
                 with autocast(self.device, cfg.precision):
                     out = model(x)
-                    loss = classification_loss(out, y, cfg.train.label_smoothing)
+                    if self.teacher is not None:
+                        d = cfg.distill
+                        t_logits = self.teacher(x)  # the same (mixed) batch the student sees
+                        loss = distillation_loss(
+                            out, y, t_logits, d.type, d.alpha, d.tau, cfg.train.label_smoothing
+                        )
+                    else:
+                        loss = classification_loss(out, y, cfg.train.label_smoothing)
                 if faults.armed("nan", self.step + 1, self.env.rank):
                     loss = loss * float("nan")
                 self.scaler.scale_loss(loss / self.accum).backward()
@@ -372,24 +404,62 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate_once(self) -> dict:
+        """Top-1/top-5/loss of the model (for a distilled DeiT: of the mean of its heads, plus
+        each head's top-1), and with a teacher: the teacher's top-1 and how often the
+        distillation head agrees with it. Exactly once per sample, summed over ranks."""
         self.model.eval()
-        sums = EvalSums(self.device)
+        two_heads = hasattr(self.core, "return_both_heads")
+        sums = {"": EvalSums(self.device)}
+        if two_heads:
+            sums.update(cls_=EvalSums(self.device), dist_=EvalSums(self.device))
+        if self.teacher is not None:
+            sums["teacher_"] = EvalSums(self.device)
+        agree = torch.zeros(2, dtype=torch.float64, device=self.device)  # (agreements, samples)
         self.val_loader.set_epoch(0)
-        for batch in self.val_loader:
-            x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["label"].to(self.device, non_blocking=True)
-            with autocast(self.device, self.cfg.precision):
-                logits = self.model(x)
-            sums.update(logits, y, batch["valid"].to(self.device))
-        r = sums.reduce()
-        return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "num_samples": r["count"]}
+        try:
+            if two_heads:
+                self.core.return_both_heads = True
+            for batch in self.val_loader:
+                x = batch["image"].to(self.device, non_blocking=True)
+                y = batch["label"].to(self.device, non_blocking=True)
+                valid = batch["valid"].to(self.device)
+                with autocast(self.device, self.cfg.precision):
+                    out = self.model(x)
+                    t_logits = self.teacher(x) if self.teacher is not None else None
+                if two_heads:
+                    cls_logits, dist_logits = out
+                    sums["cls_"].update(cls_logits, y, valid)
+                    sums["dist_"].update(dist_logits, y, valid)
+                    out = (cls_logits + dist_logits) / 2
+                sums[""].update(out, y, valid)
+                if t_logits is not None:
+                    sums["teacher_"].update(t_logits, y, valid)
+                    student = dist_logits if two_heads else out
+                    same = (student.argmax(-1) == t_logits.argmax(-1)) & valid
+                    agree += torch.stack([same.sum(), valid.sum()]).double()
+        finally:
+            if two_heads:
+                self.core.return_both_heads = False
+        rec = {}
+        for prefix, s in sums.items():
+            r = s.reduce()
+            if prefix:
+                rec[f"{prefix}top1"] = r["top1"]
+            else:
+                rec.update(top1=r["top1"], top5=r["top5"], loss=r["loss"], num_samples=r["count"])
+        if self.teacher is not None:
+            all_reduce(agree)
+            rec["teacher_agreement"] = (agree[0] / agree[1].clamp(min=1)).item()
+        return rec
 
     def evaluate(self) -> dict:
         rec = {"step": self.step, "epoch": self.epoch, **self._evaluate_once()}
         if self.ema is not None:
             with self.ema.swapped_in(self.core):
                 e = self._evaluate_once()
-            rec.update({f"ema_{k}": v for k, v in e.items() if k != "num_samples"})
+            rec.update(
+                {f"ema_{k}": v for k, v in e.items() if k != "num_samples" and not k.startswith("teacher")}
+            )
         return rec
 
     # ------------------------------------------------------------------ logging
@@ -532,9 +602,24 @@ class Trainer:
                         self.save()
         if self.val_loader is not None and (final_eval is None or final_eval["step"] != self.step):
             final_eval = self._eval_and_track(save_best=False)
-        self.save(best=final_eval is not None and final_eval["top1"] >= self.best_top1)
+        final = self.save(best=final_eval is not None and final_eval["top1"] >= self.best_top1)
+        self._export(final)
         self.logger.finish(final_eval)
         return final_eval or {}
+
+    def _export(self, final: Path) -> None:
+        """Consolidated weights-only files for inference and fine-tuning (export/model.safetensors
+        and, with EMA, model_ema.safetensors; timm-loadable where timm has the architecture).
+        Rank 0 reads the final checkpoint back on its own; the others wait."""
+        if self.env.is_main:
+            from .export import export_checkpoint
+
+            for ema in (False, True) if self.ema is not None else (False,):
+                path = export_checkpoint(
+                    final, self.out / "export" / f"model{'_ema' if ema else ''}.safetensors", ema
+                )
+                self.logger.info(f"exported {'EMA ' if ema else ''}weights: {path}")
+        barrier()
 
     def _eval_and_track(self, save_best: bool = True) -> dict:
         rec = self.evaluate()

@@ -3,7 +3,7 @@
 A second learned token travels with the class token through the blocks; its output feeds a
 second head (``head_dist``) that the distillation loss trains against a teacher. In training
 mode the forward returns both logits ``(cls_logits, dist_logits)``; in eval mode their mean, as
-the paper does at test time. The plain (non-distilled) DeiT models are ViTs (see registry).
+the paper does at test time (or both, when ``return_both_heads`` is set). The plain (non-distilled) DeiT models are ViTs (see registry).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from .vit import VisionTransformer
 class DistilledVisionTransformer(VisionTransformer):
     num_extra_tokens = 1
     classifier_prefixes = ("head.", "head_dist.")
+    # Set by an evaluator that wants each head's logits (and their agreement with a teacher)
+    # also in eval mode; the forward then returns the tuple as in training.
+    return_both_heads = False
 
     def __init__(self, *args, **kwargs):
         if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
@@ -42,6 +45,6 @@ class DistilledVisionTransformer(VisionTransformer):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x_cls = self.head(self.head_drop(x[:, 0]))
         x_dist = self.head_dist(self.head_drop(x[:, 1]))
-        if self.training:
+        if self.training or self.return_both_heads:
             return x_cls, x_dist
         return (x_cls + x_dist) / 2

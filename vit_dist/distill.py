@@ -1,0 +1,177 @@
+"""Knowledge distillation with a frozen teacher (DeiT, Touvron et al. 2021).
+
+The teacher
+    A registry model (``distill.teacher: vit_base_patch16_224``) or a torchvision
+    classification model (``regnet_y_16gf``, ``resnet50``); weights from a local file (timm
+    format, a torchvision state dict, a vit_dist export) or a vit_dist checkpoint / run
+    directory, whose ``meta.json`` also tells the architecture (then ``distill.teacher`` may be
+    left unset). It is frozen: eval mode, ``requires_grad=False``, run under ``no_grad`` and the
+    student's autocast, on exactly the student's (mixup / cutmix-ed) batch, re-normalised when
+    its input statistics (``distill.teacher_mean/std``) differ from the student's.
+
+Replicated, not sharded
+    The teacher has no gradients and no optimizer state, so each rank holds only its fp32
+    weights (RegNetY-16GF: 84M parameters = 336 MB; autocast runs it in bf16/fp16). Sharding it with FSDP would save that memory but add an all-gather of every
+    teacher layer on every step, for a forward that is already the larger part of the step
+    (16 GFLOPs vs DeiT-S's 4.6). So the teacher is replicated unless its weights exceed
+    ``distill.shard_teacher_above_gb`` (default 4 GB) under ``parallel.strategy=fsdp``.
+
+The losses (DeiT paper, section 5)
+    hard: 1/2 CE(cls, y) + 1/2 CE(dist, argmax teacher)
+    soft: (1 - alpha) CE(cls, y) + alpha tau^2 KL(softmax(teacher / tau) || softmax(dist / tau))
+    with the KL averaged over the batch (the paper's formula; DeiT's code divides the summed KL
+    by batch x classes instead, i.e. it is smaller by a factor of the number of classes). ``y``
+    may be soft (mixup/cutmix with smoothing). A student with one head uses it for both terms
+    (classic Hinton distillation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .losses import cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+def distillation_loss(
+    output,
+    target: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """The DeiT loss. ``output``: (cls_logits, dist_logits) or one logits tensor (B, C)."""
+    cls_logits, dist_logits = output if isinstance(output, tuple) else (output, output)
+    base = cross_entropy(cls_logits, target, label_smoothing)
+    t = teacher_logits.detach().float()
+    if kind == "hard":
+        return 0.5 * base + 0.5 * F.cross_entropy(dist_logits.float(), t.argmax(dim=-1))
+    if kind == "soft":
+        kl = F.kl_div(
+            F.log_softmax(dist_logits.float() / tau, dim=-1),
+            F.log_softmax(t / tau, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1.0 - alpha) * base + alpha * tau * tau * kl
+    raise ValueError(f"distill.type must be 'soft' or 'hard' here, got {kind!r}")
+
+
+class Renormalize(nn.Module):
+    """Map a batch normalised with the student's (mean, std) to the teacher's statistics."""
+
+    def __init__(self, student_mean, student_std, teacher_mean, teacher_std):
+        super().__init__()
+        s_m, s_s = torch.tensor(student_mean).view(1, -1, 1, 1), torch.tensor(student_std).view(1, -1, 1, 1)
+        t_m, t_s = torch.tensor(teacher_mean).view(1, -1, 1, 1), torch.tensor(teacher_std).view(1, -1, 1, 1)
+        # x_t = (x * s_s + s_m - t_m) / t_s = x * scale + shift
+        self.register_buffer("scale", s_s / t_s, persistent=False)
+        self.register_buffer("shift", (s_m - t_m) / t_s, persistent=False)
+        self.identity = bool(torch.equal(s_m, t_m) and torch.equal(s_s, t_s))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.identity else x * self.scale + self.shift
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm)
+
+
+def _teacher_from_checkpoint(path: Path) -> tuple[nn.Module, str]:
+    """A vit_dist checkpoint / run directory: the architecture comes from its meta.json."""
+    from .evaluate import load_weights
+    from .models import create_model
+
+    target = ckpt.resolve_checkpoint_dir(path)
+    meta = ckpt.read_meta(target)
+    model = create_model(meta["model_name"], **meta["model_kwargs"])
+    return model, load_weights(model, str(target))
+
+
+def _sidecar(path: Path) -> dict | None:
+    side = path.with_suffix(".json")
+    return json.loads(side.read_text()) if side.is_file() else None
+
+
+def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple[nn.Module, str]:
+    """The frozen teacher (on CPU, fp32) and a one-line description of where it came from."""
+    from .models import create_model, list_families, list_models, load_pretrained
+
+    weights = Path(dcfg.teacher_weights) if dcfg.teacher_weights else None
+    if weights is not None and not weights.exists():
+        raise FileNotFoundError(f"distill.teacher_weights not found: {weights}")
+    if weights is not None and weights.is_dir():
+        model, what = _teacher_from_checkpoint(weights)
+    else:
+        side = _sidecar(weights) if weights is not None else None
+        name = dcfg.teacher or (side or {}).get("model_name")
+        if not name:
+            raise ValueError("distill.teacher is not set (a registry or torchvision model name)")
+        kwargs = dict((side or {}).get("model_kwargs") or {}) if side and not dcfg.teacher else {}
+        kwargs.update(dcfg.teacher_kwargs)
+        if name in list_models() or name in list_families():
+            kwargs.setdefault("num_classes", num_classes)
+            kwargs.setdefault("img_size", img_size)
+            kwargs.setdefault("in_chans", in_chans)
+            model = create_model(name, **kwargs)
+            what = (
+                str(load_pretrained(model, weights, verbose=False))
+                if weights
+                else "random init (no weights!)"
+            )
+        elif name in _torchvision_names():
+            import torchvision.models as tvm
+
+            kwargs.setdefault("num_classes", num_classes)
+            model = tvm.get_model(name, weights=None, **kwargs)
+            if weights is None:
+                what = "random init (no weights!)"
+            else:
+                from .models.pretrained import read_state_dict
+
+                sd = read_state_dict(weights)
+                missing, unexpected = model.load_state_dict(sd, strict=False)
+                if missing or unexpected:
+                    raise ckpt.CheckpointError(
+                        f"{weights} does not fit torchvision {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                    )
+                what = f"torchvision {name} weights from {weights}"
+        else:
+            raise ValueError(
+                f"distill.teacher={name!r} is neither a vit_dist model nor a torchvision classifier"
+            )
+    if weights is None:
+        log.warning("distill: the teacher %s has no weights (distill.teacher_weights unset)", dcfg.teacher)
+    model.eval()
+    model.requires_grad_(False)
+    return model, what
+
+
+class FrozenTeacher(nn.Module):
+    """Teacher + input re-normalisation; always eval, never a gradient."""
+
+    def __init__(self, model: nn.Module, renorm: Renormalize):
+        super().__init__()
+        self.model = model
+        self.renorm = renorm
+        super().train(False)
+
+    def train(self, mode: bool = True):  # the teacher stays in eval mode whatever its parent does
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(self.renorm(x))
+        return out[0] if isinstance(out, tuple) else out  # (B, C)

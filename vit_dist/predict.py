@@ -1,0 +1,172 @@
+"""``python -m vit_dist.predict checkpoint=PATH IMAGE [IMAGE ...] [topk=5] [ema=true]``
+
+Classifies image files and prints, per image, the ``topk`` classes with their probabilities::
+
+    digit_3.jpg
+      1. 3          0.9812
+      2. 8          0.0101
+
+``checkpoint=`` is either a training checkpoint (a checkpoint directory, a ``checkpoints/``
+directory or a run directory; the model and preprocessing come from its ``meta.json``,
+``ema=true`` takes its EMA weights) or an exported ``.safetensors`` file with its sidecar
+``.json`` beside it (``python -m vit_dist.export``). Class names come from the training data's
+``dataset.json``; without one the class index is printed.
+
+Each image gets the evaluation transform of training (resize the shorter side to
+``img_size / crop_pct``, center crop ``img_size``, normalise with the saved mean/std), so a
+prediction here matches what validation measured. An image that cannot be read is reported on
+one line (``error: cannot read image X: ...``, on stderr), the others are still predicted, and
+the exit code is then non-zero (3, as for data errors). Runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+_KEYS = ("checkpoint", "topk", "ema")
+
+
+def load_model(path: str, ema: bool = False):
+    """``(model in eval mode, info)`` from a training checkpoint or an exported weights file;
+    ``info`` has the export sidecar's keys (model_name, classes, img_size, mean, std, ...)."""
+    from .checkpoint import CheckpointError
+
+    p = Path(path)
+    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():  # the sidecar was named
+        p = p.with_suffix(".safetensors")
+    if p.is_dir():
+        from .export import load_checkpoint_model
+
+        return load_checkpoint_model(p, ema=ema)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint={path}: no such file or directory")
+    if ema:
+        from .config import ConfigError
+
+        raise ConfigError("ema=true applies to training checkpoints; export with ema=true instead")
+    sidecar = p.with_suffix(".json")
+    if not sidecar.is_file():
+        raise CheckpointError(
+            f"{p}: no {sidecar.name} beside it (python -m vit_dist.export writes it: model name, "
+            f"classes and preprocessing are needed to predict)"
+        )
+    try:
+        info = json.loads(sidecar.read_text())
+        name, kwargs = info["model_name"], dict(info["model_kwargs"])
+        missing = [k for k in ("img_size", "mean", "std", "crop_pct") if k not in info]
+        if missing:
+            raise KeyError(missing[0])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{sidecar} is not an export sidecar ({type(e).__name__}: {e})") from None
+    from .evaluate import load_weights
+    from .models import create_model
+
+    model = create_model(name, **kwargs)
+    load_weights(model, str(p))
+    model.eval()
+    info.setdefault("num_classes", getattr(model, "num_classes", None))
+    info.setdefault("classes", None)
+    return model, info
+
+
+class Preprocess:
+    """Image file bytes -> (1, 3, S, S), the training run's evaluation transform."""
+
+    def __init__(self, info: dict):
+        from .data.transforms import AugmentConfig, SampleTransform
+
+        aug = dict(
+            img_size=int(info["img_size"]),
+            crop_pct=float(info["crop_pct"]),
+            mean=tuple(info["mean"]),
+            std=tuple(info["std"]),
+        )
+        self.default = SampleTransform(AugmentConfig(**aug), train=False)
+        # torchvision.io decodes JPEG/PNG/GIF/WebP only; PIL reads the rest (BMP, TIFF, ...).
+        self.pil = SampleTransform(AugmentConfig(**aug, backend="pil"), train=False)
+
+    def __call__(self, data: bytes):
+        try:
+            x = self.default(data)
+        except Exception:
+            x = self.pil(data)
+        return x.unsqueeze(0)
+
+
+def _describe(e: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image in a format PIL can read"
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    msg = str(e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=None) -> int:
+    """Print the top-``topk`` classes of each image; returns the number of unreadable images."""
+    import torch
+
+    out, err = out or sys.stdout, err or sys.stderr
+    prep = Preprocess(info)
+    classes = info.get("classes")
+    k = min(topk, int(info.get("num_classes") or topk))
+    failed = 0
+    for image in images:
+        try:
+            x = prep(Path(image).read_bytes())
+        except Exception as e:  # any reason an image is unusable: report it, go on with the rest
+            print(f"error: cannot read image {image}: {_describe(e)}", file=err, flush=True)
+            failed += 1
+            continue
+        with torch.no_grad():
+            probs = model(x).float().softmax(-1)[0]
+        top = probs.topk(min(k, probs.numel()))
+        names = [classes[i] if classes else str(i) for i in top.indices.tolist()]
+        width = max(10, *(len(n) for n in names))
+        lines = [image] + [
+            f"  {r}. {n:<{width}} {p:.4f}" for r, (n, p) in enumerate(zip(names, top.values.tolist()), 1)
+        ]
+        print("\n".join(lines), file=out, flush=True)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import EXIT_DATA, run_cli
+
+    p = argparse.ArgumentParser(
+        prog="python -m vit_dist.predict",
+        description="Print the top classes of image files, from a training checkpoint or an exported "
+        ".safetensors file (with its .json).",
+    )
+    p.add_argument("args", nargs="*", metavar="checkpoint=PATH IMAGE [IMAGE ...] [topk=5] [ema=true]")
+    items = p.parse_args(argv).args
+
+    def _run() -> int:
+        from .config import ConfigError
+        from .export import parse_bool, split_options
+
+        opts, images = split_options(items, _KEYS, positional=True)
+        if not opts.get("checkpoint"):
+            raise ConfigError("predict needs checkpoint=PATH (a checkpoint/run directory or a .safetensors)")
+        if not images:
+            raise ConfigError("predict needs at least one image file")
+        try:
+            topk = int(opts.get("topk", "5"))
+        except ValueError:
+            raise ConfigError(f"topk={opts['topk']!r}: expected a positive integer") from None
+        if topk < 1:
+            raise ConfigError(f"topk={topk}: expected a positive integer")
+        model, info = load_model(opts["checkpoint"], ema=parse_bool("ema", opts.get("ema", "false")))
+        failed = predict(model, info, images, topk=topk)
+        return EXIT_DATA if failed else 0
+
+    return run_cli(_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
