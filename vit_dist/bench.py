@@ -1,0 +1,225 @@
+"""``python -m vit_dist.bench MODE ...``: speed numbers that print a table and write JSON.
+
+    model          train-step (forward + backward + AdamW) and inference images/s of one model,
+                   MFU against a peak measured on the same device with a large matrix product,
+                   max memory
+    data           decode + augment images/s per loader worker on real photos, beside a
+                   torchvision ImageFolder + PIL baseline (vit_dist.data.bench)
+    compare-timm   our model against timm's same architecture: same inputs, same settings,
+                   interleaved repetitions (A B A B ...), the ratio of medians
+
+Examples:
+    python -m vit_dist.bench model --model vit_base_patch16_224 --batch-size 256 --precision bf16 --compile
+    python -m vit_dist.bench compare-timm --model swin_tiny_patch4_window7_224 --batch-size 8
+    python -m vit_dist.bench data --size 224 --workers 2
+
+Timings synchronise the device around each timed block only; warm-up steps (and compilation)
+are excluded. Nothing here asserts a speed: the numbers go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from .amp import DTYPES, autocast
+from .metrics import max_memory_mb
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measured_peak_flops(
+    device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 10
+) -> float:
+    """FLOP/s of a large square matmul in ``dtype`` on ``device`` (the best of ``reps``)."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _time(fn: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def make_steps(model: torch.nn.Module, batch: int, img: int, device, precision: str, num_classes: int):
+    """(train_step, infer_step) closures on fixed random inputs."""
+    x = torch.randn(batch, model.in_chans, img, img, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+
+    def train_step():
+        model.train()
+        with autocast(device, precision):
+            out = model(x)
+            out = out[0] if isinstance(out, tuple) else out
+            loss = torch.nn.functional.cross_entropy(out.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer_step():
+        model.eval()
+        with autocast(device, precision):
+            model(x)
+
+    return train_step, infer_step
+
+
+def _build(name: str, img: int, compile: bool, device):
+    from .models import create_model
+
+    model = create_model(name, img_size=img).to(device)
+    if compile:
+        for blk in model.transformer_blocks():
+            blk.compile()
+    return model
+
+
+def bench_model(args) -> dict:
+    from .models import flops_per_image
+
+    device = torch.device(args.device)
+    model = _build(args.model, args.img_size, args.compile, device)
+    fpi = flops_per_image(model)
+    train_step, infer_step = make_steps(
+        model, args.batch_size, args.img_size, device, args.precision, model.num_classes
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_train = statistics.median(_time(train_step, device, args.warmup, args.steps))
+    t_infer = statistics.median(_time(infer_step, device, args.warmup, args.steps))
+    peak = measured_peak_flops(device, DTYPES[args.precision])
+    train_ips, infer_ips = args.batch_size / t_train, args.batch_size / t_infer
+    return {
+        "mode": "model",
+        "model": args.model,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "img_size": args.img_size,
+        "precision": args.precision,
+        "compile": args.compile,
+        "gflops_per_image": fpi / 1e9,
+        "train_images_per_sec": train_ips,
+        "infer_images_per_sec": infer_ips,
+        "peak_tflops_measured": peak / 1e12,
+        "train_mfu": 3 * fpi * train_ips / peak,
+        "infer_mfu": fpi * infer_ips / peak,
+        "max_memory_mb": max_memory_mb(device),
+        "torch": torch.__version__,
+    }
+
+
+def bench_compare_timm(args) -> dict:
+    try:
+        import timm
+    except ImportError:
+        raise SystemExit("error: compare-timm needs timm (pip install timm)") from None
+    device = torch.device(args.device)
+    ours = _build(args.model, args.img_size, args.compile, device)
+    torch.manual_seed(0)
+    theirs = timm.create_model(args.model, pretrained=False, img_size=args.img_size).to(device)
+    if args.compile:
+        for blk in (
+            theirs.blocks if hasattr(theirs, "blocks") else [b for s in theirs.layers for b in s.blocks]
+        ):
+            blk.compile()
+    theirs.load_state_dict(ours.state_dict())  # the same weights in both
+    steps = {
+        "ours": make_steps(ours, args.batch_size, args.img_size, device, args.precision, ours.num_classes),
+        "timm": make_steps(theirs, args.batch_size, args.img_size, device, args.precision, ours.num_classes),
+    }
+    result = {
+        "mode": "compare-timm",
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "img_size": args.img_size,
+        "precision": args.precision,
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "timm": timm.__version__,
+        "torch": torch.__version__,
+    }
+    for kind, idx in (("train", 0), ("infer", 1)):
+        for name in steps:  # warm both up before any timing
+            _time(steps[name][idx], device, args.warmup, 0)
+        times: dict[str, list[float]] = {"ours": [], "timm": []}
+        for _ in range(args.steps):  # interleaved: A B A B ... so drift hits both alike
+            for name in ("ours", "timm"):
+                times[name] += _time(steps[name][idx], device, 0, 1)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        result[f"{kind}_ours_images_per_sec"] = args.batch_size / med["ours"]
+        result[f"{kind}_timm_images_per_sec"] = args.batch_size / med["timm"]
+        result[f"{kind}_ratio"] = med["timm"] / med["ours"]  # > 1: we are faster
+    return result
+
+
+def _print_table(rec: dict) -> None:
+    width = max(len(k) for k in rec)
+    for k, v in rec.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":
+        from .data.bench import main as data_main
+
+        data_main(argv[1:])  # prints its tables, writes --out
+        return 0
+    p = argparse.ArgumentParser(prog="python -m vit_dist.bench", description=__doc__.split("\n")[0])
+    p.add_argument("mode", choices=["model", "compare-timm", "data"])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", help="write the result as JSON here")
+    args = p.parse_args(argv)
+    try:
+        rec = bench_model(args) if args.mode == "model" else bench_compare_timm(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_table(rec)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rec, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
