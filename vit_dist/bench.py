@@ -146,7 +146,7 @@ def bench_compare_timm(args) -> dict:
     except ImportError:
         raise SystemExit("error: compare-timm needs timm (pip install timm)") from None
     device = torch.device(args.device)
-    ours = _build(args.model, args.img_size, args.compile, device)
+    ours = _build(args.model, args.img_size, args.compile or args.compile_ours, device)
     torch.manual_seed(0)
     theirs = timm.create_model(args.model, pretrained=False, img_size=args.img_size).to(device)
     if args.compile:
@@ -166,6 +166,7 @@ def bench_compare_timm(args) -> dict:
         "img_size": args.img_size,
         "precision": args.precision,
         "compile": args.compile,
+        "compile_ours_only": args.compile_ours,
         "threads": torch.get_num_threads(),
         "timm": timm.__version__,
         "torch": torch.__version__,
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--precision", choices=list(DTYPES), default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--compile-ours", action="store_true", help="compare-timm: compile ours, keep timm eager")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)

@@ -546,6 +546,7 @@ class Trainer:
             (self.out / "preempted.json").write_text(
                 json.dumps({"step": self.step, "checkpoint": str(path), "signal": self._signal or "peer"})
             )
+        barrier()  # no rank exits (and gets the job torn down) before the marker is written
         self.logger.finish(None)
         raise Preempted(
             f"preemption signal: checkpoint saved at step {self.step} ({path}); resume with resume=auto"

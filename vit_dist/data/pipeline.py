@@ -250,6 +250,16 @@ class ShardStream(IterableDataset):
             }
 
 
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM/SIGUSR1: a scheduler sends them to every process of a job,
+    and the main process must outlive them long enough to checkpoint (it owns preemption; a
+    worker whose parent is gone is ended by torch anyway)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class ShardLoader:
     """Per-rank loader over a :class:`ShardStream` with ``set_epoch``, ``state_dict`` and bad counts.
 
@@ -341,6 +351,7 @@ class ShardLoader:
             generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
             multiprocessing_context=_start_method(c.worker_start_method) if c.num_workers > 0 else None,
             timeout=c.worker_timeout if c.num_workers > 0 else 0,
+            worker_init_fn=_ignore_preemption_signals,
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen
         bad, seen = {}, {}  # running counts per worker this iteration
