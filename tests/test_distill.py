@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import CONFIG, _ok, read_jsonl, run_train
+from helpers import CONFIG, assert_ok, read_jsonl, run_train
 
 from vit_dist.config import load_config
 from vit_dist.distill import Renormalize, build_teacher, distillation_loss
@@ -102,7 +102,7 @@ def teacher_run(digits_data_dir, tmp_path_factory):
         "train.batch_size=32",
         "logging.wandb=false",
     ]
-    _ok(run_train([*args, f"output_dir={out}"], OMP_NUM_THREADS="2"))
+    assert_ok(run_train([*args, f"output_dir={out}"], OMP_NUM_THREADS="2"))
     return out
 
 
@@ -114,6 +114,7 @@ def test_teacher_stays_frozen_in_training(digits_data_dir, teacher_run, tmp_path
         CONFIG,
         [
             f"data.train={digits_data_dir}",
+            f"data.val={digits_data_dir}",  # a fresh clone has no data/digits
             "train.steps=3",
             "data.workers=0",
             "distill.type=soft",
@@ -152,7 +153,7 @@ def test_distillation_two_processes_agreement_rises(digits_data_dir, teacher_run
         *TINY_STUDENT,
     ]
     proc = run_train(args, nproc=2)
-    _ok(proc)
+    assert_ok(proc)
     assert "replicated on every rank" in proc.stdout
     evals = read_jsonl(out / "eval.jsonl")
     teacher_top1 = json.loads((teacher_run / "eval.json").read_text())["top1"]

@@ -9,9 +9,7 @@ the predict CLI on real digit images.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import env, free_port
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_cpu.yaml"
 LINE = re.compile(r"^  (\d+)\. (\S+) +(\d\.\d{4})$")
-
-
-def _env(**extra) -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check(proc: subprocess.CompletedProcess) -> None:
@@ -52,12 +41,12 @@ def _train(data: Path, out: Path, *extra: str, nproc: int = 1) -> Path:
         *extra,
     ]
     if nproc == 1:
-        cmd, env = [sys.executable, "-m", "vit_dist.train", *args], _env()
+        cmd, proc_env = [sys.executable, "-m", "vit_dist.train", *args], env()
     else:
         launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
-        launch += ["--num_machines", "1", "--main_process_port", str(_free_port())]
-        cmd, env = [sys.executable, *launch, "-m", "vit_dist.train", *args], _env(ACCELERATE_USE_CPU="1")
-    _check(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300))
+        launch += ["--num_machines", "1", "--main_process_port", str(free_port())]
+        cmd, proc_env = [sys.executable, *launch, "-m", "vit_dist.train", *args], env(ACCELERATE_USE_CPU="1")
+    _check(subprocess.run(cmd, cwd=ROOT, env=proc_env, capture_output=True, text=True, timeout=300))
     return out
 
 
@@ -213,7 +202,7 @@ def test_predict_cli_on_digit_images(ddp_run, tmp_path, capsys):
     proc = subprocess.run(
         [sys.executable, "-m", "vit_dist.predict", *argv],
         cwd=ROOT,
-        env=_env(),
+        env=env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,9 +7,7 @@ requeue and resume to the same final step."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import env, free_port, read_jsonl
 from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,24 +31,6 @@ TERMINAL = {
     "BOOT_FAIL",
     "DEADLINE",
 }
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env.update({"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _data(digits: Path) -> list[str]:
@@ -111,7 +92,7 @@ def test_cpu_config_file_runs_two_processes(digits_data_dir, tmp_path):
     cmd += ["-m", "vit_dist.train", "--config", str(SMOKE), *_data(digits_data_dir)]
     cmd += ["train.steps=20", "logging.every=5", "logging.wandb=false", f"output_dir={out}"]
     proc = subprocess.run(
-        cmd, cwd=ROOT, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300
+        cmd, cwd=ROOT, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_run(out, world_size=2, last_step=20)
@@ -122,7 +103,7 @@ def test_cpu_config_file_runs_two_processes(digits_data_dir, tmp_path):
 def test_two_machines_on_loopback_form_one_process_group(digits_data_dir, tmp_path):
     """Two `accelerate launch --num_machines 2 --machine_rank {0,1}` (multi_node.yaml), 1 process
     each: --num_processes is the total over the machines."""
-    out, port = tmp_path / "run", _free_port()
+    out, port = tmp_path / "run", free_port()
     procs = []
     for rank in (0, 1):
         cmd = [
@@ -138,7 +119,7 @@ def test_two_machines_on_loopback_form_one_process_group(digits_data_dir, tmp_pa
         cmd += ["train.steps=20", "logging.every=5", f"output_dir={out}"]
         log = open(tmp_path / f"machine{rank}.log", "w")  # noqa: SIM115 (closed below)
         procs.append(
-            (subprocess.Popen(cmd, cwd=ROOT, env=_env(ACCELERATE_USE_CPU="1"), stdout=log, stderr=log), log)
+            (subprocess.Popen(cmd, cwd=ROOT, env=env(ACCELERATE_USE_CPU="1"), stdout=log, stderr=log), log)
         )
     try:
         codes = [p.wait(timeout=300) for p, _ in procs]
@@ -177,14 +158,14 @@ class Job:
     def __init__(self, slurm: SlurmCluster, tmp_path: Path, overrides: list[str], nodes: int = 2):
         self.slurm = slurm
         runs = tmp_path / "runs"
-        env = {
+        job_env = {
             "VIT_DIST_PYTHON": sys.executable,  # the venv these tests run in
             "VIT_DIST_RUNS_DIR": str(runs),
             "OMP_NUM_THREADS": "1",
             "WANDB_MODE": "offline",
         }
         args = [f"--nodes={nodes}", f"--output={tmp_path}/%x-%j.out", "slurm/train_cpu.sbatch", str(SMOKE)]
-        self.id = slurm.sbatch([*args, *overrides], cwd=ROOT, env=env)
+        self.id = slurm.sbatch([*args, *overrides], cwd=ROOT, env=job_env)
         self.out = runs / f"vit_dist_cpu-{self.id}"  # output_dir per job: <job name>-<job id>
         self.log_path = tmp_path / f"vit_dist_cpu-{self.id}.out"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train import _ok, read_jsonl, run_train
+from helpers import assert_ok, read_jsonl, run_train
 
 SMOKE = [
     "model.embed_dim=32",
@@ -60,14 +60,14 @@ def test_kill9_and_preemption_resume_exactly(digits_data_dir, tmp_path, strategy
     uninterrupted run's per-step losses and final evaluation (fp32, CPU: within 1e-6)."""
     extra = [f"parallel.strategy={strategy}"]
     ref = tmp_path / "ref"
-    _ok(run_train(_args(digits_data_dir, ref, extra=extra), nproc=2))
+    assert_ok(run_train(_args(digits_data_dir, ref, extra=extra), nproc=2))
 
     killed = tmp_path / "killed"
     proc = run_train(_args(digits_data_dir, killed, extra=extra), nproc=2, VIT_DIST_FAULT="kill@12")
     assert proc.returncode != 0
     steps_before = max(_losses(killed))
     assert steps_before == 12  # it really died mid-run, after the step-10 checkpoint
-    _ok(run_train(_args(digits_data_dir, killed, extra=[*extra, "resume=auto"]), nproc=2))
+    assert_ok(run_train(_args(digits_data_dir, killed, extra=[*extra, "resume=auto"]), nproc=2))
     _assert_same_run(ref, killed)
 
     pre = tmp_path / "preempted"
@@ -77,7 +77,7 @@ def test_kill9_and_preemption_resume_exactly(digits_data_dir, tmp_path, strategy
     assert marker["step"] == 7 and marker["checkpoint"].endswith("step-00000007")
     assert (pre / "checkpoints" / "step-00000007" / "meta.json").is_file()
     assert "preempted: preemption signal: checkpoint saved at step 7" in proc.stderr
-    _ok(run_train(_args(digits_data_dir, pre, extra=[*extra, "resume=auto"]), nproc=2))
+    assert_ok(run_train(_args(digits_data_dir, pre, extra=[*extra, "resume=auto"]), nproc=2))
     assert not (pre / "preempted.json").exists()
     _assert_same_run(ref, pre)
 
@@ -85,7 +85,7 @@ def test_kill9_and_preemption_resume_exactly(digits_data_dir, tmp_path, strategy
 @pytest.mark.slow
 def test_single_process_preemption_exit_code_and_kill_during_save(digits_data_dir, tmp_path):
     ref = tmp_path / "ref"
-    _ok(run_train(_args(digits_data_dir, ref, steps=12, every=4)))
+    assert_ok(run_train(_args(digits_data_dir, ref, steps=12, every=4)))
 
     pre = tmp_path / "pre"
     proc = run_train(_args(digits_data_dir, pre, steps=12, every=4), VIT_DIST_FAULT="sigterm@6")
@@ -99,7 +99,7 @@ def test_single_process_preemption_exit_code_and_kill_during_save(digits_data_di
     ckpts = sorted(p.name for p in (ks / "checkpoints").iterdir())
     assert "step-00000008.tmp" in ckpts and "step-00000008" not in ckpts and "step-00000004" in ckpts
     proc = run_train(_args(digits_data_dir, ks, steps=12, every=4, extra=["resume=auto"]))
-    _ok(proc)
+    assert_ok(proc)
     assert "resumed from" in proc.stdout and "step-00000004" in proc.stdout
     assert not list((ks / "checkpoints").glob("*.tmp"))  # the torn save was cleaned up
     _assert_same_run(ref, ks)
@@ -114,7 +114,7 @@ def test_resume_on_another_world_size(digits_data_dir, tmp_path, strategy):
     proc = run_train(_args(digits_data_dir, out, steps=10, extra=extra), nproc=2, VIT_DIST_FAULT="kill@7")
     assert proc.returncode != 0
     proc = run_train(_args(digits_data_dir, out, steps=10, extra=[*extra, "resume=auto"]), nproc=1)
-    _ok(proc)
+    assert_ok(proc)
     assert "world size changed" in proc.stdout + proc.stderr
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics][-5:] == [6, 7, 8, 9, 10]
@@ -127,7 +127,7 @@ def test_resume_on_another_world_size(digits_data_dir, tmp_path, strategy):
 def test_nan_steps_are_skipped_together_then_stop_the_run(digits_data_dir, tmp_path):
     out = tmp_path / "nan_once"
     proc = run_train(_args(digits_data_dir, out, steps=6, every=2), nproc=2, VIT_DIST_FAULT="nan@3")
-    _ok(proc)  # one non-finite step on rank 0 only: skipped by both ranks, the run goes on
+    assert_ok(proc)  # one non-finite step on rank 0 only: skipped by both ranks, the run goes on
     m = {r["step"]: r for r in read_jsonl(out / "metrics.jsonl")}
     assert m[2]["skipped_steps"] == 0 and m[3]["skipped_steps"] == 1 and m[6]["skipped_steps"] == 1
 
@@ -146,7 +146,7 @@ def test_nan_steps_are_skipped_together_then_stop_the_run(digits_data_dir, tmp_p
 
 def test_checkpoint_of_another_model_is_refused(digits_data_dir, tmp_path):
     out = tmp_path / "run"
-    _ok(run_train(_args(digits_data_dir, out, steps=2, every=2)))
+    assert_ok(run_train(_args(digits_data_dir, out, steps=2, every=2)))
     proc = run_train(_args(digits_data_dir, out, steps=4, every=2, extra=["resume=auto", "model.depth=3"]))
     assert proc.returncode == 4
     assert "checkpoint error:" in proc.stderr and "model.depth: checkpoint 2, this run 3" in proc.stderr

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFIG, assert_ok, read_jsonl, run_evaluate, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "digits_vit.yaml"
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
 METRIC_FIELDS = {
     "step",
@@ -31,54 +25,6 @@ METRIC_FIELDS = {
 }
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env.update({"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_train(args: list[str], nproc: int = 1, timeout: int = 600, **env) -> subprocess.CompletedProcess:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "vit_dist.train", "--config", str(CONFIG), *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(nproc),
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            str(_free_port()),
-            "-m",
-            "vit_dist.train",
-            "--config",
-            str(CONFIG),
-            *args,
-        ]
-        env = {"ACCELERATE_USE_CPU": "1", **env}
-    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    )
-
-
-@pytest.mark.slow
 def test_single_process_digits_run_learns_and_writes_outputs(digits_data_dir, tmp_path):
     out = tmp_path / "run"
     proc = run_train(
@@ -92,7 +38,7 @@ def test_single_process_digits_run_learns_and_writes_outputs(digits_data_dir, tm
         ],
         OMP_NUM_THREADS="2",
     )
-    _ok(proc)
+    assert_ok(proc)
     assert "held-out top-1" in proc.stdout and str(out) in proc.stdout
 
     for name in ("config.yaml", "metrics.jsonl", "eval.jsonl", "eval.json", "curves.png", "run_info.json"):
@@ -138,7 +84,7 @@ def test_ddp_and_fsdp_two_processes_match_and_fsdp_shards(digits_data_dir, tmp_p
     for strategy in ("ddp", "fsdp"):
         out = tmp_path / strategy
         proc = run_train([*common, f"parallel.strategy={strategy}", f"output_dir={out}"], nproc=2)
-        _ok(proc)
+        assert_ok(proc)
         metrics = read_jsonl(out / "metrics.jsonl")
         assert [m["step"] for m in metrics] == list(range(1, 9))
         assert all(m["world_size"] == 2 for m in metrics)
@@ -162,7 +108,7 @@ def test_ddp_and_fsdp_two_processes_match_and_fsdp_shards(digits_data_dir, tmp_p
         assert abs(evals["ddp"][k] - evals["fsdp"][k]) < 1e-4, (k, evals)
     # a sharded (DCP) checkpoint evaluates in one unsharded process to the same result
     out = tmp_path / "eval_fsdp"
-    _ok(run_evaluate([*common, f"checkpoint={tmp_path / 'fsdp'}", f"output_dir={out}"]))
+    assert_ok(run_evaluate([*common, f"checkpoint={tmp_path / 'fsdp'}", f"output_dir={out}"]))
     got = json.loads((out / "eval.json").read_text())
     assert abs(got["top1"] - evals["fsdp"]["top1"]) < 1e-9 and got["num_samples"] == 360
 
@@ -182,7 +128,7 @@ def test_low_precision_paths_run(digits_data_dir, tmp_path, precision):
             *TINY,
         ]
     )
-    _ok(proc)
+    assert_ok(proc)
     assert f"compute torch.{'bfloat16' if precision == 'bf16' else 'float16'}" in proc.stdout
     metrics = read_jsonl(out / "metrics.jsonl")
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
@@ -204,6 +150,7 @@ def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):
             CONFIG,
             [
                 f"data.train={digits_data_dir}",
+                f"data.val={digits_data_dir}",  # a fresh clone has no data/digits
                 "train.steps=1",
                 f"train.batch_size={bs}",
                 f"train.grad_accum={accum}",
@@ -250,25 +197,6 @@ def test_bad_config_fails_fast_with_one_line(override, expected, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def run_evaluate(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    module = ["-m", "vit_dist.evaluate", "--config", str(CONFIG), *args]
-    if nproc == 1:
-        cmd = [sys.executable, *module]
-        env = _env()
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(nproc),
-        ]
-        cmd += ["--main_process_port", str(_free_port()), *module]
-        env = _env(ACCELERATE_USE_CPU="1")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_evaluate_checkpoint_export_and_timm_file(digits_data_dir, tmp_path):
@@ -276,19 +204,19 @@ def test_evaluate_checkpoint_export_and_timm_file(digits_data_dir, tmp_path):
     processes; it also takes a plain weights file (as timm or an export would give)."""
     run = tmp_path / "run"
     args = [f"data.train={digits_data_dir}", f"data.val={digits_data_dir}", *TINY, "logging.wandb=false"]
-    _ok(run_train([*args, "train.steps=20", "ema.decay=0.9", f"output_dir={run}"]))
+    assert_ok(run_train([*args, "train.steps=20", "ema.decay=0.9", f"output_dir={run}"]))
     final = json.loads((run / "eval.json").read_text())
 
     for nproc in (1, 2):
         out = tmp_path / f"eval{nproc}"
         proc = run_evaluate([*args, f"checkpoint={run}", f"output_dir={out}"], nproc=nproc)
-        _ok(proc)
+        assert_ok(proc)
         got = json.loads((out / "eval.json").read_text())
         assert got["num_samples"] == 360
         assert abs(got["top1"] - final["top1"]) < 1e-9 and abs(got["loss"] - final["loss"]) < 1e-4
 
     proc = run_evaluate([*args, f"checkpoint={run}", "ema=true", f"output_dir={tmp_path / 'ema'}"])
-    _ok(proc)
+    assert_ok(proc)
     got = json.loads((tmp_path / "ema" / "eval.json").read_text())
     assert abs(got["top1"] - final["ema_top1"]) < 1e-9
 
@@ -296,7 +224,7 @@ def test_evaluate_checkpoint_export_and_timm_file(digits_data_dir, tmp_path):
     state = torch.load(run / "checkpoints" / "step-00000020" / "state.pt", weights_only=True)["model"]
     torch.save({"state_dict": state}, tmp_path / "weights.pth")
     proc = run_evaluate([*args, f"checkpoint={tmp_path / 'weights.pth'}", f"output_dir={tmp_path / 'w'}"])
-    _ok(proc)
+    assert_ok(proc)
     plain = json.loads((tmp_path / "w" / "eval.json").read_text())
     assert abs(plain["top1"] - final["top1"]) < 1e-9
 
@@ -320,7 +248,7 @@ def test_compile_and_activation_checkpointing_match_eager(digits_data_dir, tmp_p
         "compiled+ac": ["parallel.compile=true", "parallel.activation_checkpointing=true"],
     }.items():
         out = tmp_path / name.replace("+", "_")
-        _ok(run_train([*args, *extra, f"output_dir={out}"], timeout=900))
+        assert_ok(run_train([*args, *extra, f"output_dir={out}"], timeout=900))
         losses[name] = [m["loss"] for m in read_jsonl(out / "metrics.jsonl")]
     assert len(losses["eager"]) == 4
     for a, b in zip(losses["eager"], losses["compiled+ac"]):
