@@ -153,8 +153,3 @@ def decode_resize_center_crop(
     if backend == "pil":
         return _pil_box_resize(im, box, (size, size))
     return F.resized_crop(_tv_decode(data), *box, [size, size], antialias=True)
-
-
-def decode_full(data: bytes) -> torch.Tensor:
-    """Plain full decode to (3, H, W) uint8 (any format PIL reads)."""
-    return _to_tensor(Image.open(io.BytesIO(data)))

@@ -12,20 +12,15 @@ count equal those of a single-process evaluation.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def _initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
+from ..distributed import all_reduce
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum ``values`` over ranks (identity without torch.distributed). Every rank must call it."""
-    if _initialized():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+    """Sum ``values`` over ranks into a new tensor (identity without a process group). Every rank
+    must call it."""
+    return all_reduce(values.clone())
 
 
 class EvalSums:
