@@ -196,15 +196,7 @@ def save_checkpoint(
 
 
 def _prune(root: Path, keep: int) -> None:
-    ckpts = sorted(
-        (
-            p
-            for p in root.iterdir()
-            if p.is_dir() and p.name.startswith(_PREFIX) and not p.name.endswith(".tmp")
-        ),
-        key=lambda p: int(p.name[len(_PREFIX) :]),
-    )
-    for p in ckpts[:-keep]:
+    for p in list_checkpoints(root.parent)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f"{_PREFIX}*.tmp"):  # left by a killed save
         shutil.rmtree(p, ignore_errors=True)
