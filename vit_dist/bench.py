@@ -100,8 +100,9 @@ def _build(name: str, img: int, compile: bool, device):
 
     model = create_model(name, img_size=img).to(device)
     if compile:
-        for blk in model.transformer_blocks():
-            blk.compile()
+        from .parallel import apply_compile
+
+        apply_compile(model.transformer_blocks())  # exactly as the trainer compiles
     return model
 
 
@@ -149,11 +150,12 @@ def bench_compare_timm(args) -> dict:
     ours = _build(args.model, args.img_size, args.compile or args.compile_ours, device)
     torch.manual_seed(0)
     theirs = timm.create_model(args.model, pretrained=False, img_size=args.img_size).to(device)
-    if args.compile:
-        for blk in (
-            theirs.blocks if hasattr(theirs, "blocks") else [b for s in theirs.layers for b in s.blocks]
-        ):
-            blk.compile()
+    if args.compile:  # the same per-block compile as ours
+        from .parallel import apply_compile
+
+        apply_compile(
+            list(theirs.blocks) if hasattr(theirs, "blocks") else [b for s in theirs.layers for b in s.blocks]
+        )
     theirs.load_state_dict(ours.state_dict())  # the same weights in both
     steps = {
         "ours": make_steps(ours, args.batch_size, args.img_size, device, args.precision, ours.num_classes),

@@ -39,9 +39,24 @@ def apply_activation_checkpointing(blocks: list[nn.Module]) -> None:
         blk.forward = forward
 
 
-def apply_compile(blocks: list[nn.Module]) -> None:
+def apply_compile(blocks: list[nn.Module], backend: str = "inductor") -> None:
+    """torch.compile each block in place (names and state-dict keys unchanged).
+
+    All blocks share one ``forward`` code object, and dynamo's recompile limit (8 by default)
+    counts per code object: Swin-T needs 7 graphs (4 stage shapes x shifted or not) for training
+    and as many again under ``no_grad`` for evaluation, so past the limit the deeper blocks would
+    silently run eager. The limit is raised to cover every block in both modes. Shapes are static
+    (``dynamic=False``): the stage shapes differ, and dynamo's automatic dynamic shapes would
+    otherwise switch to slower shape-generic kernels after the second stage.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    needed = 2 * len(blocks) + 4  # train + eval per block, plus a last partial batch or two
+    key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # < 2.7
+    if getattr(dynamo_config, key) < needed:
+        setattr(dynamo_config, key, needed)
     for blk in blocks:
-        blk.compile()  # in place: keeps names and state-dict keys
+        blk.compile(backend=backend, dynamic=False)
 
 
 def apply_fsdp(

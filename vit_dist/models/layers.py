@@ -150,21 +150,35 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample, rescale the kept ones by 1/keep."""
+    """Stochastic depth: drop the whole residual branch per sample, rescale the kept ones by 1/keep.
+
+    The rate lives in a 0-d buffer and ``forward`` reads only the boolean ``active``: torch.compile
+    specialises on Python floats, so a float rate (different in every block, linear in depth) would
+    compile one graph per block and hit dynamo's recompile limit, leaving the deeper blocks eager.
+    With the tensor, every block of one shape shares a single compiled graph.
+    """
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"drop path rate must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
+        self.drop_prob = float(drop_prob)  # for repr and callers; forward does not read it
+        self.active = drop_prob > 0.0
+        self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not self.active or not self.training:
             return x
-        keep = 1.0 - self.drop_prob
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = x.new_empty(shape).bernoulli_(keep)
-        return x * mask / keep
+        # bernoulli_ (not rand < p): inductor keeps it on the eager random stream, so compiled and
+        # eager training draw the same masks from the same seed.
+        mask = torch.empty(shape, device=x.device).bernoulli_(self.keep_prob)
+        return x * (mask / self.keep_prob).to(x.dtype)
+
+    def reset_buffers(self) -> None:
+        """Refill ``keep_prob`` (after ``to_empty()`` on a meta-device model)."""
+        with torch.no_grad():
+            self.keep_prob.fill_(1.0 - self.drop_prob)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"

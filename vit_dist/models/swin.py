@@ -437,6 +437,9 @@ class SwinTransformer(nn.Module):
         """Rebuild index / mask buffers, e.g. after ``to_empty()`` on a model created on the meta device."""
         for blk in self.transformer_blocks():
             blk.init_buffers()
+        for m in self.modules():
+            if isinstance(m, DropPath):
+                m.reset_buffers()
 
     def no_weight_decay(self) -> set[str]:
         return {"relative_position_bias_table"}

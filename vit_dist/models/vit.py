@@ -154,6 +154,12 @@ class VisionTransformer(nn.Module):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks)
 
+    def init_non_persistent_buffers(self) -> None:
+        """Refill the drop-path rates, e.g. after ``to_empty()`` on a model created on the meta device."""
+        for m in self.modules():
+            if isinstance(m, DropPath):
+                m.reset_buffers()
+
     def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         pos = self.pos_embed
         if grid != self.patch_embed.grid_size:  # another input size: interpolate on the fly
