@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from vit_dist.data.errors import DataError
-from vit_dist.data.plan import consumed_per_worker, exact_plan, resampled_batches
+from vit_dist.data.plan import consumed_per_worker, exact_plan, resampled_batches, resampled_shards
 
 
 def _samples(plans):
@@ -85,3 +85,20 @@ def test_resampled_batches_add_up_to_the_epoch_length():
         per_worker = resampled_batches(total, world, workers, batch)
         assert max(per_worker) - min(per_worker) <= 1
         assert sum(per_worker) * batch * world >= total > (sum(per_worker) - 1) * batch * world
+
+
+def test_resampled_shards_are_weighted_by_size_and_deterministic():
+    sizes = [1000, 1000, 1000, 100]  # a short last shard must not be drawn as often as a full one
+    draws = list(itertools.islice(resampled_shards(4, seed=3, epoch=1, rank=0, worker=1, sizes=sizes), 31000))
+    share = [draws.count(i) / len(draws) for i in range(4)]
+    for i, n in enumerate(sizes):
+        assert abs(share[i] - n / sum(sizes)) < 0.01, share
+    again = list(itertools.islice(resampled_shards(4, seed=3, epoch=1, rank=0, worker=1, sizes=sizes), 31000))
+    assert draws == again  # a pure function of (seed, epoch, rank, worker): resumable
+    other = list(itertools.islice(resampled_shards(4, seed=3, epoch=1, rank=1, worker=1, sizes=sizes), 100))
+    assert other != draws[:100]
+    # unknown sizes (remote shards without dataset.json): uniform over shards
+    uniform = list(itertools.islice(resampled_shards(4, seed=3, epoch=1, rank=0, worker=1), 20000))
+    assert all(abs(uniform.count(i) / 20000 - 0.25) < 0.015 for i in range(4))
+    with pytest.raises(DataError, match="3 shard sizes for 4 shards"):
+        next(resampled_shards(4, 0, 0, 0, 0, sizes=[1, 2, 3]))

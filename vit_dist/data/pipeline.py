@@ -169,7 +169,9 @@ class ShardStream(IterableDataset):
             )
         else:
             num_batches = self.batches_per_worker(epoch)[worker]
-            picks = resampled_shards(len(self.shards.urls), c.seed, epoch, self.rank, worker)
+            picks = resampled_shards(
+                len(self.shards.urls), c.seed, epoch, self.rank, worker, sizes=self.shards.sizes
+            )
             items = itertools.chain.from_iterable(read_slice(self.shards.urls[i]) for i in picks)
         # shuffle buffer
         if c.train:

@@ -25,8 +25,9 @@ Exact epochs (every sample once per epoch across all ranks)
     the plan is built to give each stream its own.
 
 Resampled epochs (very large data)
-    Each stream draws shards uniformly with replacement from a RNG seeded by
-    ``(seed, epoch, rank, worker)`` and reads them whole, forever; the epoch is cut at
+    Each stream draws shards with replacement, weighted by their sample counts when those are
+    known (uniformly otherwise), from a RNG seeded by ``(seed, epoch, rank, worker)`` and
+    reads them whole, forever; the epoch is cut at
     ``ceil(samples_per_epoch / (R*B))`` batches per rank, spread over the workers.
 
 Resuming
@@ -135,11 +136,24 @@ def resampled_batches(
     return [per_rank // num_workers + (w < per_rank % num_workers) for w in range(num_workers)]
 
 
-def resampled_shards(num_shards: int, seed: int, epoch: int, rank: int, worker: int) -> Iterator[int]:
-    """Endless shard indices drawn with replacement for one stream."""
+def resampled_shards(
+    num_shards: int, seed: int, epoch: int, rank: int, worker: int, sizes: list[int] | None = None
+) -> Iterator[int]:
+    """Endless shard indices drawn with replacement for one stream.
+
+    With known ``sizes`` a shard is drawn with probability proportional to its sample count,
+    so every *sample* is equally likely (a half-full last shard is not over-sampled); with
+    unknown sizes (remote shards without ``dataset.json``) the draw is uniform over shards.
+    """
     rng = random.Random(derive_seed("resample", seed, epoch, rank, worker))
+    if sizes is not None and len(sizes) != num_shards:
+        raise DataError(f"{len(sizes)} shard sizes for {num_shards} shards")
+    if sizes is None or sum(sizes) <= 0:
+        while True:
+            yield rng.randrange(num_shards)
+    cum = list(itertools.accumulate(sizes))
     while True:
-        yield rng.randrange(num_shards)
+        yield rng.choices(range(num_shards), cum_weights=cum)[0]
 
 
 def consumed_per_worker(start_batch: int, batches_per_worker: list[int]) -> tuple[list[int], int]:
