@@ -61,6 +61,7 @@ def test_bench_compare_timm_mode(tmp_path):
             )
             < 1e-6
         )
+    assert r["optimizers"] == "ours: vit_dist, timm: timm"  # each trainer's own AdamW by default
 
 
 def test_bench_data_mode(tmp_path):

@@ -5,8 +5,10 @@
                    max memory
     data           decode + augment images/s per loader worker on real photos, beside a
                    torchvision ImageFolder + PIL baseline (vit_dist.data.bench)
-    compare-timm   our model against timm's same architecture: same inputs, same settings,
-                   interleaved repetitions (A B A B ...), the ratio of medians
+    compare-timm   our model against timm's same architecture: same weights, inputs and
+                   precision, interleaved repetitions (A B A B ...), the ratio of medians. Each
+                   side steps with its own trainer's AdamW (ours: fused where available; timm:
+                   create_optimizer_v2); --same-optimizer gives timm ours, to compare models alone
 
 Examples:
     python -m vit_dist.bench model --model vit_base_patch16_224 --batch-size 256 --precision bf16 --compile
@@ -70,11 +72,32 @@ def _time(fn: Callable[[], None], device: torch.device, warmup: int, steps: int)
     return times
 
 
-def make_steps(model: torch.nn.Module, batch: int, img: int, device, precision: str, num_classes: int):
+def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str) -> torch.optim.Optimizer:
+    """The AdamW a trainer would build: ``vit_dist`` (our param groups, fused kernel where the
+    device has one) or ``timm`` (timm's ``create_optimizer_v2``, what its train.py uses)."""
+    if kind == "timm":
+        from timm.optim import create_optimizer_v2
+
+        return create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+    from .optim import build_optimizer, param_groups
+
+    nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    return build_optimizer(param_groups(model, 0.05, nwd), 1e-4, (0.9, 0.999), 1e-8, device)
+
+
+def make_steps(
+    model: torch.nn.Module,
+    batch: int,
+    img: int,
+    device,
+    precision: str,
+    num_classes: int,
+    optimizer: str = "vit_dist",
+):
     """(train_step, infer_step) closures on fixed random inputs."""
     x = torch.randn(batch, model.in_chans, img, img, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    opt = make_optimizer(model, device, optimizer)
 
     def train_step():
         model.train()
@@ -157,9 +180,13 @@ def bench_compare_timm(args) -> dict:
             list(theirs.blocks) if hasattr(theirs, "blocks") else [b for s in theirs.layers for b in s.blocks]
         )
     theirs.load_state_dict(ours.state_dict())  # the same weights in both
+    # Each side's own trainer optimizer, unless --same-optimizer compares the models alone.
+    timm_opt = "vit_dist" if args.same_optimizer else "timm"
     steps = {
         "ours": make_steps(ours, args.batch_size, args.img_size, device, args.precision, ours.num_classes),
-        "timm": make_steps(theirs, args.batch_size, args.img_size, device, args.precision, ours.num_classes),
+        "timm": make_steps(
+            theirs, args.batch_size, args.img_size, device, args.precision, ours.num_classes, timm_opt
+        ),
     }
     result = {
         "mode": "compare-timm",
@@ -169,6 +196,7 @@ def bench_compare_timm(args) -> dict:
         "precision": args.precision,
         "compile": args.compile,
         "compile_ours_only": args.compile_ours,
+        "optimizers": f"ours: vit_dist, timm: {timm_opt}",
         "threads": torch.get_num_threads(),
         "timm": timm.__version__,
         "torch": torch.__version__,
@@ -208,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=list(DTYPES), default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--compile-ours", action="store_true", help="compare-timm: compile ours, keep timm eager")
+    p.add_argument(
+        "--same-optimizer",
+        action="store_true",
+        help="compare-timm: step timm's model with vit_dist's optimizer too (models alone, not trainers)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)

@@ -13,6 +13,7 @@ Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -79,16 +80,26 @@ def param_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-def fused_available(device: torch.device) -> bool:
-    """Fused AdamW runs on CUDA and (torch >= 2.4) CPU; we use it on CUDA where it pays off."""
-    return device.type == "cuda"
+@functools.cache
+def fused_available(device_type: str) -> bool:
+    """Whether this torch has a fused AdamW kernel for the device type (CUDA; CPU since torch 2.4).
+
+    Fused is the fastest step on both: on 2 CPU cores it takes 20 ms for ViT-S's 22M parameters
+    against 68 ms for the for-each and for-loop versions (BENCHMARKS.md).
+    """
+    try:
+        p = torch.zeros(1, device=device_type, requires_grad=True)
+        torch.optim.AdamW([p], fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def build_optimizer(groups: list[dict], lr: float, betas, eps: float, device: torch.device):
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    kwargs = {"fused": True} if fused_available(device) else {"foreach": True}
+    kwargs = {"fused": True} if fused_available(device.type) else {"foreach": True}
     return torch.optim.AdamW(clean, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
 
