@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,38 @@ def test_bench_data_mode(tmp_path):
     ]
     r = _bench(args, tmp_path / "d.json")
     assert all(x["img_per_s"] > 0 for x in r["decode"] + r["loaders"])
+
+
+def test_gpu_bench_script_runs_every_measurement(tmp_path):
+    # launch/bench_gpu.sh is what a leased GPU machine runs; here it runs at toy sizes on CPU so
+    # that it cannot rot between GPU sessions.
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "BENCH_BATCH": "2",
+        "BENCH_IMG": "32",
+        "BENCH_STEPS": "1",
+        "BENCH_WARMUP": "1",
+        "BENCH_PRECISION": "fp32",
+        "BENCH_MODELS": "vit_tiny_patch16_224",
+        "BENCH_COMPARE_MODEL": "vit_tiny_patch16_224",
+        "BENCH_DATA_WORKERS": "1",
+        "BENCH_DATA_SECONDS": "0.05",
+        "BENCH_DATA_SIZE": "32",
+    }
+    out = tmp_path / "gpu"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "launch" / "bench_gpu.sh"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    modes = [(r["mode"], r.get("compile")) for r in records]
+    assert modes == [("model", True), ("model", False), ("compare-timm", True), ("data", None)]
+    assert {r["loader"] for r in records[3]["loaders"]} == {"vit_dist shards", "ImageFolder+PIL"}
+    assert all(r["command"].startswith("python -m vit_dist.bench ") for r in records)
+    assert records[0]["train_images_per_sec"] > 0 and records[2]["train_ratio"] > 0
+    assert "0 failed" in (out / "log.txt").read_text()

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'loader':>16} {'workers':>8} {'img/s':>9} {'img/s/worker':>13}")
     for r in loaders:
         print(f"{r['loader']:>16} {r['workers']:>8} {r['img_per_s']:9.1f} {r['img_per_s_per_worker']:13.1f}")
-    result = {"size": a.size, "decode": decode, "loaders": loaders}
+    result = {"mode": "data", "size": a.size, "decode": decode, "loaders": loaders}
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1))
     return result
