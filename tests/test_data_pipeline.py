@@ -202,3 +202,23 @@ def test_accelerate_prepare_leaves_the_loader_alone(make_data_shards):
         assert accelerate.Accelerator(cpu=True).prepare(loader) is loader
     finally:
         AcceleratorState._reset_state(True)  # the accelerator is a process-wide singleton
+
+
+def test_uncaught_error_with_live_workers_exits_instead_of_hanging(make_data_shards, tmp_path):
+    # Workers ignore SIGTERM (so a preempted rank can save), and multiprocessing's exit hook only
+    # SIGTERMs and then joins them: an exception that keeps a loader iterator alive until exit
+    # (seen when a rank on another node died) must still end the process.
+    import subprocess
+    import sys
+
+    shards = make_data_shards([40, 40])
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
+        f"cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2)\n"
+        "it = iter(ShardLoader(cfg))\n"
+        "next(it)\n"
+        "raise RuntimeError('boom with live loader workers')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "boom with live loader workers" in proc.stderr, proc.stderr[-2000:]

@@ -155,7 +155,14 @@ def slurm() -> SlurmCluster:
 
 
 class Job:
-    def __init__(self, slurm: SlurmCluster, tmp_path: Path, overrides: list[str], nodes: int = 2):
+    def __init__(
+        self,
+        slurm: SlurmCluster,
+        tmp_path: Path,
+        overrides: list[str],
+        nodes: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.slurm = slurm
         runs = tmp_path / "runs"
         job_env = {
@@ -163,6 +170,7 @@ class Job:
             "VIT_DIST_RUNS_DIR": str(runs),
             "OMP_NUM_THREADS": "1",
             "WANDB_MODE": "offline",
+            **(extra_env or {}),
         }
         args = [f"--nodes={nodes}", f"--output={tmp_path}/%x-%j.out", "slurm/train_cpu.sbatch", str(SMOKE)]
         self.id = slurm.sbatch([*args, *overrides], cwd=ROOT, env=job_env)
@@ -257,3 +265,26 @@ def test_scontrol_requeue_sigterm_checkpoints_and_resumes(slurm, digits_data_dir
     step, log = _preempt_and_resume(job, steps)
     assert step >= 10
     assert "SIGTERM: waiting for the ranks to checkpoint" in log, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_crash_on_one_node_fails_the_job_promptly_without_requeue(slurm, digits_data_dir, tmp_path):
+    """A hard crash (SIGKILL) of the rank on the second node: the rank on the first node must not
+    wait in a collective until the 30-minute process-group timeout. The job fails within
+    seconds, is not requeued (it was not a preemption), and the last checkpoint stays loadable."""
+    steps = 120
+    over = [f"train.steps={steps}", "logging.every=2", "checkpoint.every=10", "eval.every=1000"]
+    job = Job(slurm, tmp_path, [*_data(digits_data_dir), *over], extra_env={"VIT_DIST_FAULT": "kill@25:1"})
+    start = time.monotonic()
+    info = slurm.wait_job(job.id, lambda i: i.get("JobState") in TERMINAL, timeout=240)
+    elapsed = time.monotonic() - start
+    log = job.log()
+    assert info["JobState"] == "FAILED", (info, log[-3000:])
+    assert int(info["Restarts"]) == 0 and "requeueing" not in log, log[-3000:]
+    assert "training failed" in log, log[-3000:]
+    assert elapsed < 200, f"the job took {elapsed:.0f} s to fail after a crash\n{log[-3000:]}"
+    metrics = read_jsonl(job.out / "metrics.jsonl")
+    assert metrics and metrics[-1]["step"] < steps
+    ckpts = sorted(p.name for p in (job.out / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    assert "step-00000020" in ckpts, ckpts  # the last complete checkpoint before the crash at 25

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING = 2, 3, 4, 5, 6
+EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING, EXIT_PEER = 2, 3, 4, 5, 6, 7
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, requeue and resume with resume=auto
 
 
@@ -37,6 +37,20 @@ def setup_logging() -> None:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
     for noisy in ("torch", "accelerate", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+_PEER_LOST = (
+    "closed by peer",
+    "reset by peer",
+    "Connection refused",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """A collective failed because another rank's process went away (gloo / NCCL wording)."""
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)
 
 
 def run_cli(main: Callable[[], int]) -> int:
@@ -75,6 +89,16 @@ def run_cli(main: Callable[[], int]) -> int:
             return fail("file not found", e, EXIT_CONFIG)
         if isinstance(e, ValueError):  # model keyword errors and similar user mistakes
             return fail("config error", e, EXIT_CONFIG)
+        if _peer_lost(e):
+            return fail(
+                "distributed error",
+                RuntimeError(
+                    "another process of this job stopped (crashed, killed or out of memory): its "
+                    "log has the cause; this rank stops too. The last checkpoint is intact. "
+                    f"[{str(e).strip().splitlines()[0][:200]}]"
+                ),
+                EXIT_PEER,
+            )
         if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
             return fail(
                 "out of memory",

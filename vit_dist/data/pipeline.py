@@ -34,6 +34,7 @@ passes other objects through untouched, so it cannot re-shard or re-dispatch thi
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import random
@@ -260,6 +261,25 @@ def _ignore_preemption_signals(worker_id: int) -> None:
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _kill_lingering_workers() -> None:
+    """At interpreter exit, SIGKILL daemonic children (loader workers) that are still alive.
+
+    A loader iterator is normally shut down when it is released. When an unexpected exception
+    ends the process, the traceback can keep it alive until exit; multiprocessing's own exit
+    hook then sends its daemonic children SIGTERM -- which our workers ignore, see above -- and
+    joins them: the process would hang forever (seen when a rank on another node crashed).
+    Registered after multiprocessing's hook, so it runs first (atexit is last-in, first-out).
+    """
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon and child.is_alive():
+            child.kill()
+
+
+atexit.register(_kill_lingering_workers)
 
 
 class ShardLoader:
