@@ -42,7 +42,6 @@ def setup_logging() -> None:
 _PEER_LOST = (
     "closed by peer",
     "reset by peer",
-    "Connection refused",
     "Broken pipe",
     "NCCL communicator was aborted",
 )
