@@ -271,6 +271,8 @@ def _kill_lingering_workers() -> None:
     hook then sends its daemonic children SIGTERM -- which our workers ignore, see above -- and
     joins them: the process would hang forever (seen when a rank on another node crashed).
     Registered after multiprocessing's hook, so it runs first (atexit is last-in, first-out).
+    Every daemonic child is killed, not only loader workers (the process objects do not say
+    what they run once started); multiprocessing would SIGTERM them at this point anyway.
     """
     import multiprocessing
 
