@@ -219,3 +219,16 @@ def test_init_follows_papers():
     assert m.cls_token.std().item() < 1e-5
     assert abs(m.pos_embed.std().item() - 0.02 * 0.8796) < 0.001
     assert torch.equal(m.norm.weight, torch.ones_like(m.norm.weight))
+
+
+def test_vit_drop_path_rates_rebuilt_after_meta_init():
+    kw = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2, drop_path_rate=0.2)
+    ref = create_model("vit", **kw)
+    with torch.device("meta"):
+        model = create_model("vit", **kw)
+    model.to_empty(device="cpu")
+    model.init_non_persistent_buffers()
+    expected = dict(ref.named_buffers())
+    assert expected and set(expected) == set(dict(model.named_buffers()))
+    for name, buf in model.named_buffers():
+        assert torch.equal(buf, expected[name]), name

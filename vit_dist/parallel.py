@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.utils.checkpoint
@@ -39,7 +40,7 @@ def apply_activation_checkpointing(blocks: list[nn.Module]) -> None:
         blk.forward = forward
 
 
-def apply_compile(blocks: list[nn.Module], backend: str = "inductor") -> None:
+def apply_compile(blocks: list[nn.Module], backend: str | Callable = "inductor") -> None:
     """torch.compile each block in place (names and state-dict keys unchanged).
 
     All blocks share one ``forward`` code object, and dynamo's recompile limit (8 by default)

@@ -184,6 +184,13 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def reset_drop_paths(model: nn.Module) -> None:
+    """``reset_buffers`` on every DropPath of ``model`` (its rates after ``to_empty()``)."""
+    for m in model.modules():
+        if isinstance(m, DropPath):
+            m.reset_buffers()
+
+
 class LayerScale(nn.Module):
     """Per-channel residual scale (CaiT / DeiT III); named ``gamma`` as in timm."""
 

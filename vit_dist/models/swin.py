@@ -32,6 +32,7 @@ from .layers import (
     drop_path_rates,
     init_linear_and_norm,
     resample_grid,
+    reset_drop_paths,
     to_2tuple,
     trunc_normal_,
 )
@@ -437,9 +438,7 @@ class SwinTransformer(nn.Module):
         """Rebuild index / mask buffers, e.g. after ``to_empty()`` on a model created on the meta device."""
         for blk in self.transformer_blocks():
             blk.init_buffers()
-        for m in self.modules():
-            if isinstance(m, DropPath):
-                m.reset_buffers()
+        reset_drop_paths(self)
 
     def no_weight_decay(self) -> set[str]:
         return {"relative_position_bias_table"}

@@ -21,6 +21,7 @@ from .layers import (
     drop_path_rates,
     init_linear_and_norm,
     resample_abs_pos_embed,
+    reset_drop_paths,
     trunc_normal_,
 )
 
@@ -156,9 +157,7 @@ class VisionTransformer(nn.Module):
 
     def init_non_persistent_buffers(self) -> None:
         """Refill the drop-path rates, e.g. after ``to_empty()`` on a model created on the meta device."""
-        for m in self.modules():
-            if isinstance(m, DropPath):
-                m.reset_buffers()
+        reset_drop_paths(self)
 
     def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         pos = self.pos_embed
