@@ -126,8 +126,38 @@ def test_flops_match_timm_published_gmacs(name, gmacs):
 )
 def test_analytic_flops_equal_counted(name, kwargs):
     model = create_model(name, **kwargs)
-    analytic, counted = flops_per_image(model), count_flops(model)
+    analytic, counted = flops_per_image(model, executed=True), count_flops(model)
     assert abs(analytic - counted) / counted < 0.01, (analytic, counted)
+    if name != "swin" and kwargs.get("global_pool", "token") == "token":
+        # the last block computes the prefix tokens only: fewer FLOPs than the architecture's count
+        assert counted < 0.99 * flops_per_image(model)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit_distilled"])
+def test_last_block_on_prefix_tokens_only_gives_the_same_logits_and_gradients(name):
+    # forward() runs the last block for the class (and distillation) token only; the logits and
+    # every parameter's gradient must equal the full computation's (all tokens, then pool).
+    torch.manual_seed(0)
+    model = create_model(
+        name, img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=5, init_values=0.5
+    )
+    x = torch.randn(4, 3, 32, 32)
+
+    def loss_and_grads(full: bool):
+        model.zero_grad()
+        out = model.forward_head(model.forward_features(x)) if full else model(x)
+        out = torch.stack(out) if isinstance(out, tuple) else out
+        (out * torch.arange(out.numel()).reshape(out.shape)).sum().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    out_full, grads_full = loss_and_grads(full=True)
+    out_cut, grads_cut = loss_and_grads(full=False)
+    torch.testing.assert_close(out_cut, out_full, rtol=1e-5, atol=1e-5)
+    assert grads_cut.keys() == grads_full.keys()
+    for k in grads_full:
+        scale = grads_full[k].abs().max().item()  # fp32 summation order differs: relative to the largest
+        torch.testing.assert_close(grads_cut[k], grads_full[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
+    assert model.forward_features(x).shape[1] == 16 + model.num_prefix_tokens  # features stay whole
 
 
 def test_free_form_sizes_and_bad_keywords():

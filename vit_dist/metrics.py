@@ -699,7 +699,10 @@ def mfu(flops_per_image: float, images_per_sec_global: float, world_size: int, p
     """Model FLOPs utilisation: training costs ~3x the forward FLOPs (forward + 2x backward).
 
     ``images_per_sec_global`` is the throughput of all ranks together and ``peak`` the
-    per-device peak, hence the division by ``world_size``. NaN when the inputs make no sense.
+    per-device peak, hence the division by ``world_size``. ``flops_per_image`` is the
+    architecture's count (timm's published GMACs x 2), also for a ViT whose last block computes
+    only the pooled tokens, so MFU stays comparable across implementations. NaN when the inputs
+    make no sense.
     """
     if peak <= 0 or world_size <= 0:
         return float("nan")

@@ -4,7 +4,9 @@ Every model has an analytic ``flops_per_image()`` (2 x multiply-accumulates of t
 linears and attention matmuls at its configured image size; norms, softmax and additions are
 ignored, as in timm's published GMACs). ``count_flops`` measures the same quantity once with
 torch's FlopCounterMode (SDPA forced onto its math path so the attention matmuls are visible);
-the tests check that the two agree. A training step costs about 3x the forward FLOPs.
+the tests check that the two agree (``executed=True``: ViT's forward skips the last block's
+unread tokens, which the architecture's count includes). A training step costs about 3x the
+forward FLOPs.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def flops_per_image(model: nn.Module) -> int:
-    """Analytic forward FLOPs for one image at the model's configured size."""
+def flops_per_image(model: nn.Module, executed: bool = False) -> int:
+    """Analytic forward FLOPs for one image at the model's configured size: the architecture's
+    count (MFU's numerator), or with ``executed`` what our forward computes (ViT's last block
+    skips the tokens that no head reads)."""
     fn = getattr(model, "flops_per_image", None)
     if fn is None:
         raise TypeError(f"{type(model).__name__} has no flops_per_image(); use count_flops()")
-    return int(fn())
+    return int(fn(executed=True)) if executed else int(fn())
 
 
 def count_flops(model: nn.Module, img_size: int | None = None, in_chans: int | None = None) -> int:

@@ -113,10 +113,25 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_bias: torch.Tensor | None = None, n_query: int | None = None
+    ) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); with ``n_query``, only the first ``n_query`` tokens attend
+        (to all N) and the output is (B, n_query, C): the same values as the full output's first
+        rows, without computing the rows nobody reads."""
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if n_query is None:
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias  # rows: q, k, v (timm's fused layout)
+            q = F.linear(x[:, :n_query], w[:c], None if bias is None else bias[:c])
+            q = q.reshape(b, n_query, self.num_heads, self.head_dim).transpose(1, 2)
+            kv = F.linear(x, w[c:], None if bias is None else bias[c:])
+            k, v = kv.reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            if attn_bias is not None:
+                attn_bias = attn_bias[..., :n_query, :]
+            n = n_query
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)  # SDPA wants the mask in the query dtype under autocast
         x = F.scaled_dot_product_attention(
@@ -125,10 +140,11 @@ class Attention(nn.Module):
         x = x.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
 
-    def flops(self, n: int) -> int:
-        """Forward FLOPs (2 x MACs) for one sequence of n tokens."""
+    def flops(self, n: int, n_query: int | None = None) -> int:
+        """Forward FLOPs (2 x MACs) for one sequence of n tokens (``n_query`` of them attending)."""
         c = self.num_heads * self.head_dim
-        return 2 * (n * c * 3 * c + 2 * n * n * c + n * c * c)
+        nq = n if n_query is None else n_query
+        return 2 * (nq * c * c + n * c * 2 * c + 2 * nq * n * c + nq * c * c)
 
 
 class Mlp(nn.Module):

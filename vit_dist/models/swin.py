@@ -443,8 +443,9 @@ class SwinTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"relative_position_bias_table"}
 
-    def flops_per_image(self, img_size: int | tuple[int, int] | None = None) -> int:
-        """Forward FLOPs (2 x MACs of the conv, linears and attention matmuls) for one image."""
+    def flops_per_image(self, img_size: int | tuple[int, int] | None = None, executed: bool = False) -> int:
+        """Forward FLOPs (2 x MACs of the conv, linears and attention matmuls) for one image.
+        (``executed`` is accepted for the shared API: Swin computes every token it counts.)"""
         h, w = to_2tuple(img_size if img_size is not None else self.img_size)
         total = self.patch_embed.flops(h, w)
         h, w = h // self.patch_embed.patch_size[0], w // self.patch_embed.patch_size[1]

@@ -52,12 +52,16 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    def forward(self, x: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D), or (B, n_out, D): the first ``n_out`` output tokens only."""
+        if n_out is None:
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        else:
+            x = x[:, :n_out] + self.drop_path1(self.ls1(self.attn(self.norm1(x), n_query=n_out)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-    def flops(self, n: int) -> int:
-        return self.attn.flops(n) + self.mlp.flops(n)
+    def flops(self, n: int, n_out: int | None = None) -> int:
+        return self.attn.flops(n, n_out) + self.mlp.flops(n if n_out is None else n_out)
 
 
 class VisionTransformer(nn.Module):
@@ -166,13 +170,17 @@ class VisionTransformer(nn.Module):
         x = torch.cat([*self._prefix_tokens(x.shape[0]), x], dim=1)  # (B, prefix + N, D)
         return self.pos_drop(x + pos)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, last_block_tokens: int | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, prefix + N, D) normed tokens; with ``last_block_tokens`` the last
+        block computes only that many leading tokens (see ``forward``)."""
         h, w = x.shape[-2:]
         grid = (h // self.patch_embed.patch_size[0], w // self.patch_embed.patch_size[1])
         x = self.patch_embed(x)  # (B, N, D)
         x = self._pos_embed(x, grid)
-        x = self.blocks(x)
-        return self.norm(x)  # (B, prefix + N, D)
+        for i, blk in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = blk(x, n_out=last_block_tokens) if last and last_block_tokens else blk(x)
+        return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == "avg":
@@ -184,15 +192,29 @@ class VisionTransformer(nn.Module):
         return self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
-        return self.forward_head(self.forward_features(x))
+        # With token pooling the head reads only the prefix tokens, and the final norm is per
+        # token, so the last block's attention queries, projection and MLP are computed for those
+        # tokens alone: the same logits and gradients, ~1/depth fewer FLOPs (timm computes all).
+        return self.forward_head(self.forward_features(x, last_block_tokens=self._last_block_tokens()))
 
-    def flops_per_image(self) -> int:
-        """Analytic forward FLOPs (2 x multiply-accumulates of convs, linears and attention matmuls)."""
+    def _last_block_tokens(self) -> int | None:
+        return self.num_prefix_tokens if self.global_pool == "token" else None
+
+    def flops_per_image(self, executed: bool = False) -> int:
+        """Analytic forward FLOPs (2 x multiply-accumulates of convs, linears and attention matmuls).
+
+        By default the architecture's count (timm's published GMACs; what MFU is quoted
+        against); ``executed=True`` counts what ``forward`` computes, with the last block cut
+        to the pooled tokens."""
         n = self.patch_embed.num_patches + self.num_prefix_tokens
         heads = (1 + self.num_extra_tokens) if self.num_classes > 0 else 0
+        n_out = self._last_block_tokens() if executed else None
         return (
             self.patch_embed.flops()
-            + sum(blk.flops(n) for blk in self.blocks)
+            + sum(
+                blk.flops(n, n_out if i == len(self.blocks) - 1 else None)
+                for i, blk in enumerate(self.blocks)
+            )
             + heads * 2 * self.embed_dim * self.num_classes
         )
 
