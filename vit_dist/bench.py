@@ -147,13 +147,14 @@ def bench_model(args) -> dict:
     return {
         "mode": "model",
         "model": args.model,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "img_size": args.img_size,
         "precision": args.precision,
         "compile": args.compile,
-        "gflops_per_image": fpi / 1e9,
+        "gflops_per_image": fpi / 1e9,  # the architecture's count, MFU's numerator
+        "gflops_per_image_executed": flops_per_image(model, executed=True) / 1e9,
         "train_images_per_sec": train_ips,
         "infer_images_per_sec": infer_ips,
         "peak_tflops_measured": peak / 1e12,
@@ -161,7 +162,20 @@ def bench_model(args) -> dict:
         "infer_mfu": fpi * infer_ips / peak,
         "max_memory_mb": max_memory_mb(device),
         "torch": torch.__version__,
+        "mkl_vendor_shim": _cpu_blas_status(device),
     }
+
+
+def _cpu_name() -> str:
+    from .cpu_blas import cpu_name
+
+    return f"cpu: {cpu_name()}"
+
+
+def _cpu_blas_status(device: torch.device) -> str:
+    from . import cpu_blas
+
+    return cpu_blas.status() if device.type == "cpu" else "n/a"
 
 
 def bench_compare_timm(args) -> dict:
@@ -197,9 +211,11 @@ def bench_compare_timm(args) -> dict:
         "compile": args.compile,
         "compile_ours_only": args.compile_ours,
         "optimizers": f"ours: vit_dist, timm: {timm_opt}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
         "timm": timm.__version__,
         "torch": torch.__version__,
+        "mkl_vendor_shim": _cpu_blas_status(device),  # one process: it applies to both sides
     }
     for kind, idx in (("train", 0), ("infer", 1)):
         for name in steps:  # warm both up before any timing

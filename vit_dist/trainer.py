@@ -478,6 +478,10 @@ class Trainer:
             f"{' (sharded)' if self.fsdp else ''}; {self.num_params / 1e6:.2f}M params, "
             f"{self.flops_per_image / 1e9:.3f} GFLOPs/image"
         )
+        if self.device.type == "cpu":
+            from . import cpu_blas
+
+            self.logger.info(f"MKL vendor shim: {cpu_blas.status()}")
 
     def _log_step(self, loss_window: torch.Tensor, n_window: int) -> None:
         """Collective: every rank calls it at the same steps."""
