@@ -124,6 +124,25 @@ def test_free_form_parity_with_timm():
         assert (ref(x) - model(x)).abs().max().item() <= 1e-5
 
 
+def test_free_form_training_gradients_match_timm():
+    # Training mode: the same loss gives every parameter timm's gradient (on CPU the masked
+    # window attention runs its own softmax path, on CUDA SDPA: both must be timm's math).
+    torch.manual_seed(0)
+    ref = timm_swin.SwinTransformer(**FREE, drop_path_rate=0.0).train()  # no randomness in training
+    model = SwinTransformer(**FREE, drop_path_rate=0.0).train()
+    model.load_state_dict(model.adapt_state_dict(ref.state_dict()))
+    x = torch.randn(2, 3, 40, 56)
+    weights = torch.randn(2, FREE["num_classes"])
+    (ref(x) * weights).sum().backward()
+    (model(x) * weights).sum().backward()
+    theirs = {k: p.grad for k, p in model.adapt_state_dict(dict(ref.named_parameters())).items()}
+    ours = dict(model.named_parameters())
+    assert ours.keys() == theirs.keys()
+    for k, p in ours.items():
+        scale = theirs[k].abs().max().item()
+        torch.testing.assert_close(p.grad, theirs[k], rtol=1e-4, atol=1e-5 * scale + 1e-7, msg=k)
+
+
 def test_other_input_size_parity_with_timm_dynamic():
     """A size other than the configured one (cached masks) matches timm's per-forward masks."""
     torch.manual_seed(0)
