@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vit_dist  # noqa: F401  first, before any test imports torch: MKL's fast kernels on AMD (cpu_blas)
+
 # vit_dist.data is imported inside the fixtures: other test modules do not pay for it.
 
 
