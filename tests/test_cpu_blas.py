@@ -27,8 +27,8 @@ print(json.dumps({"status": cpu_blas.status(), "queries": cpu_blas.vendor_querie
 """
 
 
-def _probe(tmp_path, mode: str | None, code: str = PROBE) -> dict:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+def _probe(tmp_path, mode: str | None, code: str = PROBE, **extra_env: str) -> dict:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), **extra_env}
     env.pop("VIT_DIST_MKL_AMD", None)
     if mode is not None:
         env["VIT_DIST_MKL_AMD"] = mode
@@ -63,6 +63,27 @@ def test_auto_mode_follows_the_cpu_vendor(tmp_path):
         assert r["status"].startswith("on:"), r
     else:
         assert r["status"].startswith(("not needed", "not applicable")) and r["queries"] is None, r
+
+
+def test_damaged_cache_is_rebuilt_and_no_compiler_is_reported(tmp_path):
+    assert _probe(tmp_path, "1")["status"].startswith("on:")
+    (lib,) = (tmp_path / "cache" / "vit_dist").glob("mkl_amd_*.so")
+    lib.write_bytes(b"not a shared library")  # e.g. an interrupted copy of a cache directory
+    again = _probe(tmp_path, "1")
+    assert again["status"].startswith("on:"), again
+    lib.unlink()
+    broken = _probe(tmp_path, "1", CC=str(tmp_path / "no-such-cc"))
+    assert broken["status"] == "not applied: no working C compiler to build the MKL vendor shim"
+    assert broken["queries"] is None and broken["err"] < 1e-3  # torch works as before
+
+
+def test_a_cache_directory_others_can_write_is_not_used(tmp_path):
+    shared = tmp_path / "cache" / "vit_dist"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)  # anyone could plant a library here
+    r = _probe(tmp_path, "1")
+    assert not list(shared.glob("*.so"))  # built in the private fallback under the temp dir
+    assert r["status"].startswith("on:"), r
 
 
 @pytest.mark.parametrize(

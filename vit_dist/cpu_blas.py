@@ -60,29 +60,36 @@ def cpu_name() -> str:
     return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "vit_dist")
+def _private_dir(path: str) -> bool:
+    """Ours alone: a library loaded from a directory others can write to could be anyone's code."""
     try:
-        os.makedirs(path, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
+        st = os.stat(path)
     except OSError:
-        pass
-    return tempfile.gettempdir()  # a read-only home (some clusters)
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022 and os.access(path, os.W_OK)
 
 
-def _build() -> str | None:
-    """Path of the compiled shim (built once per machine type), None without a working compiler."""
-    key = hashlib.sha256(_SOURCE + platform.machine().encode()).hexdigest()[:12]
-    lib = os.path.join(_cache_dir(), f"mkl_amd_{key}.so")
-    if os.path.exists(lib):
-        return lib
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return None
-    tmp = f"{lib}.{os.getpid()}.tmp"  # ranks on one node may build at once: each its own file
+def _cache_dir() -> str | None:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    # A read-only home (some clusters): a private directory under /tmp instead.
+    for path in (
+        os.path.join(base, "vit_dist"),
+        os.path.join(tempfile.gettempdir(), f"vit_dist-{os.getuid()}"),
+    ):
+        with contextlib.suppress(OSError):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        if _private_dir(path):
+            return path
+    return None
+
+
+def _compile(cc: str, lib: str) -> bool:
+    # Ranks of one job may build at once, on several nodes sharing a home: each writes its own
+    # temporary file and renames it into place (atomic; the last one wins, all are identical).
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(lib), suffix=".tmp", dir=os.path.dirname(lib))
+        os.close(fd)
         subprocess.run(
             [cc, "-shared", "-fPIC", "-O2", "-x", "c", "-", "-o", tmp],
             input=_SOURCE,
@@ -91,11 +98,31 @@ def _build() -> str | None:
             timeout=60,
         )
         os.replace(tmp, lib)
+        return True
     except (OSError, subprocess.SubprocessError):
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        return None
-    return lib
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        return False
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(the loaded shim, '') or (None, why not). Built once per machine type, then cached."""
+    cache = _cache_dir()
+    if cache is None:
+        return None, "no private cache directory to build the MKL vendor shim in"
+    key = hashlib.sha256(_SOURCE + platform.machine().encode()).hexdigest()[:12]
+    lib = os.path.join(cache, f"mkl_amd_{key}.so")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    error: OSError | None = None
+    for rebuild in (False, True):
+        if (rebuild or not os.path.exists(lib)) and not (cc and _compile(cc, lib)):
+            return None, "no working C compiler to build the MKL vendor shim"
+        try:
+            return ctypes.CDLL(lib, mode=os.RTLD_GLOBAL), ""
+        except OSError as e:  # a damaged cached file (an interrupted copy): build it again, once
+            error = e
+    return None, f"could not load {lib}: {error}"
 
 
 def enable() -> str:
@@ -113,15 +140,11 @@ def enable() -> str:
     elif "torch" in sys.modules:
         status = "not applied: torch was imported before vit_dist (import vit_dist first)"
     else:
-        lib = _build()
-        if lib is None:
-            status = "not applied: no working C compiler to build the MKL vendor shim"
+        _state["lib"], why = _load()
+        if _state["lib"] is None:
+            status = f"not applied: {why}"
         else:
-            try:
-                _state["lib"] = ctypes.CDLL(lib, mode=os.RTLD_GLOBAL)
-                status = f"on: MKL dispatches by instruction set on this {vendor or 'unknown'} CPU"
-            except OSError as e:
-                status = f"not applied: could not load {lib}: {e}"
+            status = f"on: MKL dispatches by instruction set on this {vendor or 'unknown'} CPU"
     _state["status"] = status
     return status
 
