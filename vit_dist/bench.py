@@ -163,7 +163,14 @@ def bench_model(args) -> dict:
         "max_memory_mb": max_memory_mb(device),
         "torch": torch.__version__,
         "mkl_vendor_shim": _cpu_blas_status(device),
+        "malloc": _malloc_status(),
     }
+
+
+def _malloc_status() -> str:
+    from . import cpu_malloc
+
+    return cpu_malloc.status()
 
 
 def _cpu_name() -> str:
@@ -216,6 +223,7 @@ def bench_compare_timm(args) -> dict:
         "timm": timm.__version__,
         "torch": torch.__version__,
         "mkl_vendor_shim": _cpu_blas_status(device),  # one process: it applies to both sides
+        "malloc": _malloc_status(),  # so does this
     }
     for kind, idx in (("train", 0), ("infer", 1)):
         for name in steps:  # warm both up before any timing
@@ -238,6 +246,9 @@ def _print_table(rec: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import cpu_malloc
+
+    cpu_malloc.tune()  # as the training entry points do (run_cli): figures as a user would see
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from .data.bench import main as data_main

@@ -64,6 +64,9 @@ def run_cli(main: Callable[[], int]) -> int:
             print(f"{kind}: {msg}", file=sys.stderr, flush=True)
         return code
 
+    from . import cpu_malloc
+
+    cpu_malloc.tune()
     try:
         return main()
     except Exception as e:

@@ -479,9 +479,9 @@ class Trainer:
             f"{self.flops_per_image / 1e9:.3f} GFLOPs/image"
         )
         if self.device.type == "cpu":
-            from . import cpu_blas
+            from . import cpu_blas, cpu_malloc
 
-            self.logger.info(f"MKL vendor shim: {cpu_blas.status()}")
+            self.logger.info(f"MKL vendor shim: {cpu_blas.status()}; malloc: {cpu_malloc.status()}")
 
     def _log_step(self, loss_window: torch.Tensor, n_window: int) -> None:
         """Collective: every rank calls it at the same steps."""
