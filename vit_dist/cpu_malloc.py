@@ -3,7 +3,7 @@
 A training step frees and allocates the same large tensors again every step. By default glibc
 hands blocks above a moving threshold (128 KiB, rising to at most 32 MiB) to mmap, and returns
 freed memory at the top of its heap to the OS past a small trim threshold, so each step
-page-faults its activations in again. On 2 CPU cores that kernel time was 9-16 % of a ViT-S or
+page-faults its activations in again. On 2 CPU cores that kernel time was 10-17 % of a ViT-S or
 Swin-T training step. ``tune()`` keeps blocks up to 32 MiB (glibc's maximum) in the heap and
 trims only beyond 1 GiB: ViT-S 12.2 -> 14.2 img/s, Swin-T 10.3 -> 11.4, peak RSS unchanged
 (1474 -> 1482 MB, 2320 -> 2337 MB). See BENCHMARKS.md.
