@@ -41,7 +41,8 @@ def test_forced_shim_is_built_loaded_and_asked_by_mkl_with_exact_fp32_results(tm
     r = _probe(tmp_path, "1")
     assert r["status"].startswith("on:"), r
     assert list((tmp_path / "cache" / "vit_dist").glob("mkl_amd_*.so"))  # built once, cached
-    if r["mkl"]:  # the wheel's BLAS is MKL: it must have taken the vendor answer from the shim
+    if r["mkl"] and cpu_vendor() == "AuthenticAMD":
+        # MKL asked the shim for the vendor (on Intel it may not need to ask: not checked there)
         assert r["queries"] > 0, r
     assert r["err"] < 1e-3  # fp32 rounding of a 384-term sum, not another precision
     again = _probe(tmp_path, "1")  # second process: the cached library, same results
