@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import cpu_blas, cpu_malloc
 from .amp import DTYPES, autocast
 from .metrics import max_memory_mb
 
@@ -147,7 +148,7 @@ def bench_model(args) -> dict:
     return {
         "mode": "model",
         "model": args.model,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        **_host(device),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "img_size": args.img_size,
@@ -162,27 +163,18 @@ def bench_model(args) -> dict:
         "infer_mfu": fpi * infer_ips / peak,
         "max_memory_mb": max_memory_mb(device),
         "torch": torch.__version__,
-        "mkl_vendor_shim": _cpu_blas_status(device),
-        "malloc": _malloc_status(),
     }
 
 
-def _malloc_status() -> str:
-    from . import cpu_malloc
-
-    return cpu_malloc.status()
-
-
-def _cpu_name() -> str:
-    from .cpu_blas import cpu_name
-
-    return f"cpu: {cpu_name()}"
-
-
-def _cpu_blas_status(device: torch.device) -> str:
-    from . import cpu_blas
-
-    return cpu_blas.status() if device.type == "cpu" else "n/a"
+def _host(device: torch.device) -> dict:
+    """The device's name and the process settings that move CPU figures (cpu_blas, cpu_malloc).
+    In one process they apply to both sides of a comparison."""
+    cpu = device.type == "cpu"
+    return {
+        "device": f"cpu: {cpu_blas.cpu_name()}" if cpu else torch.cuda.get_device_name(device),
+        "mkl_vendor_shim": cpu_blas.status() if cpu else "n/a",
+        "malloc": cpu_malloc.status(),
+    }
 
 
 def bench_compare_timm(args) -> dict:
@@ -218,12 +210,10 @@ def bench_compare_timm(args) -> dict:
         "compile": args.compile,
         "compile_ours_only": args.compile_ours,
         "optimizers": f"ours: vit_dist, timm: {timm_opt}",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        **_host(device),
         "threads": torch.get_num_threads(),
         "timm": timm.__version__,
         "torch": torch.__version__,
-        "mkl_vendor_shim": _cpu_blas_status(device),  # one process: it applies to both sides
-        "malloc": _malloc_status(),  # so does this
     }
     for kind, idx in (("train", 0), ("infer", 1)):
         for name in steps:  # warm both up before any timing
@@ -246,8 +236,6 @@ def _print_table(rec: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import cpu_malloc
-
     cpu_malloc.tune()  # as the training entry points do (run_cli): figures as a user would see
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":

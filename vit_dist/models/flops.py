@@ -24,7 +24,7 @@ def flops_per_image(model: nn.Module, executed: bool = False) -> int:
     fn = getattr(model, "flops_per_image", None)
     if fn is None:
         raise TypeError(f"{type(model).__name__} has no flops_per_image(); use count_flops()")
-    return int(fn(executed=True)) if executed else int(fn())
+    return int(fn(executed=executed))
 
 
 def count_flops(model: nn.Module, img_size: int | None = None, in_chans: int | None = None) -> int:
