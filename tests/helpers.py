@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -49,9 +50,57 @@ def run_module(module: str, args: list[str], nproc: int = 1, timeout: int = 600,
     cmd += ["-m", module, "--config", str(config), *args]
     if nproc > 1:
         extra_env = {"ACCELERATE_USE_CPU": "1", **extra_env}
-    return subprocess.run(
-        cmd, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=timeout
+    return run_process(cmd, timeout, env=env(**extra_env))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts the ranks in their own sessions, so a
+    process-group kill of the launcher does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def run_process(cmd: list[str], timeout: float, env: dict, **kw) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` in the repo root, except that a
+    timeout is a test failure that shows where every process of the tree was stuck: each gets
+    SIGABRT, which Python's faulthandler (PYTHONFAULTHANDLER) turns into a dump of all its
+    threads' stacks on stderr; then the whole tree is killed, so no rank outlives the test."""
+    import signal
+    import time
+
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = _descendants(proc.pid)
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGABRT)
+        time.sleep(3)  # let faulthandler write
+        for pid in [proc.pid, *tree]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"timed out after {timeout} s: {' '.join(cmd)}\nstdout:\n{out[-3000:]}\n"
+            f"stderr (stacks of every process):\n{err[-30000:]}"
+        ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def run_train(

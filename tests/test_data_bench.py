@@ -16,4 +16,8 @@ def test_bench_runs_and_reports_numbers(tmp_path):
         (op, b) for op in ("train RRC", "eval crop") for b in ("pil", "tv", "auto")
     }
     assert all(r["img_per_s"] > 0 for r in result["decode"] + result["loaders"])
-    assert [r["loader"] for r in result["loaders"]] == ["vit_dist shards", "ImageFolder+PIL"]
+    assert [r["loader"] for r in result["loaders"]] == [
+        "vit_dist shards",
+        "vit_dist uint8",
+        "ImageFolder+PIL",
+    ]

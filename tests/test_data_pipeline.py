@@ -215,10 +215,71 @@ def test_uncaught_error_with_live_workers_exits_instead_of_hanging(make_data_sha
     script = tmp_path / "crash.py"
     script.write_text(
         "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
-        f"cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2)\n"
-        "it = iter(ShardLoader(cfg))\n"
-        "next(it)\n"
-        "raise RuntimeError('boom with live loader workers')\n"
+        "if __name__ == '__main__':\n"
+        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2)\n"
+        "    it = iter(ShardLoader(cfg))\n"
+        "    next(it)\n"
+        "    raise RuntimeError('boom with live loader workers')\n"
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "boom with live loader workers" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_start_methods_give_the_same_batches(make_data_shards):
+    shards = make_data_shards([20, 13, 7])
+    fork, server = (
+        _epoch(ShardLoader(_cfg(shards, worker_start_method=m)), 1) for m in ("fork", "forkserver")
+    )
+    assert len(fork) == len(server) > 2 and [b["key"] for b in fork] == [b["key"] for b in server]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(fork, server))
+
+
+def test_auto_start_method_forks_only_where_cpython_forks_safely():
+    from vit_dist.data.pipeline import _start_method, fork_is_safe
+
+    affected = [(3, 10, 0), (3, 10, 14), (3, 11, 0), (3, 11, 7), (3, 11, 9)]
+    fixed = [(3, 10, 15), (3, 11, 10), (3, 11, 14), (3, 12, 0), (3, 13, 1), (3, 14, 0)]
+    assert not any(fork_is_safe(v) for v in affected) and all(fork_is_safe(v) for v in fixed)
+    assert _start_method("auto") == ("fork" if fork_is_safe() else "forkserver")
+    assert _start_method("spawn") == "spawn"
+
+
+def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(make_data_shards, tmp_path):
+    """A script without the __main__ guard under forkserver (what "auto" picks on CPython
+    < 3.11.10): its workers die at start-up. torch would notice only after worker_timeout
+    (600 s); the loader polls and says what to do."""
+    import subprocess
+    import sys
+
+    shards = make_data_shards([40, 40])
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
+        f"cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2,\n"
+        "                 worker_start_method='forkserver')\n"
+        "next(iter(ShardLoader(cfg)))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "DataError: DataLoader worker" in last, proc.stderr[-3000:]
+    assert "exited unexpectedly" in last and "if __name__ == '__main__':" in last, last
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_uint8_batches_normalised_on_the_device_equal_the_workers_floats(make_data_shards, train):
+    shards = make_data_shards([20, 13])
+    aug = AugmentConfig(img_size=16, random_erasing=0.5)
+    kw = dict(num_workers=1, augment=aug, train=train, shuffle_buffer=16 if train else 0)
+    floats = ShardLoader(DataConfig(str(shards), batch_size=8, **kw))
+    uint8 = ShardLoader(DataConfig(str(shards), batch_size=8, normalize_in_workers=False, **kw))
+    a, b = _epoch(floats, 0), _epoch(uint8, 0)
+    assert len(a) == len(b) == len(floats) and [x["key"] for x in a] == [y["key"] for y in b]
+    erased = 0
+    for x, y in zip(a, b):
+        assert x["image"].dtype == torch.float32 and "erase" not in x
+        assert y["image"].dtype == torch.uint8 and y["image"].shape == (8, 3, 16, 16)
+        assert ("erase" in y) == train
+        erased += int(y["erase"][:, 2].gt(0).sum()) if train else 0
+        assert torch.equal(floats.images(x, "cpu"), x["image"])  # already floats: passed through
+        assert torch.equal(uint8.images(y, "cpu"), x["image"])
+    assert erased > 0 if train else erased == 0

@@ -82,3 +82,56 @@ def test_mixup_cutmix_targets_are_distributions(kw):
         assert not (above & ~allowed).any() and above.any(-1).all()
     if kw.get("prob") == 0.0 or kw == {"mixup_alpha": 0.0, "cutmix_alpha": 0.0}:
         assert torch.allclose(targets.max(-1).values, torch.full((8,), 0.9 + 0.01))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_uint8_then_batch_normalize_equals_torchvisions_float_pipeline(photo_jpeg, train):
+    """The workers' uint8 + rectangle, normalised later as a batch, is torchvision's per-sample
+    ToDtype -> Normalize -> RandomErasing(value=0) bit for bit, from the same RNG draws."""
+    from torchvision.transforms import v2
+
+    cfg = AugmentConfig(img_size=64, random_erasing=0.9, color_jitter=0.2)
+    ours = SampleTransform(cfg, train=train)
+    ref = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    if train:
+        ref.append(v2.RandomErasing(p=cfg.random_erasing, value=0))
+    ref = v2.Compose(ref)
+    erased = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        img, rect = ours.uint8(photo_jpeg)
+        after_ours = torch.rand(3)  # the RNG is left where torchvision's pipeline leaves it
+        torch.manual_seed(seed)
+        u8 = ours.post(_decode_like(ours, photo_jpeg)) if ours.post else _decode_like(ours, photo_jpeg)
+        expected = ref(u8)
+        assert torch.equal(torch.rand(3), after_ours)
+        assert img.dtype == torch.uint8 and img.shape == (3, 64, 64)
+        got = ours.normalize(img[None], torch.tensor([rect]))[0]
+        assert torch.equal(got, expected), seed
+        erased += rect[2] > 0
+        assert (rect[2] > 0) == bool((expected == 0).all(0).any())  # a rectangle iff zeros
+    assert erased >= 6 if train else erased == 0  # p=0.9 over 12 draws: erasing did happen
+
+
+def _decode_like(t: SampleTransform, data: bytes) -> torch.Tensor:
+    c = t.cfg
+    if t.train:
+        return decode_random_resized_crop(data, c.img_size, c.scale, c.ratio, backend=c.backend)
+    return decode_resize_center_crop(data, c.img_size, c.crop_pct, backend=c.backend)
+
+
+def test_erase_mask_on_an_accelerator_equals_slicing_on_cpu():
+    """The mask used where reading the rectangles would sync the host clears the same pixels."""
+    from vit_dist.data.transforms import Normalize, erase_mask
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 20, 24), dtype=torch.uint8, generator=g)
+    erase = torch.tensor([[0, 0, 0, 0], [2, 3, 5, 7], [0, 0, 19, 23], [15, 1, 5, 2], [4, 20, 1, 4]])
+    norm = Normalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    sliced = norm(images, erase)
+    masked = norm(images, erase, slices=False)  # the accelerator path
+    assert torch.equal(sliced, masked)
+    assert torch.equal(masked, norm(images).masked_fill_(erase_mask(erase, 20, 24)[:, None], 0))
+    assert int((sliced == 0).all(1).sum()) == 5 * 7 + 19 * 23 + 5 * 2 + 1 * 4
+    with pytest.raises(TypeError, match="uint8"):
+        norm(images.float())

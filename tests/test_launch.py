@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import env, free_port, read_jsonl
+from helpers import env, free_port, read_jsonl, run_process
 from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +91,7 @@ def test_cpu_config_file_runs_two_processes(digits_data_dir, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL / "cpu.yaml")]
     cmd += ["-m", "vit_dist.train", "--config", str(SMOKE), *_data(digits_data_dir)]
     cmd += ["train.steps=20", "logging.every=5", "logging.wandb=false", f"output_dir={out}"]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300
-    )
+    proc = run_process(cmd, 300, env=env(ACCELERATE_USE_CPU="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_run(out, world_size=2, last_step=20)
 

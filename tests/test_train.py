@@ -176,6 +176,42 @@ def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):
     assert changed > 10
 
 
+def test_normalising_on_the_device_trains_exactly_as_in_the_workers(digits_data_dir, tmp_path):
+    """data.normalize_on=device (uint8 batches, the CUDA default) and =worker give the same
+    steps, with random erasing and mixup on, and the same evaluation."""
+    from vit_dist.config import load_config
+    from vit_dist.distributed import init_distributed
+    from vit_dist.trainer import Trainer
+
+    env = init_distributed()
+    runs = {}
+    for where in ("worker", "device"):
+        cfg = load_config(
+            CONFIG,
+            [
+                f"data.train={digits_data_dir}",
+                f"data.val={digits_data_dir}",
+                "train.steps=3",
+                "data.workers=1",
+                "data.random_erasing=0.5",
+                f"data.normalize_on={where}",
+                "logging.wandb=false",
+                f"output_dir={tmp_path / where}",
+                *TINY,
+            ],
+        )
+        trainer = Trainer(cfg, env)
+        trainer.train_loader.set_epoch(0)
+        batch = next(iter(trainer.train_loader))
+        assert batch["image"].dtype == (torch.uint8 if where == "device" else torch.float32)
+        it = iter(trainer.train_loader)
+        losses = [trainer.train_step(it).item() for _ in range(3)]
+        runs[where] = losses, trainer._evaluate_once()["top1"], [p.detach().clone() for p in trainer.params]
+    (la, ta, pa), (lb, tb, pb) = runs["worker"], runs["device"]
+    assert la == lb and ta == tb
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
 @pytest.mark.parametrize(
     "override,expected",
     [

@@ -59,6 +59,9 @@ class DataSection:
     samples_per_epoch: int | None = _f(None, lo=1, doc="resampled mode: global samples per epoch")
     shuffle_buffer: int = _f(1000, lo=0)
     pin_memory: bool = True
+    normalize_on: Literal["auto", "worker", "device"] = _f(
+        "auto", doc="where uint8 images become normalised floats; auto: device on CUDA, workers on CPU"
+    )
     prefetch: int = _f(2, lo=1)
     max_bad_fraction: float = _f(0.01, lo=0.0, hi=1.0)
     # augmentation (train); DeiT's ImageNet recipe by default

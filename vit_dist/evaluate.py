@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             sums = EvalSums(env.device)
             with torch.no_grad():
                 for batch in loader:
-                    x = batch["image"].to(env.device, non_blocking=True)
+                    x = loader.images(batch, env.device)
                     with autocast(env.device, cfg.precision):
                         logits = model(x)
                     sums.update(logits, batch["label"].to(env.device), batch["valid"].to(env.device))

@@ -654,8 +654,10 @@ def _table_peak(name: str, dtype: torch.dtype) -> float | None:
 def _measure_peak(dev: torch.device, dtype: torch.dtype) -> float:
     """Achieved FLOP/s of a square matmul: a practical peak, kept under ~1 s."""
     n = 8192 if dev.type == "cuda" else 1024
-    a = torch.randn(n, n, device=dev).to(dtype)
-    b = torch.randn(n, n, device=dev).to(dtype)
+    # A private generator: measuring (once per process) must not move the training RNG.
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, generator=g).to(dtype)
+    b = torch.randn(n, n, device=dev, generator=g).to(dtype)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def timed(k: int) -> float:

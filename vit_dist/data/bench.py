@@ -6,8 +6,10 @@ upscales them to 1281x1920 as stand-ins for large camera photos):
 1. decode: images/s on one thread for RandomResizedCrop (train) and resize + center crop
    (eval) to ``--size``, for each decode backend of ``decode.py`` (PIL draft vs
    ``torchvision.io.decode_jpeg``);
-2. loader: images/s per loader worker of this package's shard pipeline (decode + the default
-   train augmentation: RRC, flip, RandAugment, normalise, random erasing) against a
+2. loader: images/s delivered to ``--device`` as normalised float batches (pinned and copied
+   non-blocking on CUDA), with the default train augmentation (RRC, flip, RandAugment,
+   normalise, random erasing), for this package's shard pipeline -- batches normalised in the
+   workers, and uint8 batches normalised on the device (the CUDA default) -- against a
    torchvision ``ImageFolder`` + PIL + ``v2`` baseline with the same augmentation, workers
    and batch size, in the same run. The photos are replicated into an ImageFolder of
    ``--classes`` classes (``--images`` files), which is also what the shards are written from.
@@ -79,21 +81,25 @@ def bench_decode(size: int, scales: list[int], seconds: float) -> list[dict]:
     return rows
 
 
-def _loader_rate(batches, seconds: float) -> float:
-    """Images/s after the first batch (worker start-up excluded), over at least ``seconds``."""
+def _loader_rate(batches, to_device, device: torch.device, seconds: float) -> float:
+    """Images/s of ``to_device(batch)`` (normalised floats on ``device``) after the first batch
+    (worker start-up excluded), over at least ``seconds``."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     it = iter(batches())
-    next(it)
+    to_device(next(it))
+    sync()
     n, t0 = 0, time.perf_counter()
     while True:
         for b in it:
-            n += len(b[0] if isinstance(b, (list, tuple)) else b["image"])
+            n += len(to_device(b))
             if time.perf_counter() - t0 >= seconds:
+                sync()
                 return n / (time.perf_counter() - t0)
         it = iter(batches())  # next epoch
 
 
 def bench_loaders(
-    size: int, images: int, classes: int, workers: int, batch_size: int, seconds: float
+    size: int, images: int, classes: int, workers: int, batch_size: int, seconds: float, device: str = "cpu"
 ) -> list[dict]:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -112,11 +118,23 @@ def bench_loaders(
             shard_samples=max(1, images // (4 * max(1, workers))),
             progress=False,
         )
-        cfg = DataConfig(
-            str(shards), batch_size=batch_size, num_workers=workers, augment=aug, shuffle_buffer=64
-        )
-        loader = ShardLoader(cfg)
-        ours = _loader_rate(lambda: loader, seconds)
+        dev = torch.device(device)
+        pin = dev.type == "cuda"
+        rates = {}
+        for name, in_workers in (("vit_dist shards", True), ("vit_dist uint8", False)):
+            cfg = DataConfig(
+                str(shards),
+                batch_size=batch_size,
+                num_workers=workers,
+                augment=aug,
+                shuffle_buffer=64,
+                pin_memory=pin,
+                normalize_in_workers=in_workers,
+            )
+            loader = ShardLoader(cfg)
+            rates[name] = _loader_rate(
+                lambda ld=loader: ld, lambda b, ld=loader: ld.images(b, dev), dev, seconds
+            )
 
         baseline_tf = v2.Compose(
             [
@@ -131,23 +149,15 @@ def bench_loaders(
         )
         folder = ImageFolder(str(root), transform=baseline_tf)
         dl = torch.utils.data.DataLoader(
-            folder, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True
+            folder, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, pin_memory=pin
         )
-        base = _loader_rate(lambda: dl, seconds)
+        rates["ImageFolder+PIL"] = _loader_rate(
+            lambda: dl, lambda b: b[0].to(dev, non_blocking=True), dev, seconds
+        )
     per = max(1, workers)
     return [
-        {
-            "loader": "vit_dist shards",
-            "workers": workers,
-            "img_per_s": ours,
-            "img_per_s_per_worker": ours / per,
-        },
-        {
-            "loader": "ImageFolder+PIL",
-            "workers": workers,
-            "img_per_s": base,
-            "img_per_s_per_worker": base / per,
-        },
+        {"loader": k, "workers": workers, "device": str(dev), "img_per_s": v, "img_per_s_per_worker": v / per}
+        for k, v in rates.items()
     ]
 
 
@@ -160,16 +170,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=2, help="loader workers (0: main process)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    p.add_argument("--device", help="where batches are delivered (default: cuda if available, else cpu)")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
     scales = [int(s) for s in a.scales.split(",") if s]
     decode = bench_decode(a.size, scales, a.seconds)
-    loaders = bench_loaders(a.size, a.images, a.classes, a.workers, a.batch_size, a.seconds)
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaders = bench_loaders(a.size, a.images, a.classes, a.workers, a.batch_size, a.seconds, device)
     print(f"decode + crop to {a.size}, one thread (images/s)")
     print(f"{'photo':>10} {'op':>10} {'backend':>8} {'img/s':>9}")
     for r in decode:
         print(f"{r['photo']:>10} {r['op']:>10} {r['backend']:>8} {r['img_per_s']:9.1f}")
-    print(f"\nloader: decode + train augmentation at {a.size}, batch {a.batch_size}")
+    print(f"\nloader: decode + train augmentation at {a.size}, batch {a.batch_size}, normalised on {device}")
     print(f"{'loader':>16} {'workers':>8} {'img/s':>9} {'img/s/worker':>13}")
     for r in loaders:
         print(f"{r['loader']:>16} {r['workers']:>8} {r['img_per_s']:9.1f} {r['img_per_s_per_worker']:13.1f}")

@@ -10,8 +10,12 @@ Stages, in the order :meth:`ShardStream.__iter__` applies them (one stream per l
     -> shuffle buffer seeded by (seed, epoch, rank, worker)          shuffle_buffer()
     -> masked padding up to the epoch's common batch count           (exact mode)
     -> skip the batches a resumed run already consumed               (no decode)
-    -> decode + transform, torch seeded per sample                   transforms.py
-    -> batch: {"image" (B,3,S,S) float32, "label" (B,) int64, "valid" (B,) bool, "key": [str]}
+    -> decode + transform to uint8, torch seeded per sample           transforms.py
+    -> batch: {"image" (B,3,S,S), "label" (B,) int64, "valid" (B,) bool, "key": [str]}
+
+"image" is float32, normalised in the worker, when ``normalize_in_workers``; otherwise uint8
+with the random-erasing rectangles in "erase" (B, 4) int32, and :meth:`ShardLoader.images`
+normalises it on the training device. Use ``loader.images(batch, device)`` either way.
 
 Every rank yields exactly ``len(loader)`` batches of exactly ``batch_size`` rows. Rows that are
 padding or replace a bad sample are copies of other rows of the stream with ``valid=False``:
@@ -56,7 +60,7 @@ from .plan import (
 )
 from .spec import ShardList, resolve_shards, with_sizes
 from .tario import Bad, read_slice
-from .transforms import AugmentConfig, SampleTransform
+from .transforms import NO_ERASE, AugmentConfig, SampleTransform
 
 log = logging.getLogger("vit_dist.data")
 
@@ -82,9 +86,11 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pin_memory: bool = False
     prefetch_factor: int = 2
-    # "auto": fork on Linux. Workers only decode on the CPU, and fork starts them in
-    # milliseconds, where spawn/forkserver (the default inside torch.multiprocessing.spawn
-    # children and from Python 3.14) re-import torch in every worker at every epoch.
+    # False: batches leave the workers as uint8 and ShardLoader.images() normalises them on the
+    # device, so a quarter of the bytes cross shared memory, pinning and the copy to the GPU.
+    normalize_in_workers: bool = True
+    # "auto": fork on Linux where the interpreter forks safely, else forkserver; see
+    # _start_method. Workers only decode on the CPU, and fork starts them in milliseconds.
     worker_start_method: str = "auto"
     # A stalled read (a pipe: command waiting on a dead object store) must not hang the run:
     # no batch from the workers for this many seconds is a DataError. 0 disables.
@@ -189,7 +195,7 @@ class ShardStream(IterableDataset):
         yield from self._batches(decoded, worker)
 
     def _decode(self, item, aug_seed: int, position: int):
-        """-> (image, label, key) or Bad or _PAD; never raises for a bad sample."""
+        """-> (uint8 image, label, key, erase rect) or Bad or _PAD; never raises for a bad sample."""
         if item is _PAD or isinstance(item, Bad):
             return item
         key = f"{item['__url__']}#{item['__key__']}"
@@ -208,13 +214,13 @@ class ShardStream(IterableDataset):
         # costs ~2 ms, as much as decoding the image.
         torch.default_generator.manual_seed(sample_seed(aug_seed, position))
         try:
-            image = self.transform(item[ext])
+            image, rect = self.transform.uint8(item[ext])
         except Exception as e:  # PIL / libjpeg / torchvision raise many types for corrupt data
             return Bad(key, f"sample {key} does not decode: {type(e).__name__}: {e}")
         finally:
             if saved is not None:
                 torch.set_rng_state(saved)
-        return image, label, item["__key__"]
+        return image, label, item["__key__"], rect
 
     def _batches(self, decoded: Iterator, worker: int) -> Iterator[dict]:
         B, S = self.cfg.batch_size, self.cfg.augment.img_size
@@ -238,11 +244,17 @@ class ShardStream(IterableDataset):
                     rows.append(g)
                     valid.append(True)
                 else:  # padding or bad: a masked copy keeps the batch shape static
-                    rows.append(filler[i % len(filler)] if filler else (torch.zeros(3, S, S), 0, ""))
+                    blank = (torch.zeros(3, S, S, dtype=torch.uint8), 0, "", NO_ERASE)
+                    rows.append(filler[i % len(filler)] if filler else blank)
                     valid.append(False)
             previous = good or previous
+            images = torch.stack([r[0] for r in rows])  # (B, 3, S, S) uint8
+            erase = torch.tensor([r[3] for r in rows], dtype=torch.int32) if self.cfg.train else None
+            out = {"image": images} if erase is None else {"image": images, "erase": erase}
+            if self.cfg.normalize_in_workers:
+                out = {"image": self.transform.normalize(images, erase)}  # float32
             yield {
-                "image": torch.stack([r[0] for r in rows]),  # (B, 3, S, S) float32
+                **out,
                 "label": torch.tensor([r[1] for r in rows], dtype=torch.int64),  # (B,)
                 "valid": torch.tensor(valid, dtype=torch.bool),  # (B,)
                 "key": [r[2] for r in rows],
@@ -312,6 +324,16 @@ class ShardLoader:
         self.last_bad_reason = ""
         self.dataset.batches_per_worker(0)  # start-up check: raises now if shards < streams
 
+    def images(self, batch: dict, device: torch.device | str) -> torch.Tensor:
+        """The batch's normalised float32 images on ``device`` (non-blocking copy from pinned
+        memory; uint8 batches are normalised and erased there, without a host sync)."""
+        x = batch["image"].to(device, non_blocking=True)
+        if x.dtype != torch.uint8:
+            return x  # normalised in the workers
+        erase = batch.get("erase")
+        erase = erase.to(device, non_blocking=True) if erase is not None else None
+        return self.dataset.transform.normalize(x, erase)
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self._start = 0
@@ -364,6 +386,7 @@ class ShardLoader:
         self._consumed = start
         if start == sum(per_worker):
             return
+        method = _start_method(c.worker_start_method) if c.num_workers > 0 else None
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the stream batches itself
@@ -373,13 +396,13 @@ class ShardLoader:
             prefetch_factor=c.prefetch_factor if c.num_workers > 0 else None,
             # DataLoader draws its base seed from this generator, not from the trainer's RNG.
             generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
-            multiprocessing_context=_start_method(c.worker_start_method) if c.num_workers > 0 else None,
-            timeout=c.worker_timeout if c.num_workers > 0 else 0,
+            multiprocessing_context=method,
+            timeout=min(c.worker_timeout, POLL_S) if c.num_workers > 0 and c.worker_timeout > 0 else 0,
             worker_init_fn=_ignore_preemption_signals,
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen
         bad, seen = {}, {}  # running counts per worker this iteration
-        for batch in _guard_timeout(loader, c.worker_timeout, self.shards.spec):
+        for batch in _guard_timeout(loader, c.worker_timeout, self.shards.spec, method):
             w = batch.pop("_worker")
             bad[w], seen[w] = batch.pop("_bad"), batch.pop("_seen")
             reason = batch.pop("_bad_reason")
@@ -398,27 +421,75 @@ class ShardLoader:
             )
 
 
-def _guard_timeout(loader: DataLoader, timeout: float, spec: str) -> Iterator[dict]:
-    """Iterate ``loader``, turning its worker timeout into a one-line DataError."""
+# DataLoader's own timeout is a poll interval here: torch checks for dead workers only when a
+# wait for a batch times out, so one long wait would also hide a crashed worker that long
+# (workers started by a forkserver are not our children: no SIGCHLD reports them).
+POLL_S = 5.0
+
+
+def _guard_timeout(loader: DataLoader, timeout: float, spec: str, method: str | None) -> Iterator[dict]:
+    """Iterate ``loader`` (built with ``timeout=min(timeout, POLL_S)``): a dead worker is a
+    one-line DataError within ``POLL_S``, no batch for ``timeout`` seconds another."""
+    import time
+
     it = iter(loader)
+    waited_since = time.monotonic()
     while True:
         try:
             batch = next(it)
         except StopIteration:
             return
         except RuntimeError as e:
-            if "timed out" not in str(e):
+            msg = str(e)
+            if "exited unexpectedly" in msg:
+                hint = (
+                    f"; with the {method} start method a script that trains must start from "
+                    "`if __name__ == '__main__':`"
+                    if method in ("forkserver", "spawn")
+                    else ""
+                )
+                raise DataError(f"{msg.splitlines()[0]} reading {spec} (its error is above{hint})") from None
+            if "timed out" not in msg:
                 raise
+            if timeout > 0 and time.monotonic() - waited_since < timeout:
+                continue  # the iterator is unchanged by a timed-out wait: wait again
             raise DataError(
                 f"no batch from the loader workers for {timeout:.0f} s reading {spec} (stalled shard reads?); "
                 f"see worker_timeout"
             ) from None
+        waited_since = time.monotonic()
         yield batch
 
 
+def fork_is_safe(version: tuple = tuple(sys.version_info[:3])) -> bool:
+    """Whether this CPython forks a multi-threaded process without risking a deadlocked child.
+
+    Before 3.10.15 and 3.11.10 (gh-112275), a child forked at the moment another thread was
+    creating or deleting its Python thread state inherits the runtime lock held and waits for
+    it forever in ``PyOS_AfterFork_Child``. A training process always has such threads: gloo's
+    run loops call into Python, loader queue feeder threads start and end. Seen here as a DDP
+    run whose rank 0 waited forever for a loader worker stuck right after fork (1 run in 21).
+    """
+    return version >= (3, 12) or (3, 11, 10) <= version < (3, 12) or (3, 10, 15) <= version < (3, 11)
+
+
 def _start_method(name: str) -> str | None:
+    """The loader workers' multiprocessing start method for the setting ``name``.
+
+    "auto": fork on Linux when :func:`fork_is_safe` (workers start in milliseconds, sharing the
+    imported modules), otherwise forkserver: workers are forked from a single-threaded server
+    started once per process with this module preloaded, so they also start in milliseconds
+    after the first (about as long as importing torch). Elsewhere, the platform default.
+    """
     if name == "auto":
-        return "fork" if sys.platform == "linux" else None
+        if sys.platform != "linux":
+            return None
+        name = "fork" if fork_is_safe() else "forkserver"
+    if name == "forkserver":
+        import multiprocessing
+
+        # Before the server starts (idempotent after): it imports torch and this module once.
+        multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
     return name
 
 

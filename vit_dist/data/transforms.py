@@ -1,12 +1,19 @@
-"""Per-sample train/eval transforms and the per-batch Mixup/CutMix with label smoothing.
+"""Per-sample train/eval transforms, batch normalisation, and the per-batch Mixup/CutMix.
 
 Per sample (in the loader workers), starting from the encoded bytes:
 
 * train: decode fused with RandomResizedCrop (see ``decode.py``) -> horizontal flip ->
-  RandAugment or TrivialAugmentWide -> color jitter -> float in [0, 1] -> normalise ->
-  random erasing. Everything after the crop is ``torchvision.transforms.v2``.
-* eval: decode fused with resize (shorter side ``img_size / crop_pct``) + center crop ->
-  float -> normalise.
+  RandAugment or TrivialAugmentWide -> color jitter -> uint8 (3, S, S), plus the rectangle
+  that random erasing will clear. Everything after the crop is ``torchvision.transforms.v2``.
+* eval: decode fused with resize (shorter side ``img_size / crop_pct``) + center crop -> uint8.
+
+Per batch, :class:`Normalize`: uint8 -> float in [0, 1] -> normalise -> erase the drawn
+rectangles (value 0, i.e. the mean colour, as DeiT's ``RandomErasing(value=0)``). It runs
+either in the loader workers (CPU training: batches arrive as floats) or on the training device
+after the copy (CUDA: a quarter of the bytes go through shared memory, pinning and the host to
+device copy, as timm's prefetcher does). Both places run the same ops, so the floats are
+the same bit for bit, and equal to torchvision's per-sample ``ToDtype`` -> ``Normalize`` ->
+``RandomErasing``: the erasing rectangle is drawn with ``RandomErasing``'s own RNG calls.
 
 Randomness comes from torch's global RNG, which the pipeline seeds once per sample from
 ``(seed, epoch, rank, worker, position)``: the augmentation of a sample is reproducible, also
@@ -53,8 +60,15 @@ class AugmentConfig:
     backend: str = DEFAULT_BACKEND  # "auto", "tv" or "pil", see decode.py
 
 
+NO_ERASE = (0, 0, 0, 0)  # an erasing rectangle (top, left, height, width) that clears nothing
+
+
 class SampleTransform:
-    """Encoded image bytes -> normalised float tensor (3, img_size, img_size). Picklable."""
+    """Encoded image bytes -> uint8 (3, img_size, img_size) + erasing rectangle. Picklable.
+
+    :meth:`uint8` is what the loader workers run; calling the transform gives the normalised
+    float image of one sample (prediction, tests).
+    """
 
     def __init__(self, cfg: AugmentConfig, train: bool):
         self.cfg, self.train = cfg, train
@@ -68,18 +82,86 @@ class SampleTransform:
                 post.append(v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude))
             if cfg.color_jitter > 0:
                 post.append(v2.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
-        post += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
-        if train and cfg.random_erasing > 0:
-            post.append(v2.RandomErasing(p=cfg.random_erasing, value=0))
-        self.post = v2.Compose(post)
+        self.post = v2.Compose(post) if post else None
+        erasing = train and cfg.random_erasing > 0
+        self.erasing = v2.RandomErasing(p=cfg.random_erasing, value=0) if erasing else None
+        self.normalize = Normalize(cfg.mean, cfg.std)
 
-    def __call__(self, data: bytes) -> torch.Tensor:
+    def uint8(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """-> (uint8 image (3, S, S), erasing rectangle (top, left, height, width) or NO_ERASE)."""
         c = self.cfg
         if self.train:
             img = decode_random_resized_crop(data, c.img_size, c.scale, c.ratio, backend=c.backend)
         else:
             img = decode_resize_center_crop(data, c.img_size, c.crop_pct, backend=c.backend)
-        return self.post(img)  # (3, S, S) float32
+        if self.post is not None:
+            img = self.post(img)
+        return img, self._erase_rect(img)
+
+    def _erase_rect(self, img: torch.Tensor) -> tuple[int, int, int, int]:
+        # The RNG calls of v2.RandomErasing.forward (the p draw, then its make_params), so the
+        # rectangles are the ones torchvision would erase; applied later, on the float batch.
+        e = self.erasing
+        if e is None or torch.rand(1) >= e.p:
+            return NO_ERASE
+        make_params = getattr(e, "make_params", None) or e._get_params  # torchvision < 0.21
+        p = make_params([img])
+        return NO_ERASE if p["v"] is None else (int(p["i"]), int(p["j"]), int(p["h"]), int(p["w"]))
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        img, rect = self.uint8(data)
+        return self.normalize(img[None], torch.tensor([rect]))[0]  # (3, S, S) float32
+
+
+class Normalize:
+    """uint8 batch (B, C, H, W) [+ erasing rectangles (B, 4)] -> normalised float32 batch.
+
+    The ops of torchvision's ``ToDtype(float32, scale=True)`` -> ``Normalize`` -> erasing with
+    value 0, on a whole batch, on whatever device the batch is on. No host synchronisation on
+    an accelerator (the rectangles become a mask there); mean/std are cached per device.
+    """
+
+    def __init__(self, mean, std):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        if not all(self.std):
+            raise ValueError(f"std must not contain 0, got {self.std}")
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._consts:
+            m, s = (
+                torch.tensor(v, dtype=torch.float32).view(-1, 1, 1).to(device) for v in (self.mean, self.std)
+            )
+            self._consts[device] = (m, s)
+        return self._consts[device]
+
+    def __call__(
+        self, images: torch.Tensor, erase: torch.Tensor | None = None, slices: bool | None = None
+    ) -> torch.Tensor:
+        """``slices``: clear the rectangles slice by slice (default on CPU, where reading them
+        costs nothing) instead of with one mask (no host sync on an accelerator)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected a uint8 image batch, got {images.dtype}")
+        mean, std = self._on(images.device)
+        x = images.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+        if erase is None:
+            return x
+        if slices if slices is not None else erase.device.type == "cpu":
+            for b, (i, j, h, w) in enumerate(erase.tolist()):
+                if h and w:
+                    x[b, :, i : i + h, j : j + w] = 0
+            return x
+        return x.masked_fill_(erase_mask(erase, x.shape[-2], x.shape[-1])[:, None], 0)
+
+
+def erase_mask(erase: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 4) rectangles (top, left, height, width) -> (B, H, W) bool, True inside the rectangle."""
+    top, left, h, w = erase.unbind(1)
+    rows = torch.arange(height, device=erase.device)[None]
+    cols = torch.arange(width, device=erase.device)[None]
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+    return in_rows[:, :, None] & in_cols[:, None, :]
 
 
 class MixupCutmix:
