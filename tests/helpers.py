@@ -95,7 +95,13 @@ def run_process(cmd: list[str], timeout: float, env: dict, **kw) -> subprocess.C
         for pid in [proc.pid, *tree]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired as e:  # a process outside the tree holds the pipes
+            out, err = (
+                x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr)
+            )
+            err += "\n[the output pipes are still held open by a process that left the tree]"
         raise AssertionError(
             f"timed out after {timeout} s: {' '.join(cmd)}\nstdout:\n{out[-3000:]}\n"
             f"stderr (stacks of every process):\n{err[-30000:]}"

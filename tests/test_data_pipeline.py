@@ -235,13 +235,13 @@ def test_start_methods_give_the_same_batches(make_data_shards):
 
 
 def test_auto_start_method_forks_only_where_cpython_forks_safely():
-    from vit_dist.data.pipeline import _start_method, fork_is_safe
+    from vit_dist.data.workers import fork_is_safe, start_method
 
     affected = [(3, 10, 0), (3, 10, 14), (3, 11, 0), (3, 11, 7), (3, 11, 9)]
     fixed = [(3, 10, 15), (3, 11, 10), (3, 11, 14), (3, 12, 0), (3, 13, 1), (3, 14, 0)]
     assert not any(fork_is_safe(v) for v in affected) and all(fork_is_safe(v) for v in fixed)
-    assert _start_method("auto") == ("fork" if fork_is_safe() else "forkserver")
-    assert _start_method("spawn") == "spawn"
+    assert start_method("auto") == ("fork" if fork_is_safe() else "forkserver")
+    assert start_method("spawn") == "spawn"
 
 
 def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(make_data_shards, tmp_path):
@@ -283,3 +283,51 @@ def test_uint8_batches_normalised_on_the_device_equal_the_workers_floats(make_da
         assert torch.equal(floats.images(x, "cpu"), x["image"])  # already floats: passed through
         assert torch.equal(uint8.images(y, "cpu"), x["image"])
     assert erased > 0 if train else erased == 0
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_workers_and_forkserver_end_when_their_process_is_killed(make_data_shards, tmp_path, method):
+    """kill -9 (OOM killer) of a process with live workers leaves nothing behind. A forkserver
+    worker's OS parent is the server, which lives as long as its children: without the workers'
+    owner watch, both stayed forever, holding the job's output pipes (a test run hung on them)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shards = make_data_shards([40, 40])
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import multiprocessing, time\n"
+        "from multiprocessing import forkserver\n"
+        "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
+        "if __name__ == '__main__':\n"
+        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2,\n"
+        f"                     worker_start_method={method!r})\n"
+        "    it = iter(ShardLoader(cfg))\n"
+        "    next(it)\n"
+        "    pids = [c.pid for c in multiprocessing.active_children()]\n"
+        "    print(*pids, forkserver._forkserver._forkserver_pid or '', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(pids) >= 2 + (method == "forkserver"), pids  # 2 workers (+ the server)
+
+    def alive(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30  # torch's and our watch poll every few seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes of the killed loader still alive: {left}"

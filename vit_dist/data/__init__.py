@@ -11,6 +11,8 @@ Modules, one job each:
 * ``decode``      image bytes -> tensors, crops fused into decoding
 * ``transforms``  train/eval transforms, Mixup/CutMix with label smoothing
 * ``pipeline``    the stages end to end, ``DataConfig``, ``ShardLoader``, ``build_loader``
+* ``workers``     loader worker processes: start method, signals, owner watch, stall/death checks
+* ``forkserver_init``  what the workers' forkserver imports when it starts
 * ``evaluation``  exactly-once evaluation sums and cross-rank reductions
 * ``bench``       ``python -m vit_dist.data.bench``: decode and loader throughput
 """

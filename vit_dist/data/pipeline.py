@@ -38,11 +38,9 @@ passes other objects through untouched, so it cannot re-shard or re-dispatch thi
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import random
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -61,6 +59,7 @@ from .plan import (
 from .spec import ShardList, resolve_shards, with_sizes
 from .tario import Bad, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
+from .workers import POLL_S, guard_timeout, start_method, worker_init
 
 log = logging.getLogger("vit_dist.data")
 
@@ -90,7 +89,7 @@ class DataConfig:
     # device, so a quarter of the bytes cross shared memory, pinning and the copy to the GPU.
     normalize_in_workers: bool = True
     # "auto": fork on Linux where the interpreter forks safely, else forkserver; see
-    # _start_method. Workers only decode on the CPU, and fork starts them in milliseconds.
+    # workers.start_method. Workers only decode on the CPU, and fork starts them in milliseconds.
     worker_start_method: str = "auto"
     # A stalled read (a pipe: command waiting on a dead object store) must not hang the run:
     # no batch from the workers for this many seconds is a DataError. 0 disables.
@@ -265,37 +264,6 @@ class ShardStream(IterableDataset):
             }
 
 
-def _ignore_preemption_signals(worker_id: int) -> None:
-    """Loader workers ignore SIGTERM/SIGUSR1: a scheduler sends them to every process of a job,
-    and the main process must outlive them long enough to checkpoint (it owns preemption; a
-    worker whose parent is gone is ended by torch anyway)."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
-def _kill_lingering_workers() -> None:
-    """At interpreter exit, SIGKILL daemonic children (loader workers) that are still alive.
-
-    A loader iterator is normally shut down when it is released. When an unexpected exception
-    ends the process, the traceback can keep it alive until exit; multiprocessing's own exit
-    hook then sends its daemonic children SIGTERM -- which our workers ignore, see above -- and
-    joins them: the process would hang forever (seen when a rank on another node crashed).
-    Registered after multiprocessing's hook, so it runs first (atexit is last-in, first-out).
-    Every daemonic child is killed, not only loader workers (the process objects do not say
-    what they run once started); multiprocessing would SIGTERM them at this point anyway.
-    """
-    import multiprocessing
-
-    for child in multiprocessing.active_children():
-        if child.daemon and child.is_alive():
-            child.kill()
-
-
-atexit.register(_kill_lingering_workers)
-
-
 class ShardLoader:
     """Per-rank loader over a :class:`ShardStream` with ``set_epoch``, ``state_dict`` and bad counts.
 
@@ -386,7 +354,7 @@ class ShardLoader:
         self._consumed = start
         if start == sum(per_worker):
             return
-        method = _start_method(c.worker_start_method) if c.num_workers > 0 else None
+        method = start_method(c.worker_start_method) if c.num_workers > 0 else None
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the stream batches itself
@@ -398,11 +366,11 @@ class ShardLoader:
             generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
             multiprocessing_context=method,
             timeout=min(c.worker_timeout, POLL_S) if c.num_workers > 0 and c.worker_timeout > 0 else 0,
-            worker_init_fn=_ignore_preemption_signals,
+            worker_init_fn=worker_init,
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen
         bad, seen = {}, {}  # running counts per worker this iteration
-        for batch in _guard_timeout(loader, c.worker_timeout, self.shards.spec, method):
+        for batch in guard_timeout(loader, c.worker_timeout, self.shards.spec, method):
             w = batch.pop("_worker")
             bad[w], seen[w] = batch.pop("_bad"), batch.pop("_seen")
             reason = batch.pop("_bad_reason")
@@ -419,78 +387,6 @@ class ShardLoader:
                 f"{self.bad_samples} bad samples of {self.samples_seen} seen on rank {self.rank} exceed "
                 f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last: {self.last_bad_reason})"
             )
-
-
-# DataLoader's own timeout is a poll interval here: torch checks for dead workers only when a
-# wait for a batch times out, so one long wait would also hide a crashed worker that long
-# (workers started by a forkserver are not our children: no SIGCHLD reports them).
-POLL_S = 5.0
-
-
-def _guard_timeout(loader: DataLoader, timeout: float, spec: str, method: str | None) -> Iterator[dict]:
-    """Iterate ``loader`` (built with ``timeout=min(timeout, POLL_S)``): a dead worker is a
-    one-line DataError within ``POLL_S``, no batch for ``timeout`` seconds another."""
-    import time
-
-    it = iter(loader)
-    waited_since = time.monotonic()
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            msg = str(e)
-            if "exited unexpectedly" in msg:
-                hint = (
-                    f"; with the {method} start method a script that trains must start from "
-                    "`if __name__ == '__main__':`"
-                    if method in ("forkserver", "spawn")
-                    else ""
-                )
-                raise DataError(f"{msg.splitlines()[0]} reading {spec} (its error is above{hint})") from None
-            if "timed out" not in msg:
-                raise
-            if timeout > 0 and time.monotonic() - waited_since < timeout:
-                continue  # the iterator is unchanged by a timed-out wait: wait again
-            raise DataError(
-                f"no batch from the loader workers for {timeout:.0f} s reading {spec} (stalled shard reads?); "
-                f"see worker_timeout"
-            ) from None
-        waited_since = time.monotonic()
-        yield batch
-
-
-def fork_is_safe(version: tuple = tuple(sys.version_info[:3])) -> bool:
-    """Whether this CPython forks a multi-threaded process without risking a deadlocked child.
-
-    Before 3.10.15 and 3.11.10 (gh-112275), a child forked at the moment another thread was
-    creating or deleting its Python thread state inherits the runtime lock held and waits for
-    it forever in ``PyOS_AfterFork_Child``. A training process always has such threads: gloo's
-    run loops call into Python, loader queue feeder threads start and end. Seen here as a DDP
-    run whose rank 0 waited forever for a loader worker stuck right after fork (1 run in 21).
-    """
-    return version >= (3, 12) or (3, 11, 10) <= version < (3, 12) or (3, 10, 15) <= version < (3, 11)
-
-
-def _start_method(name: str) -> str | None:
-    """The loader workers' multiprocessing start method for the setting ``name``.
-
-    "auto": fork on Linux when :func:`fork_is_safe` (workers start in milliseconds, sharing the
-    imported modules), otherwise forkserver: workers are forked from a single-threaded server
-    started once per process with this module preloaded, so they also start in milliseconds
-    after the first (about as long as importing torch). Elsewhere, the platform default.
-    """
-    if name == "auto":
-        if sys.platform != "linux":
-            return None
-        name = "fork" if fork_is_safe() else "forkserver"
-    if name == "forkserver":
-        import multiprocessing
-
-        # Before the server starts (idempotent after): it imports torch and this module once.
-        multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
-    return name
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -1,0 +1,139 @@
+"""The loader worker processes: how they start, what they ignore, and how they never outlive
+the process that owns them.
+
+* :func:`start_method`: fork where CPython forks a multi-threaded process safely, else a
+  forkserver (see :func:`fork_is_safe`).
+* :func:`worker_init`: workers ignore SIGTERM/SIGUSR1 (the rank owns preemption) and, when
+  their OS parent is not the rank (forkserver), end themselves when the rank is gone.
+* :func:`guard_timeout`: iterating a DataLoader so that a dead worker is an error within
+  ``POLL_S`` seconds and a stall one after ``worker_timeout``.
+* at exit, daemonic children still alive are killed (:func:`_kill_lingering_workers`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from torch.utils.data import DataLoader
+
+from .errors import DataError
+
+# DataLoader's own timeout is a poll interval here: torch checks for dead workers only when a
+# wait for a batch times out, so one long wait would also hide a crashed worker that long
+# (workers started by a forkserver are not our children: no SIGCHLD reports them).
+POLL_S = 5.0
+# Imported by the forkserver when it starts: torch and the pipeline once, signals ignored.
+FORKSERVER_PRELOAD = "vit_dist.data.forkserver_init"
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def fork_is_safe(version: tuple = tuple(sys.version_info[:3])) -> bool:
+    """Whether this CPython forks a multi-threaded process without risking a deadlocked child.
+
+    Before 3.10.15 and 3.11.10 (gh-112275), a child forked at the moment another thread was
+    creating or deleting its Python thread state inherits the runtime lock held and waits for
+    it forever in ``PyOS_AfterFork_Child``. A training process always has such threads: gloo's
+    run loops call into Python, loader queue feeder threads start and end. Seen here as a DDP
+    run whose rank 0 waited forever for a loader worker stuck right after fork (1 run in 21).
+    """
+    return version >= (3, 12) or (3, 11, 10) <= version < (3, 12) or (3, 10, 15) <= version < (3, 11)
+
+
+def start_method(name: str) -> str | None:
+    """The loader workers' multiprocessing start method for the setting ``name``.
+
+    "auto": fork on Linux when :func:`fork_is_safe` (workers start in milliseconds, sharing the
+    imported modules), otherwise forkserver: workers are forked from a single-threaded server
+    started once per process with the pipeline preloaded, so they also start in milliseconds
+    after the first (which takes about as long as importing torch). Elsewhere, the platform
+    default.
+    """
+    if name == "auto":
+        if sys.platform != "linux":
+            return None
+        name = "fork" if fork_is_safe() else "forkserver"
+    if name == "forkserver":
+        # Takes effect when the server starts (the first forkserver worker of this process).
+        multiprocessing.get_context("forkserver").set_forkserver_preload([FORKSERVER_PRELOAD])
+    return name
+
+
+def worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader worker.
+
+    Workers ignore SIGTERM/SIGUSR1: a scheduler sends them to every process of a job, and the
+    rank must outlive them long enough to checkpoint (it owns preemption).
+
+    torch ends a worker whose OS parent has died. A forkserver worker's OS parent is the server,
+    which lives as long as any of its children, so a rank killed with SIGKILL (OOM killer,
+    kill -9) would leave its workers and the server behind for good, holding the job's output
+    pipes. Such a worker watches the rank itself and exits when it is gone.
+    """
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    owner = multiprocessing.parent_process()  # the rank, whatever started the process
+    if owner is not None and owner.pid != os.getppid():
+        threading.Thread(target=_exit_with, args=(owner,), name="vit_dist-owner-watch", daemon=True).start()
+
+
+def _exit_with(owner) -> None:
+    owner.join()  # returns when the owner's end of the sentinel pipe closes: it exited
+    os._exit(1)
+
+
+def guard_timeout(loader: DataLoader, timeout: float, spec: str, method: str | None) -> Iterator[dict]:
+    """Iterate ``loader`` (built with ``timeout=min(timeout, POLL_S)``): a dead worker is a
+    one-line DataError within ``POLL_S``, no batch for ``timeout`` seconds another."""
+    it = iter(loader)
+    waited_since = time.monotonic()
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            msg = str(e)
+            if "exited unexpectedly" in msg:
+                hint = (
+                    f"; with the {method} start method a script that trains must start from "
+                    "`if __name__ == '__main__':`"
+                    if method in ("forkserver", "spawn")
+                    else ""
+                )
+                raise DataError(f"{msg.splitlines()[0]} reading {spec} (its error is above{hint})") from None
+            if "timed out" not in msg:
+                raise
+            if timeout > 0 and time.monotonic() - waited_since < timeout:
+                continue  # a timed-out wait leaves the iterator as it was: wait again
+            raise DataError(
+                f"no batch from the loader workers for {timeout:.0f} s reading {spec} (stalled shard reads?); "
+                f"see worker_timeout"
+            ) from None
+        waited_since = time.monotonic()
+        yield batch
+
+
+def _kill_lingering_workers() -> None:
+    """At interpreter exit, SIGKILL daemonic children (loader workers) that are still alive.
+
+    A loader iterator is normally shut down when it is released. When an unexpected exception
+    ends the process, the traceback can keep it alive until exit; multiprocessing's own exit
+    hook then sends its daemonic children SIGTERM -- which our workers ignore, see above -- and
+    joins them: the process would hang forever (seen when a rank on another node crashed).
+    Registered after multiprocessing's hook, so it runs first (atexit is last-in, first-out).
+    Every daemonic child is killed, not only loader workers (the process objects do not say
+    what they run once started); multiprocessing would SIGTERM them at this point anyway.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon and child.is_alive():
+            child.kill()
+
+
+atexit.register(_kill_lingering_workers)
