@@ -114,7 +114,11 @@ def test_gpu_bench_script_runs_every_measurement(tmp_path):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     modes = [(r["mode"], r.get("compile")) for r in records]
     assert modes == [("model", True), ("model", False), ("compare-timm", True), ("data", None)]
-    assert {r["loader"] for r in records[3]["loaders"]} == {"vit_dist shards", "ImageFolder+PIL"}
+    assert {r["loader"] for r in records[3]["loaders"]} == {
+        "vit_dist shards",
+        "vit_dist uint8",
+        "ImageFolder+PIL",
+    }
     assert all(r["command"].startswith("python -m vit_dist.bench ") for r in records)
     assert records[0]["train_images_per_sec"] > 0 and records[2]["train_ratio"] > 0
     assert "0 failed" in (out / "log.txt").read_text()
