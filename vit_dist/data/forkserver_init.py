@@ -7,10 +7,7 @@ exit reports with it while the rank is still checkpointing. It exits by itself o
 and its workers are gone (multiprocessing's design: each holds the server's alive pipe).
 """
 
-import signal
-
 from . import pipeline  # noqa: F401  (the preload itself)
-from .workers import PREEMPTION_SIGNALS
+from .workers import ignore_preemption_signals
 
-for _sig in PREEMPTION_SIGNALS:
-    signal.signal(_sig, signal.SIG_IGN)
+ignore_preemption_signals()

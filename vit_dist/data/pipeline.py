@@ -59,7 +59,7 @@ from .plan import (
 from .spec import ShardList, resolve_shards, with_sizes
 from .tario import Bad, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
-from .workers import POLL_S, guard_timeout, start_method, worker_init
+from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
 
 log = logging.getLogger("vit_dist.data")
 
@@ -249,9 +249,10 @@ class ShardStream(IterableDataset):
             previous = good or previous
             images = torch.stack([r[0] for r in rows])  # (B, 3, S, S) uint8
             erase = torch.tensor([r[3] for r in rows], dtype=torch.int32) if self.cfg.train else None
-            out = {"image": images} if erase is None else {"image": images, "erase": erase}
             if self.cfg.normalize_in_workers:
                 out = {"image": self.transform.normalize(images, erase)}  # float32
+            else:
+                out = {"image": images} if erase is None else {"image": images, "erase": erase}
             yield {
                 **out,
                 "label": torch.tensor([r[1] for r in rows], dtype=torch.int64),  # (B,)
@@ -365,7 +366,7 @@ class ShardLoader:
             # DataLoader draws its base seed from this generator, not from the trainer's RNG.
             generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
             multiprocessing_context=method,
-            timeout=min(c.worker_timeout, POLL_S) if c.num_workers > 0 and c.worker_timeout > 0 else 0,
+            timeout=dataloader_timeout(c.worker_timeout, c.num_workers),
             worker_init_fn=worker_init,
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen

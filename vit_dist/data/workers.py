@@ -76,11 +76,16 @@ def worker_init(worker_id: int) -> None:
     kill -9) would leave its workers and the server behind for good, holding the job's output
     pipes. Such a worker watches the rank itself and exits when it is gone.
     """
-    for sig in PREEMPTION_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_preemption_signals()
     owner = multiprocessing.parent_process()  # the rank, whatever started the process
     if owner is not None and owner.pid != os.getppid():
         threading.Thread(target=_exit_with, args=(owner,), name="vit_dist-owner-watch", daemon=True).start()
+
+
+def ignore_preemption_signals() -> None:
+    """SIGTERM/SIGUSR1 ignored: for the workers and their forkserver (forkserver_init)."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _exit_with(owner) -> None:
@@ -88,9 +93,14 @@ def _exit_with(owner) -> None:
     os._exit(1)
 
 
+def dataloader_timeout(worker_timeout: float, num_workers: int) -> float:
+    """The ``timeout`` to build the DataLoader with, for :func:`guard_timeout`: one poll."""
+    return min(worker_timeout, POLL_S) if num_workers > 0 and worker_timeout > 0 else 0
+
+
 def guard_timeout(loader: DataLoader, timeout: float, spec: str, method: str | None) -> Iterator[dict]:
-    """Iterate ``loader`` (built with ``timeout=min(timeout, POLL_S)``): a dead worker is a
-    one-line DataError within ``POLL_S``, no batch for ``timeout`` seconds another."""
+    """Iterate ``loader`` (built with :func:`dataloader_timeout`): a dead worker is a one-line
+    DataError within ``POLL_S``, no batch for ``timeout`` seconds another."""
     it = iter(loader)
     waited_since = time.monotonic()
     while True:
