@@ -185,6 +185,33 @@ def test_wandb_offline_run_dir_and_resume_reuses_id(tmp_path, capsys):
     assert (out / "wandb_run_id.txt").read_text().strip() == run_id
 
 
+def test_offline_segments_include_same_second_suffixes_in_order(tmp_path):
+    # A resumed process that starts in the same second as the last segment gets "-1", "-2"...
+    # from wandb (seen in CI); the sync command must list those too, in the order written.
+    root = tmp_path / "wandb"
+    names = [
+        "offline-run-20261126_165020-abc123-10",
+        "offline-run-20261126_165020-abc123",
+        "offline-run-20261126_165020-abc123-2",
+        "offline-run-20261125_090000-abc123",
+        "offline-run-20261126_165020-abc123-1",
+        "offline-run-20261126_165021-xabc123",  # another run whose id ends the same
+        "offline-run-20261126_165022-abc1234",  # another run whose id starts the same
+    ]
+    for n in names:
+        (root / n).mkdir(parents=True)
+    (root / "offline-run-20261126_165023-abc123.txt").write_text("not a directory")
+    got = [p.rsplit("/", 1)[1] for p in metrics._offline_segments(tmp_path, "abc123")]
+    assert got == [
+        "offline-run-20261125_090000-abc123",
+        "offline-run-20261126_165020-abc123",
+        "offline-run-20261126_165020-abc123-1",
+        "offline-run-20261126_165020-abc123-2",
+        "offline-run-20261126_165020-abc123-10",
+    ]
+    assert metrics._offline_segments(tmp_path / "none", "abc123") == []
+
+
 def test_wandb_disabled_creates_no_wandb_files(tmp_path, monkeypatch):
     lg = make_logger(tmp_path / "off", wandb_enabled=False)
     lg.log_train(train_record(1))

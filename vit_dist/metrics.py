@@ -25,6 +25,7 @@ import json
 import math
 import netrc
 import os
+import re
 import secrets
 import sys
 import time
@@ -482,9 +483,16 @@ def _wandb_settings(wandb, mode: str):
 
 def _offline_segments(output_dir: Path, run_id: str) -> list[str]:
     """Offline run directories of ``run_id`` under output_dir/wandb, oldest first."""
+    # wandb names a segment offline-run-<YYYYmmdd_HHMMSS>-<id>, and adds "-1", "-2", ... when
+    # that name is taken (a resumed process that starts within the same second).
+    pattern = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    found = []
     root = output_dir / "wandb"
-    dirs = [p for p in root.glob(f"offline-run-*-{run_id}") if p.is_dir()]
-    return [str(p) for p in sorted(dirs, key=lambda p: p.name)]  # the name starts with the time
+    for p in root.glob("offline-run-*") if root.is_dir() else ():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_dir():
+            found.append(((m.group(1), int(m.group(2) or 0)), str(p)))
+    return [path for _, path in sorted(found)]
 
 
 # --------------------------------------------------------------------------------------------
