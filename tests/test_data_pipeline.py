@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tarfile
 from collections import Counter
@@ -98,8 +99,75 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(make_data_shards,
     assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(rest, full[k:]))  # same augmentation
     assert resumed.state_dict()["batch"] == len(full)
-    with pytest.raises(DataError, match="num_workers"):
-        make(workers + 1).load_state_dict(state)
+    with pytest.raises(DataError, match="seed"):
+        ShardLoader(
+            _cfg(shards, num_workers=workers, seed=1, epoch_mode=mode, samples_per_epoch=150)
+        ).load_state_dict(state)
+
+
+def _take(loader, state, n=None):
+    """Resume ``loader`` from ``state`` and consume ``n`` batches (all when None)."""
+    loader.load_state_dict(state, counters=False)
+    loader.set_epoch(state["epoch"])
+    left = loader.batches_left()
+    it = iter(loader)
+    batches = list(it) if n is None else [next(it) for _ in range(n)]
+    if n is None:
+        assert len(batches) == left
+    return batches, loader.state_dict()
+
+
+def test_replan_for_other_world_size_workers_and_batch_sees_every_sample_once(make_data_shards, caplog):
+    # 2 ranks x 2 workers, batch 8 -> 3 ranks x 1 worker, batch 5 -> 1 rank in the main process,
+    # batch 4: the interrupted epoch is finished, every sample exactly once (shuffle buffers too).
+    shards = make_data_shards(UNEVEN)
+    first = [ShardLoader(_cfg(shards), rank=r, world_size=2) for r in range(2)]
+    for lo in first:
+        lo.set_epoch(1)
+    its = [iter(lo) for lo in first]
+    seen = _valid_keys([next(it) for it in its for _ in range(3)])
+    state = first[0].state_dict()
+    assert state["batch"] == 3 and state["segments"] == []
+
+    with caplog.at_level(logging.WARNING, logger="vit_dist.data"):
+        second = [
+            ShardLoader(_cfg(shards, num_workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)
+        ]
+        left = [lo.load_state_dict(state, counters=False) or lo.batches_left() for lo in second]
+        parts = [_take(lo, state, 2) for lo in second]
+    assert "epoch 1 re-planned for world size 3, 1 stream(s) per rank, batch 5" in caplog.text
+    assert f"{123 - 2 * 3 * 8} samples of it are left" in caplog.text
+    assert left == [left[0]] * 3 and left[0] > 2  # the same batches left on every rank: no hang
+    seen += _valid_keys([b for batches, _ in parts for b in batches])
+    state2 = parts[0][1]
+    assert state2["batch"] == 2 and len(state2["segments"]) == 1
+
+    last = ShardLoader(_cfg(shards, num_workers=0, batch_size=4))
+    rest, final = _take(last, state2)
+    assert final["batch"] == len(rest) > 0
+    seen += _valid_keys(rest)
+    assert Counter(seen) == Counter(f"s{s}_{i}" for s, n in enumerate(UNEVEN) for i in range(n))
+
+    again, _ = _take(ShardLoader(_cfg(shards, num_workers=0, batch_size=4)), state2)
+    assert [b["key"] for b in again] == [b["key"] for b in rest]  # deterministic, augmentation too
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(again, rest))
+    # The next epoch is a whole, fresh one with the new settings.
+    last.set_epoch(2)
+    assert last.batches_left() == len(last) == 31
+
+
+def test_replan_of_a_resampled_epoch_keeps_its_length(make_data_shards):
+    shards = make_data_shards(UNEVEN)
+    cfg = lambda **kw: _cfg(shards, epoch_mode="resampled", samples_per_epoch=150, **kw)
+    first = ShardLoader(cfg(), rank=0, world_size=2)
+    first.set_epoch(0)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    second = [ShardLoader(cfg(num_workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)]
+    rest = [_take(lo, state)[0] for lo in second]
+    assert [len(r) for r in rest] == [math.ceil((150 - 2 * 3 * 8) / 15)] * 3
 
 
 def _corrupt(shard, i, files):
@@ -331,3 +399,41 @@ def test_workers_and_forkserver_end_when_their_process_is_killed(make_data_shard
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"processes of the killed loader still alive: {left}"
+
+
+def test_read_runs_reads_scattered_samples_in_one_pass_and_counts_missing_ones(make_data_shards):
+    from vit_dist.data.tario import Bad, read_runs
+
+    url = str(make_data_shards([13]) / "train-000000.tar")
+    keys = lambda items: [x["__key__"] if isinstance(x, dict) else x.key for x in items]
+    assert keys(read_runs(url, [(0, 2), (5, 6), (10, None)])) == [
+        "s0_0",
+        "s0_1",
+        "s0_5",
+        "s0_10",
+        "s0_11",
+        "s0_12",
+    ]
+    got = list(read_runs(url, [(3, 4), (11, 16)]))  # the plan says 16 samples, the shard has 13
+    assert keys(got[:3]) == ["s0_3", "s0_11", "s0_12"] and all(isinstance(x, dict) for x in got[:3])
+    assert [x.key for x in got[3:]] == [f"{url}#{i}" for i in (13, 14, 15)]
+    assert all(
+        isinstance(x, Bad) and "has 13 samples, fewer than the 16 planned" in x.reason for x in got[3:]
+    )
+    missing = list(read_runs(url + ".gone", [(0, 2), (7, 8)]))
+    assert [x.key for x in missing] == [f"{url}.gone#{i}" for i in (0, 1, 7)]
+
+
+def test_replan_of_an_epoch_tail_smaller_than_the_streams_skips_it(make_data_shards, caplog):
+    shards = make_data_shards(UNEVEN)
+    first = ShardLoader(_cfg(shards, num_workers=1))
+    _, state = _take(first, {**first.state_dict(), "batch": 0}, 15)  # 120 of 123 samples
+    second = [ShardLoader(_cfg(shards), rank=r, world_size=2) for r in range(2)]  # 4 streams
+    with caplog.at_level(logging.WARNING, logger="vit_dist.data"):
+        for lo in second:
+            lo.load_state_dict(state, counters=False)
+    assert (
+        "3 samples of it are left" in caplog.text
+        and "fewer than the 4 streams, so they are skipped" in caplog.text
+    )
+    assert [lo.batches_left() for lo in second] == [0, 0] and [list(lo) for lo in second] == [[], []]

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
 from vit_dist.data.errors import DataError
-from vit_dist.data.plan import consumed_per_worker, exact_plan, resampled_batches, resampled_shards
+from vit_dist.data.plan import (
+    Segment,
+    consumed_per_worker,
+    exact_plan,
+    plan_left,
+    resampled_batches,
+    resampled_shards,
+    shuffle_buffer,
+    stream_seed,
+)
 
 
 def _samples(plans):
@@ -102,3 +112,107 @@ def test_resampled_shards_are_weighted_by_size_and_deterministic():
     assert all(abs(uniform.count(i) / 20000 - 0.25) < 0.015 for i in range(4))
     with pytest.raises(DataError, match="3 shard sizes for 4 shards"):
         next(resampled_shards(4, 0, 0, 0, 0, sizes=[1, 2, 3]))
+
+
+def test_shuffle_buffer_holds_exactly_what_it_has_read_and_not_emitted():
+    for size, n in [(1, 10), (4, 3), (4, 4), (5, 40), (16, 100)]:
+        expected = list(shuffle_buffer(iter(range(n)), size, random.Random(7)))
+        assert sorted(expected) == list(range(n))
+        for m in range(n + 1):
+            read = []
+            held: list[int] = []
+            source = (read.append(i) or i for i in range(n))
+            out = list(itertools.islice(shuffle_buffer(source, size, random.Random(7), held=held), m))
+            assert out == expected[:m]  # the same order with or without a visible buffer
+            if size > 1:
+                assert sorted(held) == sorted(set(read) - set(out))
+
+
+def _emitted(sizes, seed, epoch, seg, history, rank, worker):
+    """What stream (rank, worker) of segment ``len(history)`` emits, replayed the way the
+    pipeline reads it: its slices in order, through its shuffle buffer, cut at its batches."""
+    plan = exact_plan(
+        sizes,
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world_size=seg.world_size,
+        num_workers=seg.num_streams,
+        batch_size=seg.batch_size,
+        shuffle=True,
+        history=history,
+    )[worker]
+    items = ((s.shard, i) for s in plan.slices for i in range(s.start, s.stop))
+    rng = random.Random(stream_seed("buffer", seed, epoch, rank, worker, len(history)))
+    return list(shuffle_buffer(items, seg.shuffle_buffer, rng)), plan.num_batches
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replanned_epochs_see_every_sample_exactly_once(seed):
+    # Segments with other world sizes, workers, batch sizes and buffers, each cut at a random
+    # number of batches; the last one runs to the end of the epoch.
+    rnd = random.Random(seed)
+    sizes = [rnd.randint(1, 40) for _ in range(rnd.randint(12, 20))]
+    all_samples = sorted((s, i) for s, n in enumerate(sizes) for i in range(n))
+    history: tuple[Segment, ...] = ()
+    seen: list = []
+    dropped = 0
+    for k in range(4):
+        world, streams = rnd.choice([(1, 1), (2, 2), (3, 1), (1, 4), (2, 3)])
+        batch, buffer = rnd.choice([1, 3, 8]), rnd.choice([0, 1, 5, 16])
+        seg = Segment(world, streams, batch, buffer, 0)
+        left_before = plan_left(sizes, seed, 3, True, history)
+        assert left_before == len(all_samples) - len(seen)
+        runs = {
+            (r, w): _emitted(sizes, seed, 3, seg, history, r, w) for r in range(world) for w in range(streams)
+        }
+        per_worker = [runs[0, w][1] for w in range(streams)]
+        if left_before < world * streams:  # the tail: fewer samples than streams, dropped
+            assert sum(per_worker) == 0
+            dropped = left_before
+            break
+        assert {n for _, n in runs.values()} == {per_worker[0]}  # equal batch counts on every rank
+        last = k == 3
+        consumed = sum(per_worker) if last else rnd.randint(1, sum(per_worker))
+        done, _ = consumed_per_worker(consumed, per_worker)
+        for (_rank, w), (items, _) in runs.items():
+            seen += items[: done[w] * batch]  # what the trainer consumed (padding comes after)
+        history += (Segment(world, streams, batch, buffer, consumed),)
+    assert len(seen) == len(set(seen))  # nothing twice
+    assert len(seen) == len(all_samples) - dropped and set(seen) <= set(all_samples)
+
+
+def test_replanned_stream_reads_scattered_samples_in_shard_order():
+    sizes = [30, 30, 30, 30]
+    history = (Segment(2, 2, 4, 8, 3),)  # 3 batches per rank consumed through buffers of 8
+    plans = [
+        p
+        for r in range(3)
+        for p in exact_plan(
+            sizes,
+            seed=0,
+            epoch=0,
+            rank=r,
+            world_size=3,
+            num_workers=1,
+            batch_size=5,
+            shuffle=True,
+            history=history,
+        )
+    ]
+    assert sum(p.num_samples for p in plans) == 120 - 2 * 3 * 4
+    for p in plans:
+        shards = [s.shard for s in p.slices]
+        groups = [k for k, _ in itertools.groupby(shards)]
+        assert len(groups) == len(set(shards))  # a shard's runs are together: one pass reads them
+        for a, b in zip(p.slices, p.slices[1:]):
+            assert a.shard != b.shard or a.stop < b.start  # sorted, disjoint, gaps kept apart
+
+
+def test_resampled_batches_after_a_replan_cover_the_rest_of_the_epoch():
+    history = (Segment(2, 2, 8, 16, 5),)  # 2 ranks x 8 x 5 = 80 of 300 samples drawn
+    per_worker = resampled_batches(300, 3, 1, 4, history)
+    assert per_worker == [19]  # ceil(220 / (3 * 4))
+    assert resampled_batches(80, 3, 1, 4, history) == [0]
+    draws = lambda seg: list(itertools.islice(resampled_shards(9, 0, 1, 0, 0, None, seg), 50))
+    assert draws(0) != draws(1)  # a re-planned segment does not redraw the same shards

@@ -113,14 +113,33 @@ def test_resume_on_another_world_size(digits_data_dir, tmp_path, strategy):
     extra = [f"parallel.strategy={strategy}"]
     proc = run_train(_args(digits_data_dir, out, steps=10, extra=extra), nproc=2, VIT_DIST_FAULT="kill@7")
     assert proc.returncode != 0
-    proc = run_train(_args(digits_data_dir, out, steps=10, extra=[*extra, "resume=auto"]), nproc=1)
+    # The rest of epoch 0 is re-planned for one process: 1437 - 5 steps x 2 ranks x 16 = 1277
+    # samples, ceil(1277 / 16) = 80 steps, so epoch 0 ends at step 85 (not at the old 44).
+    proc = run_train(_args(digits_data_dir, out, steps=88, extra=[*extra, "resume=auto"]), nproc=1)
     assert_ok(proc)
-    assert "world size changed" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "world size changed" in log and "(2 -> 1): the rest of epoch 0 is re-planned" in log
+    assert "1277 samples of it are left" in log
     metrics = read_jsonl(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics][-5:] == [6, 7, 8, 9, 10]
+    assert [m["step"] for m in metrics][-83:] == list(range(6, 89))
     assert metrics[-1]["world_size"] == 1 and metrics[0]["world_size"] == 2
-    assert metrics[-1]["epoch"] == 1  # the data position restarts at the next epoch
+    epoch = {m["step"]: m["epoch"] for m in metrics}
+    assert epoch[85] == 0 and epoch[86] == 1  # the re-planned epoch ran to its end
     assert json.loads((out / "eval.json").read_text())["num_samples"] == 360
+
+
+@pytest.mark.slow
+def test_resume_with_other_loader_workers_and_batch_size(digits_data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(_args(digits_data_dir, out, steps=8, every=5), VIT_DIST_FAULT="kill@6")
+    assert proc.returncode != 0
+    extra = ["resume=auto", "data.workers=2", "train.batch_size=12"]
+    proc = run_train(_args(digits_data_dir, out, steps=8, every=5, extra=extra))
+    assert_ok(proc)  # was: "cannot resume the data position mid-epoch after changing num_workers"
+    log = proc.stdout + proc.stderr
+    assert "epoch 0 re-planned for world size 1, 2 stream(s) per rank, batch 12" in log
+    assert f"{1437 - 5 * 16} samples of it are left" in log
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")][-3:] == [6, 7, 8]
 
 
 @pytest.mark.multiproc

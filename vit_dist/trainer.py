@@ -263,6 +263,9 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            # The data position (the same on every rank but for its bad-sample counts): what a
+            # resume on another world size re-plans the rest of the epoch from.
+            "data": self.train_loader.state_dict(),
             "samples_seen": self.samples_seen,
             "best_top1": self.best_top1,
             "scheduler": self.scheduler.state_dict(),
@@ -325,11 +328,22 @@ class Trainer:
         if self.ema:
             self.ema.updates = int(meta["ema_updates"])
         if rank_state is not None:
+            # Other loader workers or batch size: the loader re-plans the rest of the epoch.
             self.train_loader.load_state_dict(rank_state["data"])
             ckpt.set_rng_state(rank_state["rng"])
+        elif "data" in meta:
+            # Another world size: the rest of the interrupted epoch is re-planned for it, every
+            # sample still once (the per-rank bad-sample counts start again).
+            log.warning(
+                "world size changed since %s (%s -> %d): the rest of epoch %d is re-planned for it",
+                path,
+                meta.get("world_size"),
+                self.env.world_size,
+                self.epoch,
+            )
+            self.train_loader.load_state_dict(meta["data"], counters=False)
         else:
-            # Another world size: the sample order depends on it, so the interrupted epoch is
-            # not resumed mid-way; training continues from the start of the next epoch.
+            # A checkpoint from before re-planning existed: go on from the next epoch.
             if self.step_in_epoch:
                 self.epoch += 1
                 self.step_in_epoch = 0
@@ -578,8 +592,11 @@ class Trainer:
         final_eval = None
         while self.step < self.total_steps:
             self.train_loader.set_epoch(self.epoch)
+            # The epoch's steps left: after a re-plan for other settings this is not
+            # steps_per_epoch - step_in_epoch (the rest of the epoch was cut another way).
+            left = self.train_loader.batches_left() // self.accum
             it = iter(self.train_loader)
-            todo = min(self.steps_per_epoch - self.step_in_epoch, self.total_steps - self.step)
+            todo = min(left, self.total_steps - self.step)
             for _ in range(todo):
                 loss_window += self.train_step(it)
                 n_window += 1
@@ -600,7 +617,7 @@ class Trainer:
                 if self._preempt_requested():
                     self._preempt()
             del it  # stops this epoch's loader workers
-            if self.step_in_epoch >= self.steps_per_epoch:
+            if todo == left:  # the epoch ran to its end (not cut by total_steps)
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if self.step < self.total_steps:

@@ -22,9 +22,11 @@ padding or replace a bad sample are copies of other rows of the stream with ``va
 training may use them (shapes stay static), evaluation must mask them (``evaluation.py``).
 
 Position: ``state_dict()`` is ``(epoch, batches consumed by this rank)`` plus the settings the
-stream depends on; ``load_state_dict()`` makes the next iteration of that epoch start right
-after the consumed batches, with the same samples, order and augmentation as the
-uninterrupted run (see ``plan.py``).
+stream depends on (and the earlier segments of a re-planned epoch); ``load_state_dict()``
+makes the next iteration of that epoch start right after the consumed batches, with the same
+samples, order and augmentation as the uninterrupted run. Loaded with another world size,
+worker count, batch size or shuffle buffer, it re-plans the epoch's unseen samples for the
+new settings instead, so every sample is still seen once (see ``plan.py``).
 
 Bad samples: each batch carries its worker's running counts; :class:`ShardLoader` sums them
 into ``bad_samples`` / ``samples_seen`` for this rank (``evaluation.global_bad_samples`` sums
@@ -38,6 +40,7 @@ passes other objects through untouched, so it cannot re-shard or re-dispatch thi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -49,15 +52,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
 from .plan import (
+    Segment,
     consumed_per_worker,
     derive_seed,
     exact_plan,
+    plan_left,
     resampled_batches,
     resampled_shards,
     sample_seed,
+    shuffle_buffer,
+    stream_seed,
 )
 from .spec import ShardList, resolve_shards, with_sizes
-from .tario import Bad, read_slice
+from .tario import Bad, read_runs, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
 from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
 
@@ -110,23 +117,6 @@ class DataConfig:
             )
 
 
-def shuffle_buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """Classic streaming shuffle: keep ``size`` items, emit a random one per item read."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        buf[i], item = item, buf[i]
-        yield item
-    rng.shuffle(buf)
-    yield from buf
-
-
 class ShardStream(IterableDataset):
     """The stream of one (rank, worker); built by :class:`ShardLoader`, iterated in a worker."""
 
@@ -136,6 +126,7 @@ class ShardStream(IterableDataset):
         self.num_classes = num_classes
         self.transform = SampleTransform(cfg.augment, train=cfg.train)
         self.epoch = 0
+        self.history: tuple[Segment, ...] = ()  # finished segments of self.epoch (re-planned)
         self.skip_batches = [0] * max(1, cfg.num_workers)  # per stream, set by the loader on resume
         self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % W (resume)
 
@@ -143,13 +134,20 @@ class ShardStream(IterableDataset):
     def num_streams(self) -> int:
         return max(1, self.cfg.num_workers)
 
-    def batches_per_worker(self, epoch: int) -> list[int]:
+    def segment(self, batches: int) -> Segment:
+        """This stream's settings as a finished segment of ``batches`` batches per rank."""
+        c = self.cfg
+        return Segment(self.world_size, self.num_streams, c.batch_size, c.shuffle_buffer, batches)
+
+    def batches_per_worker(self, epoch: int, history: tuple[Segment, ...] = ()) -> list[int]:
         c = self.cfg
         if c.epoch_mode == "resampled":
-            return resampled_batches(c.samples_per_epoch, self.world_size, self.num_streams, c.batch_size)
-        return [p.num_batches for p in self._exact_plans(epoch)]
+            return resampled_batches(
+                c.samples_per_epoch, self.world_size, self.num_streams, c.batch_size, history
+            )
+        return [p.num_batches for p in self._exact_plans(epoch, history)]
 
-    def _exact_plans(self, epoch: int):
+    def _exact_plans(self, epoch: int, history: tuple[Segment, ...]):
         c = self.cfg
         return exact_plan(
             self.shards.sizes,
@@ -160,28 +158,32 @@ class ShardStream(IterableDataset):
             num_workers=self.num_streams,
             batch_size=c.batch_size,
             shuffle=c.train,
+            history=history,
         )
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = ((info.id if info is not None else 0) + self.worker_offset) % self.num_streams
-        c, B, epoch = self.cfg, self.cfg.batch_size, self.epoch
+        c, B, epoch, history = self.cfg, self.cfg.batch_size, self.epoch, self.history
+        segment = len(history)
         # shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker -> tar to samples
         if c.epoch_mode == "exact":
-            plan = self._exact_plans(epoch)[worker]
+            plan = self._exact_plans(epoch, history)[worker]
             num_batches = plan.num_batches
+            # A re-planned stream may hold scattered samples of a shard: one pass per shard.
             items = itertools.chain.from_iterable(
-                read_slice(self.shards.urls[s.shard], s.start, s.stop) for s in plan.slices
+                read_runs(self.shards.urls[shard], [(s.start, s.stop) for s in group])
+                for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard)
             )
         else:
-            num_batches = self.batches_per_worker(epoch)[worker]
+            num_batches = self.batches_per_worker(epoch, history)[worker]
             picks = resampled_shards(
-                len(self.shards.urls), c.seed, epoch, self.rank, worker, sizes=self.shards.sizes
+                len(self.shards.urls), c.seed, epoch, self.rank, worker, self.shards.sizes, segment
             )
             items = itertools.chain.from_iterable(read_slice(self.shards.urls[i]) for i in picks)
         # shuffle buffer
         if c.train:
-            rng = random.Random(derive_seed("buffer", c.seed, epoch, self.rank, worker))
+            rng = random.Random(stream_seed("buffer", c.seed, epoch, self.rank, worker, segment))
             items = shuffle_buffer(items, c.shuffle_buffer, rng)
         # masked padding so every stream has num_batches full batches; then cut the epoch there
         items = itertools.islice(itertools.chain(items, itertools.repeat(_PAD)), num_batches * B)
@@ -189,7 +191,7 @@ class ShardStream(IterableDataset):
         start = self.skip_batches[worker] * B
         items = itertools.islice(items, start, None)
         # decode + transform, then batch
-        aug_seed = derive_seed("augment", c.seed, epoch, self.rank, worker)
+        aug_seed = stream_seed("augment", c.seed, epoch, self.rank, worker, segment)
         decoded = (self._decode(item, aug_seed, pos) for pos, item in enumerate(items, start))
         yield from self._batches(decoded, worker)
 
@@ -286,6 +288,7 @@ class ShardLoader:
         self.shards = shards
         self.dataset = ShardStream(shards, cfg, rank, world_size, num_classes)
         self.epoch = 0
+        self._history: tuple[Segment, ...] = ()  # earlier segments of self.epoch (re-plan)
         self._start = 0  # batches of self.epoch to skip at the next iteration (resume)
         self._consumed = 0
         self.bad_samples = 0  # this rank, cumulative over the run
@@ -306,11 +309,17 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self._start = 0
+            self._history = ()
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Batches this rank yields in the current epoch (identical on every rank)."""
+        """Batches this rank yields in a whole epoch (identical on every rank)."""
         return sum(self.dataset.batches_per_worker(self.epoch))
+
+    def batches_left(self) -> int:
+        """Batches the next iteration yields: the rest of the current epoch, which after a
+        resume, or a re-plan for other settings, is less than ``len(self)``."""
+        return sum(self.dataset.batches_per_worker(self.epoch, self._history)) - self._start
 
     def state_dict(self) -> dict:
         c = self.cfg
@@ -321,36 +330,71 @@ class ShardLoader:
             "world_size": self.world_size,
             "num_workers": c.num_workers,
             "batch_size": c.batch_size,
+            "shuffle_buffer": c.shuffle_buffer,
             "epoch_mode": c.epoch_mode,
+            "segments": [dataclasses.asdict(seg) for seg in self._history],
             "bad_samples": self.bad_samples,
             "samples_seen": self.samples_seen,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Resume: the next iteration of ``state['epoch']`` starts after ``state['batch']`` batches."""
+    def load_state_dict(self, state: dict, counters: bool = True) -> None:
+        """Resume: the next iteration of ``state['epoch']`` yields the batches of that epoch that
+        ``state`` has not consumed. With the settings of ``state`` (world size, loader workers,
+        batch size, shuffle buffer) that is the rest of the same batches; with other settings the
+        epoch's unseen samples are re-planned for these (``plan.py``). ``counters=False`` leaves
+        the bad-sample counts alone (they are per rank: meaningless on another world size)."""
         c = self.cfg
-        now = {
-            "seed": c.seed,
-            "world_size": self.world_size,
-            "num_workers": c.num_workers,
-            "batch_size": c.batch_size,
-            "epoch_mode": c.epoch_mode,
-        }
-        changed = [f"{k}: {state.get(k)} -> {v}" for k, v in now.items() if state.get(k) != v]
+        fixed = {"seed": c.seed, "epoch_mode": c.epoch_mode}
+        changed = [f"{k}: {state.get(k)} -> {v}" for k, v in fixed.items() if state.get(k) != v]
         if changed:
             raise DataError(
                 f"cannot resume the data position mid-epoch after changing {', '.join(changed)}; "
                 f"the sample order depends on them (restart the epoch or keep them)"
             )
-        self.epoch, self._start = int(state["epoch"]), int(state["batch"])
+        history = tuple(Segment(**seg) for seg in state.get("segments", ()))
+        batch = int(state["batch"])
+        # Checkpoints written before re-planning existed carry no shuffle_buffer: it was this one.
+        was = Segment(
+            state["world_size"],
+            max(1, state["num_workers"]),
+            state["batch_size"],
+            state.get("shuffle_buffer", c.shuffle_buffer),
+            batch,
+        )
+        if batch and was != self.dataset.segment(batch):
+            history += (was,)
+            batch = 0
+            left, streams = (
+                self._left_samples(int(state["epoch"]), history),
+                self.world_size * self.dataset.num_streams,
+            )
+            log.warning(
+                "data: epoch %d re-planned for %s: %d samples of it are left (%s before)%s",
+                state["epoch"],
+                _settings(self.dataset.segment(0)),
+                left,
+                _settings(was),
+                f"; fewer than the {streams} streams, so they are skipped"
+                if c.epoch_mode == "exact" and 0 < left < streams
+                else "",
+            )
+        self.epoch, self._start, self._history = int(state["epoch"]), batch, history
         self._consumed = self._start
-        self.bad_samples, self.samples_seen = int(state["bad_samples"]), int(state["samples_seen"])
+        if counters:
+            self.bad_samples, self.samples_seen = int(state["bad_samples"]), int(state["samples_seen"])
+
+    def _left_samples(self, epoch: int, history: tuple[Segment, ...]) -> int:
+        c = self.cfg
+        if c.epoch_mode == "resampled":
+            drawn = sum(seg.world_size * seg.batch_size * seg.batches for seg in history)
+            return max(0, c.samples_per_epoch - drawn)
+        return plan_left(self.shards.sizes, c.seed, epoch, c.train, history)
 
     def __iter__(self) -> Iterator[dict]:
         c = self.cfg
-        per_worker = self.dataset.batches_per_worker(self.epoch)
+        per_worker = self.dataset.batches_per_worker(self.epoch, self._history)
         start, self._start = self._start, 0
-        self.dataset.epoch = self.epoch
+        self.dataset.epoch, self.dataset.history = self.epoch, self._history
         self.dataset.skip_batches, self.dataset.worker_offset = consumed_per_worker(start, per_worker)
         self._consumed = start
         if start == sum(per_worker):
@@ -388,6 +432,13 @@ class ShardLoader:
                 f"{self.bad_samples} bad samples of {self.samples_seen} seen on rank {self.rank} exceed "
                 f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last: {self.last_bad_reason})"
             )
+
+
+def _settings(seg: Segment) -> str:
+    return (
+        f"world size {seg.world_size}, {seg.num_streams} stream(s) per rank, batch {seg.batch_size}, "
+        f"shuffle buffer {seg.shuffle_buffer}"
+    )
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -35,10 +35,23 @@ Resuming
     exhausted ones), so batch ``j`` of a rank is a known batch of a known worker;
     :func:`consumed_per_worker` inverts that, and each worker skips exactly that many batches
     of its deterministic stream.
+
+Re-planning an interrupted epoch (another world size, worker count, batch size or buffer)
+    The part of the epoch run so far is a :class:`Segment`: its settings and the batches each
+    rank consumed. Which samples those batches held is a pure function of the plan, so
+    :func:`epoch_positions` replays it, shuffle buffers included (on sample indices, without
+    reading a byte), and returns the samples not yet seen: each old stream's unread tail plus
+    what its shuffle buffer still held. Those are split among the new streams exactly as a
+    fresh epoch splits the whole sequence (contiguous stretches, sizes within one sample,
+    equal batch counts), with seeds that also name the segment. So an epoch finished on
+    another world size still sees every sample exactly once. If fewer samples are left than
+    there are new streams, the epoch ends there (fewer than one per stream, logged).
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import math
 import random
@@ -69,6 +82,21 @@ class StreamPlan:
     num_batches: int
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A finished part of an interrupted epoch: the settings it ran with, and the batches each
+    rank consumed (equal on every rank)."""
+
+    world_size: int
+    num_streams: int  # loader workers per rank (1 when loading in the main process)
+    batch_size: int
+    shuffle_buffer: int
+    batches: int
+
+
+Intervals = tuple[tuple[int, int], ...]  # sorted, disjoint [start, stop) sample positions
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from any tuple of ints/strings; stable across processes and Python runs."""
     return random.Random("/".join(map(str, parts))).getrandbits(63)
@@ -77,6 +105,37 @@ def derive_seed(*parts: int | str) -> int:
 def sample_seed(stream_seed: int, position: int) -> int:
     """Seed of the sample at ``position`` of a stream (cheap: called once per sample)."""
     return (stream_seed + (position + 1) * _GOLDEN) & _MASK63
+
+
+def stream_seed(kind: str, seed: int, epoch: int, rank: int, worker: int, segment: int = 0) -> int:
+    """Seed of one stream's ``kind`` ("buffer", "augment", "resample") in a segment of an epoch;
+    segment 0 (every epoch that was not re-planned) keeps the seeds it always had."""
+    if segment == 0:
+        return derive_seed(kind, seed, epoch, rank, worker)
+    return derive_seed(kind, seed, epoch, rank, worker, "segment", segment)
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: random.Random, held: list | None = None) -> Iterator:
+    """Classic streaming shuffle: keep ``size`` items, emit a random one per item read.
+
+    ``held``, when given, is the buffer itself: at any point it holds exactly the items read
+    but not yet emitted, which is how :func:`epoch_positions` finds what a stream left unseen.
+    """
+    if size <= 1:
+        yield from items
+        return
+    buf = held if held is not None else []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    buf.reverse()  # popping from the end emits the shuffled order and keeps only the unemitted
+    while buf:
+        yield buf.pop()
 
 
 def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -96,8 +155,10 @@ def exact_plan(
     num_workers: int,
     batch_size: int,
     shuffle: bool,
+    history: tuple[Segment, ...] = (),
 ) -> list[StreamPlan]:
-    """The streams of ``rank`` (one per worker) for an exact epoch; see the module docstring."""
+    """The streams of ``rank`` (one per worker) for an exact epoch, or for what is left of it
+    after the segments in ``history``; see the module docstring."""
     streams = world_size * num_workers
     if len(sizes) < streams:
         raise DataError(
@@ -111,33 +172,144 @@ def exact_plan(
     starts = [0]  # offset of each shard (in shuffled order) in the virtual sequence
     for i in order:
         starts.append(starts[-1] + sizes[i])
-    per_stream_max = math.ceil(total / streams)
-    num_batches = math.ceil(per_stream_max / batch_size)
+    left = epoch_positions(total, seed, epoch, shuffle, history)
+    n, ends = _count(left), _ends(left)
+    if history and n < streams:  # the tail of an epoch: fewer samples than streams
+        return [StreamPlan((), 0, 0) for _ in range(num_workers)]
+    num_batches = math.ceil(math.ceil(n / streams) / batch_size)
     plans = []
     for w in range(num_workers):
         s = rank * num_workers + w
-        lo, hi = s * total // streams, (s + 1) * total // streams
-        slices = []
-        for pos, shard in enumerate(order):
-            a, b = max(lo, starts[pos]), min(hi, starts[pos + 1])
-            if a < b:
-                slices.append(Slice(shard, a - starts[pos], b - starts[pos]))
-        plans.append(StreamPlan(tuple(slices), hi - lo, num_batches))
+        lo, hi = s * n // streams, (s + 1) * n // streams
+        slices = tuple(_slices(_cut(left, ends, lo, hi), order, starts))
+        plans.append(StreamPlan(slices, hi - lo, num_batches))
     return plans
 
 
+def _count(iv: Intervals) -> int:
+    return sum(b - a for a, b in iv)
+
+
+def _ends(iv: Intervals) -> list[int]:
+    """Running counts of ``iv``: the argument :func:`_cut` needs (computed once per list)."""
+    return list(itertools.accumulate(b - a for a, b in iv))
+
+
+def _cut(iv: Intervals, ends: list[int], lo: int, hi: int) -> Intervals:
+    """The ``lo``-th to ``hi``-th positions (by rank, not value) of ``iv``, as intervals."""
+    out = []
+    k = bisect.bisect_right(ends, lo)
+    while k < len(iv) and lo < hi:
+        a, b = iv[k]
+        first = ends[k] - (b - a)  # rank of a
+        take_a = a + (lo - first)
+        take_b = min(b, a + (hi - first))
+        if take_a < take_b:
+            out.append((take_a, take_b))
+        lo = first + (take_b - a)
+        k += 1
+    return tuple(out)
+
+
+def _merge(parts: list[tuple[int, int]]) -> Intervals:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(parts):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return tuple(out)
+
+
+def _slices(iv: Intervals, order: list[int], starts: list[int]) -> Iterator[Slice]:
+    """Virtual-sequence intervals as per-shard slices (split where a shard ends)."""
+    for a, b in iv:
+        while a < b:
+            pos = bisect.bisect_right(starts, a) - 1  # the shard (in shuffled order) holding a
+            stop = min(b, starts[pos + 1])
+            yield Slice(order[pos], a - starts[pos], stop - starts[pos])
+            a = stop
+
+
+def _unseen(iv: Intervals, consumed: int, buffer: int, rng: random.Random) -> list[tuple[int, int]]:
+    """What a stream reading ``iv`` through a shuffle buffer has not emitted after
+    ``consumed`` items: its buffer's contents and the unread rest."""
+    n = _count(iv)
+    if consumed >= n:
+        return []
+    ends = _ends(iv)
+    if buffer <= 1:
+        return list(_cut(iv, ends, consumed, n))
+    reads = 0
+
+    def positions() -> Iterator[int]:
+        nonlocal reads
+        for a, b in iv:
+            for p in range(a, b):
+                reads += 1
+                yield p
+
+    held: list[int] = []
+    emitted = shuffle_buffer(positions(), buffer, rng, held=held)
+    for _ in itertools.islice(emitted, consumed):
+        pass
+    return [(p, p + 1) for p in held] + list(_cut(iv, ends, reads, n))
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_positions(
+    total: int, seed: int, epoch: int, shuffle: bool, history: tuple[Segment, ...]
+) -> Intervals:
+    """The virtual-sequence positions an epoch has left after the segments in ``history``."""
+    left: Intervals = ((0, total),)
+    for k, seg in enumerate(history):
+        n, streams = _count(left), seg.world_size * seg.num_streams
+        if n < streams:  # that segment already ended the epoch (see exact_plan)
+            return ()
+        per_worker = [math.ceil(math.ceil(n / streams) / seg.batch_size)] * seg.num_streams
+        done, _ = consumed_per_worker(seg.batches, per_worker)
+        ends = _ends(left)
+        parts: list[tuple[int, int]] = []
+        for r in range(seg.world_size):
+            for w in range(seg.num_streams):
+                s = r * seg.num_streams + w
+                lo, hi = s * n // streams, (s + 1) * n // streams
+                rng = random.Random(stream_seed("buffer", seed, epoch, r, w, k))
+                buffer = seg.shuffle_buffer if shuffle else 0
+                parts += _unseen(_cut(left, ends, lo, hi), done[w] * seg.batch_size, buffer, rng)
+        left = _merge(parts)
+    return left
+
+
+def plan_left(sizes: list[int], seed: int, epoch: int, shuffle: bool, history: tuple[Segment, ...]) -> int:
+    """Samples an exact epoch has left after the segments in ``history``."""
+    return _count(epoch_positions(sum(sizes), seed, epoch, shuffle, history))
+
+
 def resampled_batches(
-    samples_per_epoch: int, world_size: int, num_workers: int, batch_size: int
+    samples_per_epoch: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    history: tuple[Segment, ...] = (),
 ) -> list[int]:
-    """Batches per worker of one rank in a resampled epoch (lower workers take the remainder)."""
+    """Batches per worker of one rank in a resampled epoch (lower workers take the remainder),
+    or in what is left of it after the segments in ``history``."""
     if samples_per_epoch <= 0:
         raise DataError(f"resampled epochs need samples_per_epoch > 0, got {samples_per_epoch}")
-    per_rank = math.ceil(samples_per_epoch / (world_size * batch_size))
+    drawn = sum(seg.world_size * seg.batch_size * seg.batches for seg in history)
+    per_rank = math.ceil(max(0, samples_per_epoch - drawn) / (world_size * batch_size))
     return [per_rank // num_workers + (w < per_rank % num_workers) for w in range(num_workers)]
 
 
 def resampled_shards(
-    num_shards: int, seed: int, epoch: int, rank: int, worker: int, sizes: list[int] | None = None
+    num_shards: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    worker: int,
+    sizes: list[int] | None = None,
+    segment: int = 0,
 ) -> Iterator[int]:
     """Endless shard indices drawn with replacement for one stream.
 
@@ -145,7 +317,7 @@ def resampled_shards(
     so every *sample* is equally likely (a half-full last shard is not over-sampled); with
     unknown sizes (remote shards without ``dataset.json``) the draw is uniform over shards.
     """
-    rng = random.Random(derive_seed("resample", seed, epoch, rank, worker))
+    rng = random.Random(stream_seed("resample", seed, epoch, rank, worker, segment))
     if sizes is not None and len(sizes) != num_shards:
         raise DataError(f"{len(sizes)} shard sizes for {num_shards} shards")
     if sizes is None or sum(sizes) <= 0:

@@ -16,6 +16,7 @@ every rank, stay in step. One warning is logged per failing shard.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -42,8 +43,41 @@ def _split_name(name: str) -> tuple[str, str]:
 
 def read_slice(url: str, start: int = 0, stop: int | None = None) -> Iterator[dict | Bad]:
     """Samples ``[start, stop)`` of the shard at ``url`` (see the module docstring)."""
+    return read_runs(url, [(start, stop)])
+
+
+def _missing(url: str, runs: list[tuple[int, int | None]], done: int, reason: str) -> Iterator[Bad]:
+    """Placeholders for the wanted samples after the first ``done`` (a resampled read, whose
+    last run has no end, has exactly one: the rest of an unknown-length shard)."""
+    if runs[-1][1] is None:
+        yield Bad(f"{url}#{runs[-1][0]}", reason)
+        return
+    wanted = itertools.chain.from_iterable(range(a, b) for a, b in runs)
+    for i in itertools.islice(wanted, done, None):
+        yield Bad(f"{url}#{i}", reason)
+
+
+def read_runs(url: str, runs: list[tuple[int, int | None]]) -> Iterator[dict | Bad]:
+    """The samples of the shard at ``url`` whose indices fall in ``runs``, in one pass.
+
+    ``runs`` are sorted, disjoint ``(start, stop)`` index ranges; only the last may have
+    ``stop=None`` (to the end of the shard). Samples between runs are streamed past unread. A
+    mid-epoch re-plan (``plan.py``) hands a stream scattered samples of a shard, which one pass
+    reads in the time of one slice.
+    """
+    runs = list(runs)
+    last_stop = runs[-1][1]
+    run = 0  # the first run that does not end before the sample being assembled
+
+    def wanted(i: int) -> bool:
+        nonlocal run
+        while run < len(runs) and runs[run][1] is not None and runs[run][1] <= i:
+            run += 1
+        return run < len(runs) and runs[run][0] <= i
+
     index = -1  # index of the sample being assembled
     current: dict | None = None
+    keep = False
     yielded = 0
     stream = None
     try:
@@ -54,31 +88,32 @@ def read_slice(url: str, start: int = 0, stop: int | None = None) -> Iterator[di
                     continue
                 key, ext = _split_name(member.name)
                 if current is None or key != current["__key__"]:
-                    if current is not None and index >= start:
+                    if current is not None and keep:
                         yield current
                         yielded += 1
                     index += 1
-                    if stop is not None and index >= stop:
+                    if last_stop is not None and index >= last_stop:
                         current = None
                         break
+                    keep = wanted(index)
                     current = {"__key__": key, "__url__": url}
-                if index >= start:  # skipped samples are streamed past, never read into memory
+                if keep:  # skipped samples are streamed past, never read into memory
                     current[ext] = tf.extractfile(member).read()
-            if current is not None and index >= start and (stop is None or index < stop):
+            if current is not None and keep:
                 yield current
                 yielded += 1
-        if stop is None and yielded == 0:  # resampled epochs: an empty shard must not spin forever
+        total = None if last_stop is None else sum(b - a for a, b in runs)
+        if total is None and yielded == 0:  # resampled epochs: an empty shard must not spin forever
             log.warning("shard %s holds no samples; counted as one bad sample", url)
             yield Bad(url, f"shard {url} holds no samples")
-        if stop is not None and yielded < stop - start:
-            reason = f"shard {url} has {start + yielded} samples, fewer than the {stop} planned"
+        if total is not None and yielded < total:
+            reason = f"shard {url} has {index + 1} samples, fewer than the {last_stop} planned"
             log.warning("%s; the missing ones count as bad samples", reason)
-            yield from (Bad(f"{url}#{start + yielded + i}", reason) for i in range(stop - start - yielded))
+            yield from _missing(url, runs, yielded, reason)
     except (OSError, EOFError, tarfile.TarError, ValueError) as e:
         reason = f"shard {url} unreadable after {yielded} samples: {type(e).__name__}: {e}"
         log.warning("%s; the rest of this shard counts as bad samples", reason)
-        missing = (stop - start - yielded) if stop is not None else 1
-        yield from (Bad(f"{url}#{start + yielded + i}", reason) for i in range(missing))
+        yield from _missing(url, runs, yielded, reason)
     finally:
         if stream is not None:
             # A pipe: command cut short by our early close reports a failure status; not an error.
