@@ -211,6 +211,28 @@ def test_bad_sample_limit_stops_with_a_clear_error(make_data_shards):
         _epoch(loader, 0)
 
 
+def test_bad_sample_limit_is_on_the_whole_job_not_one_rank(make_data_shards):
+    # 4 ranks, limit 1 %: rank 0 holds every bad sample (a few bad shards), 3 % of its own.
+    loader = ShardLoader(_cfg(make_data_shards([5] * 8), bad_min_seen=100), rank=0, world_size=4)
+    loader.samples_seen, loader.bad_samples = 1000, 30
+    loader._check_bad_limit()  # 30 of ~4000 job-wide: 0.75 %, the run goes on
+    loader.check_bad_fraction(30, 4000)
+    loader.bad_samples = 41  # ~1.03 % of the job: this rank may stop it without waiting
+    with pytest.raises(
+        DataError, match=r"41 bad samples of 1000 seen on rank 0 \(about 4000 on all 4 ranks\)"
+    ):
+        loader._check_bad_limit()
+    # Spread over the ranks, no rank alone trips it: the all-rank check at a log step does.
+    loader.bad_samples = 11
+    loader._check_bad_limit()
+    with pytest.raises(
+        DataError, match=r"44 bad samples of 4000 seen on all 4 ranks exceed max_bad_fraction=0.01"
+    ):
+        loader.check_bad_fraction(44, 4000)
+    loader.check_bad_fraction(40, 4000)  # exactly at the limit is still fine
+    loader.check_bad_fraction(1, 10)  # bad_min_seen: no verdict on the first few samples
+
+
 def test_spec_errors_are_clear_at_start_up(make_data_shards, tmp_path):
     shards = make_data_shards([5, 5, 5])
     with pytest.raises(DataError, match="does not exist"):

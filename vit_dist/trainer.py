@@ -506,7 +506,8 @@ class Trainer:
         all_reduce(stats)
         loss = stats[0].item() / (n_window * self.env.world_size)
         skipped = int(stats[1].item() / self.env.world_size)
-        bad, _ = global_bad_samples(self.train_loader, self.device)
+        bad, seen = global_bad_samples(self.train_loader, self.device)
+        self.train_loader.check_bad_fraction(bad, seen)  # the same sums on every rank: all stop
         t = self.timer.summary(sync_fn=torch.cuda.synchronize if self.device.type == "cuda" else None)
         steps = max(t["steps"], 1)
         ips = self.global_batch * steps / max(t["step_time"] * steps, 1e-9)

@@ -30,8 +30,10 @@ new settings instead, so every sample is still seen once (see ``plan.py``).
 
 Bad samples: each batch carries its worker's running counts; :class:`ShardLoader` sums them
 into ``bad_samples`` / ``samples_seen`` for this rank (``evaluation.global_bad_samples`` sums
-over ranks) and raises :class:`DataError` when ``bad_samples > max_bad_fraction *
-max(samples_seen, bad_min_seen)``. The loader never runs collectives itself.
+over ranks). The limit, ``bad > max_bad_fraction * max(seen, bad_min_seen)``, is on the whole
+job: the trainer checks the all-rank sums at each logging step
+(:meth:`ShardLoader.check_bad_fraction`), and each rank checks its own counts scaled to all
+ranks after every batch. The loader never runs collectives itself.
 
 ``ShardLoader`` is deliberately not a ``torch.utils.data.DataLoader``: ``accelerate.prepare()``
 passes other objects through untouched, so it cannot re-shard or re-dispatch this loader
@@ -426,11 +428,28 @@ class ShardLoader:
             yield batch
 
     def _check_bad_limit(self) -> None:
+        """This rank alone, between the all-rank checks: its bad samples against its share of
+        every rank's samples (the ranks read equal batch counts, so that is about
+        ``samples_seen * world_size``). It stops only a run that the all-rank check would stop
+        too, just sooner; one rank given a few bad shards does not stop a healthy job."""
         c = self.cfg
-        if self.bad_samples > c.max_bad_fraction * max(self.samples_seen, c.bad_min_seen):
+        everyone = self.samples_seen * self.world_size
+        if self.bad_samples > c.max_bad_fraction * max(everyone, c.bad_min_seen):
+            about = f" (about {everyone} on all {self.world_size} ranks)" if self.world_size > 1 else ""
             raise DataError(
-                f"{self.bad_samples} bad samples of {self.samples_seen} seen on rank {self.rank} exceed "
+                f"{self.bad_samples} bad samples of {self.samples_seen} seen on rank {self.rank}{about} exceed "
                 f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last: {self.last_bad_reason})"
+            )
+
+    def check_bad_fraction(self, bad: int, seen: int) -> None:
+        """The limit on all ranks' counts (``evaluation.global_bad_samples``); every rank calls it
+        with the same sums, so every rank stops at the same step."""
+        c = self.cfg
+        if bad > c.max_bad_fraction * max(seen, c.bad_min_seen):
+            raise DataError(
+                f"{bad} bad samples of {seen} seen on all {self.world_size} ranks exceed "
+                f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last on rank "
+                f"{self.rank}: {self.last_bad_reason or 'none'})"
             )
 
 
