@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vit_dist.models import create_model
-from vit_dist.optim import build_optimizer, build_scheduler, layer_ids, lr_factor, param_groups
+from vit_dist.optim import Schedule, build_optimizer, build_scheduler, layer_ids, lr_factor, param_groups
 
 
 def _group_of(groups, name):
@@ -64,7 +64,7 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(vals, vals[1:]))  # monotone after warmup
     p = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.AdamW([{"params": [p], "lr": 2.0}], lr=2.0)
-    sched = build_scheduler(opt, 100, 10, 2.0, 0.0)
+    sched = build_scheduler(opt, Schedule(100, 10, 0.0))
     seen = []
     for _ in range(100):
         seen.append(opt.param_groups[0]["lr"])
@@ -72,6 +72,22 @@ def test_warmup_then_cosine():
         sched.step()
     assert seen[0] == pytest.approx(0.2) and max(seen) == pytest.approx(2.0)
     assert seen[55] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_a_reanchored_schedule_continues_without_a_jump_and_ends_on_time():
+    sched = Schedule(total=100, warmup=10, min_ratio=0.0)
+    assert [sched(s) for s in range(101)] == [lr_factor(s, 100, 10, 0.0) for s in range(101)]
+    # Resumed at step 30 with twice as many steps per epoch: 140 steps left instead of 70.
+    before = sched(30)
+    sched.reanchor(30, 170)
+    assert sched(30) == pytest.approx(before) and sched.last_step == 170
+    assert sched.position(100) == pytest.approx(65.0) and sched(170) == pytest.approx(0.0)
+    vals = [sched(s) for s in range(30, 171)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))  # no step back into warmup or up the cosine
+    # Resumed again (at step 100) with fewer steps per epoch: still continuous.
+    before = sched(100)
+    sched.reanchor(100, 120)
+    assert sched(100) == pytest.approx(before) and sched.position(120) == pytest.approx(100.0)
 
 
 def test_adamw_is_fused_on_cpu_and_matches_the_reference_step():

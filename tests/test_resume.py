@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from helpers import assert_ok, read_jsonl, run_train
 
 SMOKE = [
@@ -109,22 +110,47 @@ def test_single_process_preemption_exit_code_and_kill_during_save(digits_data_di
 @pytest.mark.multiproc
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_resume_on_another_world_size(digits_data_dir, tmp_path, strategy):
+    # train.epochs=2 on 2 ranks: ceil(ceil(1437 / 2) / 16) = 45 steps per epoch, 90 in all, 1 epoch
+    # of warmup. Killed at step 7, resumed from the step-5 checkpoint on 1 process (90 steps per
+    # epoch): the rest of epoch 0 is re-planned, 1437 - 5 x 2 x 16 = 1277 samples = 80 steps, so
+    # epoch 0 ends at step 85 and epoch 1 at 175, where the lr schedule, picked up where it was
+    # (still in warmup), ends.
     out = tmp_path / "run"
-    extra = [f"parallel.strategy={strategy}"]
-    proc = run_train(_args(digits_data_dir, out, steps=10, extra=extra), nproc=2, VIT_DIST_FAULT="kill@7")
+    args = lambda *extra: [
+        *_args(digits_data_dir, out, steps=1, extra=[f"parallel.strategy={strategy}", *extra]),
+        "train.steps=null",
+        "train.epochs=2",
+        "optim.warmup_epochs=1",
+    ]
+    proc = run_train(args(), nproc=2, VIT_DIST_FAULT="kill@7")
     assert proc.returncode != 0
-    # The rest of epoch 0 is re-planned for one process: 1437 - 5 steps x 2 ranks x 16 = 1277
-    # samples, ceil(1277 / 16) = 80 steps, so epoch 0 ends at step 85 (not at the old 44).
-    proc = run_train(_args(digits_data_dir, out, steps=88, extra=[*extra, "resume=auto"]), nproc=1)
-    assert_ok(proc)
+    before = {m["step"]: m["lr"] for m in read_jsonl(out / "metrics.jsonl")}
+    proc = run_train(args("resume=auto"), nproc=1, VIT_DIST_FAULT="kill@102")
+    assert proc.returncode != 0
     log = proc.stdout + proc.stderr
+    anchored = {m["step"]: m["lr"] for m in read_jsonl(out / "metrics.jsonl")}
+    # Killed again, resumed on the same world size from step 100: the checkpoint carries the
+    # re-anchored schedule, so the run goes on with the same lr and the same last step.
+    proc = run_train(args("resume=auto"), nproc=1)
+    assert_ok(proc)
+    assert "steps per epoch changed" not in proc.stdout + proc.stderr
     assert "world size changed" in log and "(2 -> 1): the rest of epoch 0 is re-planned" in log
     assert "1277 samples of it are left" in log
+    assert "(45 -> 90): 170 steps left to the end of train.epochs=2" in log
     metrics = read_jsonl(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics][-83:] == list(range(6, 89))
+    assert [m["step"] for m in metrics] == list(range(1, 176))
     assert metrics[-1]["world_size"] == 1 and metrics[0]["world_size"] == 2
     epoch = {m["step"]: m["epoch"] for m in metrics}
-    assert epoch[85] == 0 and epoch[86] == 1  # the re-planned epoch ran to its end
+    assert epoch[85] == 0 and epoch[86] == 1 == epoch[175]  # the re-planned epoch ran to its end
+    lr = {m["step"]: m["lr"] for m in metrics}
+    assert all(lr[s] == before[s] for s in range(1, 6))
+    assert all(lr[s] == anchored[s] for s in range(6, 103))
+    # No jump at the resume: fresh, the 180-step schedule would restart warmup at half the lr.
+    assert abs(lr[6] - before[6]) <= abs(before[6] - before[5])
+    optim = yaml.safe_load((out / "config.yaml").read_text())["optim"]
+    peak = max(lr.values())
+    assert peak == pytest.approx(optim["lr"], rel=0.01) and max(lr, key=lr.get) in range(82, 87)  # 1 epoch
+    assert lr[175] == pytest.approx(optim["min_lr"])  # the cosine reaches min_lr at the new last step
     assert json.loads((out / "eval.json").read_text())["num_samples"] == 360
 
 

@@ -7,12 +7,13 @@
   transformer block (patch embedding, tokens), i + 1 for block i, and L + 1 for what follows the
   last block (final norm, head); parameters between blocks (Swin's patch merging) take the id of
   the next block. Group lr = lr * decay ** (L + 1 - id).
-- Per-step schedule: linear warmup from 0, then cosine to ``min_lr``.
+- Per-step schedule: linear warmup from 0, then cosine to ``min_lr`` (:class:`Schedule`).
 Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -103,17 +104,51 @@ def build_optimizer(groups: list[dict], lr: float, betas, eps: float, device: to
     return torch.optim.AdamW(clean, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+def lr_factor(step: float, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based): warmup then cosine."""
     if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return min(1.0, (step + 1) / warmup_steps)  # a re-anchored step can be fractional
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float):
-    min_ratio = min(1.0, min_lr / lr) if lr > 0 else 0.0
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, min_ratio)
-    )
+@dataclasses.dataclass
+class Schedule:
+    """The lr multiplier per optimizer step: :func:`lr_factor` over ``total`` schedule steps.
+
+    Optimizer step ``s`` is at schedule position ``s`` until a resume re-anchors it
+    (:meth:`reanchor`): a run resumed with another number of steps per epoch (world size,
+    batch size) continues from the position it had reached and arrives at ``total`` at its new
+    last step, so the lr neither jumps nor ends early or late.
+    """
+
+    total: int
+    warmup: int
+    min_ratio: float
+    anchor_step: int = 0  # the optimizer step where the mapping below starts ...
+    anchor_position: float = 0.0  # ... and its schedule position
+    end_step: int | None = None  # the optimizer step at position ``total`` (None: ``total``)
+
+    @property
+    def last_step(self) -> int:
+        return self.total if self.end_step is None else self.end_step
+
+    def position(self, step: int) -> float:
+        span = self.last_step - self.anchor_step
+        if span <= 0:
+            return float(self.total)
+        return self.anchor_position + (step - self.anchor_step) * (self.total - self.anchor_position) / span
+
+    def reanchor(self, step: int, end_step: int) -> None:
+        """From optimizer ``step`` on, reach the end of the schedule at ``end_step``."""
+        self.anchor_position, self.anchor_step, self.end_step = self.position(step), step, end_step
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(self.position(step), self.total, self.warmup, self.min_ratio)
+
+
+def build_scheduler(optimizer, schedule: Schedule):
+    # A plain function, not the Schedule itself: LambdaLR would save and restore a callable
+    # object's fields in its state_dict, and the trainer decides what a resume restores.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s))

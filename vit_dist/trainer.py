@@ -15,6 +15,7 @@ batches.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from .ema import ModelEma
 from .losses import classification_loss
 from .metrics import RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
 from .models import create_model, flops_per_image, load_pretrained
-from .optim import build_optimizer, build_scheduler, param_groups
+from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, shard_frozen, unwrap
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,10 @@ class Trainer:
             raise ValueError(
                 f"an epoch has {len(self.train_loader)} batches per rank, fewer than train.grad_accum={self.accum}"
             )
-        self.total_steps = t.steps or t.epochs * self.steps_per_epoch
+        # What the config asks for; a resume with another number of steps per epoch changes
+        # total_steps (not this) so that train.epochs still holds (_resume_schedule).
+        self.planned_steps = t.steps or t.epochs * self.steps_per_epoch
+        self.total_steps = self.planned_steps
         o = cfg.optim
         warmup = (
             o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch)
@@ -167,9 +171,9 @@ class Trainer:
         )
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(groups, self.lr, o.betas, o.eps, self.device)
-        self.scheduler = build_scheduler(
-            self.optimizer, self.total_steps, self.warmup_steps, self.lr, o.min_lr
-        )
+        min_ratio = min(1.0, o.min_lr / self.lr) if self.lr > 0 else 0.0
+        self.schedule = Schedule(self.total_steps, self.warmup_steps, min_ratio)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.scaler = LossScaler(self.device, enabled=cfg.precision == "fp16")
         self.ema = ModelEma(self.core, cfg.ema.decay) if cfg.ema.decay > 0 else None
         d = cfg.data
@@ -269,6 +273,9 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "best_top1": self.best_top1,
             "scheduler": self.scheduler.state_dict(),
+            "schedule": dataclasses.asdict(self.schedule),
+            "planned_steps": self.planned_steps,
+            "steps_per_epoch": self.steps_per_epoch,
             "scaler": self.scaler.state_dict(),
             "ema_updates": self.ema.updates if self.ema else 0,
             "model_name": self.cfg.model.name,
@@ -334,7 +341,7 @@ class Trainer:
         elif "data" in meta:
             # Another world size: the rest of the interrupted epoch is re-planned for it, every
             # sample still once (the per-rank bad-sample counts start again).
-            log.warning(
+            self._warn_main(
                 "world size changed since %s (%s -> %d): the rest of epoch %d is re-planned for it",
                 path,
                 meta.get("world_size"),
@@ -347,11 +354,52 @@ class Trainer:
             if self.step_in_epoch:
                 self.epoch += 1
                 self.step_in_epoch = 0
-            log.warning(
+            self._warn_main(
                 "world size changed since %s: data resumes at the start of epoch %d", path, self.epoch
             )
+        self._resume_schedule(meta, path)
         if self.env.is_main:
             log.warning("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _warn_main(self, msg: str, *args) -> None:
+        if self.env.is_main:
+            log.warning(msg, *args)
+
+    def _resume_schedule(self, meta: dict, path: Path) -> None:
+        """The lr schedule and run length after a resume (the data position is loaded)."""
+        t, old = self.cfg.train, meta.get("schedule")
+        if old is None:
+            return  # a checkpoint from before schedules were saved: the schedule as configured
+        if meta.get("planned_steps") == self.planned_steps:
+            # The same plan: go on with the checkpoint's schedule, re-anchored or not.
+            vars(self.schedule).update(old)
+        elif not t.steps and meta.get("steps_per_epoch") != self.steps_per_epoch:
+            # Another world size or batch size: the steps per epoch changed, train.epochs did
+            # not. Finish the epochs asked for, and continue the lr from where it was.
+            vars(self.schedule).update(old)
+            left = self.train_loader.batches_left() // self.accum
+            left += max(0, t.epochs - self.epoch - 1) * self.steps_per_epoch
+            self.schedule.reanchor(self.step, self.step + left)
+            self._warn_main(
+                "steps per epoch changed since %s (%s -> %d): %d steps left to the end of "
+                "train.epochs=%d; the lr schedule goes on from %.1f%% of its length",
+                path,
+                meta.get("steps_per_epoch"),
+                self.steps_per_epoch,
+                left,
+                t.epochs,
+                100.0 * self.schedule.anchor_position / max(1, self.schedule.total),
+            )
+        else:
+            # train.steps or train.epochs changed: the schedule of the new length, as configured.
+            self._warn_main(
+                "train.steps/train.epochs changed since %s (%s -> %d steps): the lr schedule is the "
+                "one for the new length",
+                path,
+                meta.get("planned_steps"),
+                self.planned_steps,
+            )
+        self.total_steps = self.schedule.last_step
 
     # ------------------------------------------------------------------ steps
 

@@ -370,7 +370,7 @@ class ShardLoader:
                 self._left_samples(int(state["epoch"]), history),
                 self.world_size * self.dataset.num_streams,
             )
-            log.warning(
+            (log.warning if self.rank == 0 else log.info)(
                 "data: epoch %d re-planned for %s: %d samples of it are left (%s before)%s",
                 state["epoch"],
                 _settings(self.dataset.segment(0)),
