@@ -60,6 +60,7 @@ from .plan import (
     exact_plan,
     plan_left,
     resampled_batches,
+    resampled_left,
     resampled_shards,
     sample_seed,
     shuffle_buffer,
@@ -388,8 +389,7 @@ class ShardLoader:
     def _left_samples(self, epoch: int, history: tuple[Segment, ...]) -> int:
         c = self.cfg
         if c.epoch_mode == "resampled":
-            drawn = sum(seg.world_size * seg.batch_size * seg.batches for seg in history)
-            return max(0, c.samples_per_epoch - drawn)
+            return resampled_left(c.samples_per_epoch, history)
         return plan_left(self.shards.sizes, c.seed, epoch, c.train, history)
 
     def __iter__(self) -> Iterator[dict]:

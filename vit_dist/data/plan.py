@@ -286,6 +286,12 @@ def plan_left(sizes: list[int], seed: int, epoch: int, shuffle: bool, history: t
     return _count(epoch_positions(sum(sizes), seed, epoch, shuffle, history))
 
 
+def resampled_left(samples_per_epoch: int, history: tuple[Segment, ...]) -> int:
+    """Samples a resampled epoch still draws after the segments in ``history``."""
+    drawn = sum(seg.world_size * seg.batch_size * seg.batches for seg in history)
+    return max(0, samples_per_epoch - drawn)
+
+
 def resampled_batches(
     samples_per_epoch: int,
     world_size: int,
@@ -297,8 +303,7 @@ def resampled_batches(
     or in what is left of it after the segments in ``history``."""
     if samples_per_epoch <= 0:
         raise DataError(f"resampled epochs need samples_per_epoch > 0, got {samples_per_epoch}")
-    drawn = sum(seg.world_size * seg.batch_size * seg.batches for seg in history)
-    per_rank = math.ceil(max(0, samples_per_epoch - drawn) / (world_size * batch_size))
+    per_rank = math.ceil(resampled_left(samples_per_epoch, history) / (world_size * batch_size))
     return [per_rank // num_workers + (w < per_rank % num_workers) for w in range(num_workers)]
 
 
