@@ -159,13 +159,20 @@ def test_resume_with_other_loader_workers_and_batch_size(digits_data_dir, tmp_pa
     out = tmp_path / "run"
     proc = run_train(_args(digits_data_dir, out, steps=8, every=5), VIT_DIST_FAULT="kill@6")
     assert proc.returncode != 0
-    extra = ["resume=auto", "data.workers=2", "train.batch_size=12"]
+    before = {m["step"]: m["lr"] for m in read_jsonl(out / "metrics.jsonl")}
+    peak = yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"]
+    extra = ["resume=auto", "data.workers=2", "train.batch_size=12", f"optim.lr={2 * peak}"]
     proc = run_train(_args(digits_data_dir, out, steps=8, every=5, extra=extra))
     assert_ok(proc)  # was: "cannot resume the data position mid-epoch after changing num_workers"
     log = proc.stdout + proc.stderr
     assert "epoch 0 re-planned for world size 1, 2 stream(s) per rank, batch 12" in log
     assert f"{1437 - 5 * 16} samples of it are left" in log
-    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")][-3:] == [6, 7, 8]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics][-3:] == [6, 7, 8]
+    # The new optim.lr takes effect (the checkpoint's scheduler state used to override it).
+    assert f"peak lr {peak:.4g} in" in log and f"{2 * peak:.4g} for this run" in log
+    lr = {m["step"]: m["lr"] for m in metrics}
+    assert lr[5] == before[5] and lr[6] == pytest.approx(2 * before[6], rel=1e-9)
 
 
 @pytest.mark.multiproc

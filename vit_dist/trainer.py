@@ -274,6 +274,7 @@ class Trainer:
             "best_top1": self.best_top1,
             "scheduler": self.scheduler.state_dict(),
             "schedule": dataclasses.asdict(self.schedule),
+            "peak_lr": self.lr,
             "planned_steps": self.planned_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "scaler": self.scaler.state_dict(),
@@ -330,6 +331,7 @@ class Trainer:
         self.samples_seen = int(meta["samples_seen"])
         self.best_top1 = float(meta["best_top1"])
         self.scheduler.load_state_dict(meta["scheduler"])
+        self._resume_peak_lr(meta, path)
         if self.scaler.enabled and meta["scaler"].get("enabled"):
             self.scaler.load_state_dict(meta["scaler"])
         if self.ema:
@@ -360,6 +362,28 @@ class Trainer:
         self._resume_schedule(meta, path)
         if self.env.is_main:
             log.warning("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _resume_peak_lr(self, meta: dict, path: Path) -> None:
+        """The scheduler's state carries the checkpoint's peak lr. This run's (optim.lr, scaled
+        by the global batch when optim.base_batch_size is set) wins: a changed optim.lr, or a
+        world size that changes the scaled lr, must not be silently ignored."""
+        old = meta.get("peak_lr")
+        if old is None or math.isclose(old, self.lr, rel_tol=1e-12):
+            return
+        ratio = self.lr / old
+        self.scheduler.base_lrs = [b * ratio for b in self.scheduler.base_lrs]
+        for g in self.optimizer.param_groups:
+            g["lr"] *= ratio
+            if "initial_lr" in g:
+                g["initial_lr"] *= ratio
+        self._warn_main(
+            "peak lr %.4g in %s, %.4g for this run (optim.lr, global batch %d): the schedule goes on "
+            "at the new peak",
+            old,
+            path,
+            self.lr,
+            self.global_batch,
+        )
 
     def _warn_main(self, msg: str, *args) -> None:
         if self.env.is_main:
