@@ -5,8 +5,10 @@ Layout of ``output_dir/checkpoints/step-00001234/``:
     state.pt        DDP / single process: model, optimizer, EMA (rank 0 writes it)
     dcp/            FSDP: the same, sharded with torch.distributed.checkpoint (every rank writes)
     rank-00000.pt   per rank: RNG states (python, numpy, torch, cuda), data-loader position
-    meta.json       step, epoch, samples seen, scheduler, loss scaler, world size, strategy,
-                    model name, config -- written last: a directory without it is incomplete
+    meta.json       step, epoch, samples seen, scheduler and lr schedule, loss scaler, world
+                    size, strategy, rank 0's data position (what a resume on another world
+                    size re-plans the epoch from), model name, config -- written last: a
+                    directory without it is incomplete
 
 Atomicity: everything is written into ``step-N.tmp/``; after a barrier rank 0 writes
 meta.json, then renames the directory to ``step-N`` (one rename on one filesystem). A process
