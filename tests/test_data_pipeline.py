@@ -99,7 +99,7 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(make_data_shards,
     assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(rest, full[k:]))  # same augmentation
     assert resumed.state_dict()["batch"] == len(full)
-    with pytest.raises(DataError, match="seed"):
+    with pytest.raises(DataError, match=r"drawn with train.seed=0 \(now 1\); set train.seed=0 to resume"):
         ShardLoader(
             _cfg(shards, num_workers=workers, seed=1, epoch_mode=mode, samples_per_epoch=150)
         ).load_state_dict(state)

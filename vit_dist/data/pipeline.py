@@ -347,12 +347,15 @@ class ShardLoader:
         epoch's unseen samples are re-planned for these (``plan.py``). ``counters=False`` leaves
         the bad-sample counts alone (they are per rank: meaningless on another world size)."""
         c = self.cfg
-        fixed = {"seed": c.seed, "epoch_mode": c.epoch_mode}
-        changed = [f"{k}: {state.get(k)} -> {v}" for k, v in fixed.items() if state.get(k) != v]
+        # The trainer's names for these keys, for a message the user can act on.
+        fixed = {"train.seed": ("seed", c.seed), "data.mode": ("epoch_mode", c.epoch_mode)}
+        changed = [
+            f"{k}={state.get(name)} (now {v})" for k, (name, v) in fixed.items() if state.get(name) != v
+        ]
         if changed:
             raise DataError(
-                f"cannot resume the data position mid-epoch after changing {', '.join(changed)}; "
-                f"the sample order depends on them (restart the epoch or keep them)"
+                f"cannot resume mid-epoch: the checkpoint's sample order was drawn with {', '.join(changed)}; "
+                f"set {' and '.join(x.split(' ')[0] for x in changed)} to resume"
             )
         history = tuple(Segment(**seg) for seg in state.get("segments", ()))
         batch = int(state["batch"])
