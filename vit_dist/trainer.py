@@ -360,8 +360,7 @@ class Trainer:
                 "world size changed since %s: data resumes at the start of epoch %d", path, self.epoch
             )
         self._resume_schedule(meta, path)
-        if self.env.is_main:
-            log.warning("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        self._warn_main("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
 
     def _resume_peak_lr(self, meta: dict, path: Path) -> None:
         """The scheduler's state carries the checkpoint's peak lr. This run's (optim.lr, scaled
