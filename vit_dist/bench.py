@@ -9,11 +9,15 @@
                    precision, interleaved repetitions (A B A B ...), the ratio of medians. Each
                    side steps with its own trainer's AdamW (ours: fused where available; timm:
                    create_optimizer_v2); --same-optimizer gives timm ours, to compare models alone
+    run            the figures of a finished training run (its metrics.jsonl): images/s, MFU and
+                   the fraction of step time spent waiting for data, the first --skip logging
+                   windows (compilation, worker start-up) left out; with the run's loader workers
 
 Examples:
     python -m vit_dist.bench model --model vit_base_patch16_224 --batch-size 256 --precision bf16 --compile
     python -m vit_dist.bench compare-timm --model swin_tiny_patch4_window7_224 --batch-size 8
     python -m vit_dist.bench data --size 224 --workers 2
+    python -m vit_dist.bench run runs/imagenet_vit_base --skip 1
 
 Timings synchronise the device around each timed block only; warm-up steps (and compilation)
 are excluded. Nothing here asserts a speed: the numbers go to BENCHMARKS.md.
@@ -229,6 +233,54 @@ def bench_compare_timm(args) -> dict:
     return result
 
 
+def bench_run(run_dir: str, skip: int) -> dict:
+    """Summary of a training run's logged windows (``metrics.jsonl``), the first ``skip`` left out.
+
+    Images/s and MFU are medians over windows (MFU as the trainer logs it: against the
+    datasheet peak of a known GPU, else a measured one); ``data_wait_frac`` is the mean and the
+    max over windows: the share of host step time spent in ``next(batch)``, an upper bound on
+    the GPU's idle time for want of data (the host runs ahead of the GPU by a queue of work).
+    """
+    from pathlib import Path
+
+    import yaml
+
+    run = Path(run_dir)
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        info = json.loads((run / "run_info.json").read_text())
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+    except FileNotFoundError as e:
+        raise ValueError(f"{run} is not a finished training run directory ({e.filename} missing)") from None
+    windows = [json.loads(line) for line in lines if line.strip()][skip:]
+    if not windows:
+        raise ValueError(f"{run}/metrics.jsonl has no logged window after the first {skip}")
+    wait = [w["data_wait_frac"] for w in windows]
+    ips = statistics.median(w["images_per_sec"] for w in windows)  # all ranks together
+    return {
+        "mode": "run",
+        "run_dir": str(run),
+        "model": cfg["model"]["name"],
+        "device": info["device"],
+        "world_size": info["world_size"],
+        "strategy": info["strategy"],
+        "precision": info["precision"],
+        "compile": cfg["parallel"]["compile"],
+        "batch_size_per_device": cfg["train"]["batch_size"],
+        "loader_workers_per_rank": cfg["data"]["workers"],
+        "windows": len(windows),
+        "steps": windows[-1]["step"],
+        "images_per_sec": ips,
+        "images_per_sec_per_device": ips / info["world_size"],
+        "mfu": statistics.median(w["mfu"] for w in windows),
+        "data_wait_frac_mean": statistics.fmean(wait),
+        "data_wait_frac_max": max(wait),
+        "max_memory_mb": max(w["max_memory_mb"] for w in windows),
+        "skipped_steps": windows[-1]["skipped_steps"],
+        "bad_samples": windows[-1]["bad_samples"],
+    }
+
+
 def _print_table(rec: dict) -> None:
     width = max(len(k) for k in rec)
     for k, v in rec.items():
@@ -244,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         data_main(argv[1:])  # prints its tables, writes --out
         return 0
     p = argparse.ArgumentParser(prog="python -m vit_dist.bench", description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["model", "compare-timm", "data"])
+    p.add_argument("mode", choices=["model", "compare-timm", "data", "run"])
+    p.add_argument("run_dir", nargs="?", help="run: the training run's output directory")
+    p.add_argument("--skip", type=int, default=1, help="run: logging windows to leave out (default 1)")
     p.add_argument("--model", default="vit_small_patch16_224")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--img-size", type=int, default=224)
@@ -262,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     try:
-        rec = bench_model(args) if args.mode == "model" else bench_compare_timm(args)
+        if args.mode == "run":
+            if not args.run_dir:
+                raise ValueError("run: give the training run's output directory")
+            rec = bench_run(args.run_dir, args.skip)
+        else:
+            rec = bench_model(args) if args.mode == "model" else bench_compare_timm(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -77,6 +77,7 @@ def run_cli(main: Callable[[], int]) -> int:
         from .checkpoint import CheckpointError
         from .data.errors import DataError
         from .models.pretrained import CheckpointMismatchError
+        from .sync_debug import SyncInStep
         from .trainer import Preempted, TrainingError
 
         if isinstance(e, DataError):
@@ -85,7 +86,7 @@ def run_cli(main: Callable[[], int]) -> int:
             return fail("checkpoint error", e, EXIT_CHECKPOINT)
         if isinstance(e, Preempted):
             return fail("preempted", e, EXIT_PREEMPTED)
-        if isinstance(e, TrainingError):
+        if isinstance(e, (TrainingError, SyncInStep)):
             return fail("training stopped", e, EXIT_TRAINING)
         if isinstance(e, FileNotFoundError):
             return fail("file not found", e, EXIT_CONFIG)

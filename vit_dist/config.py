@@ -91,6 +91,9 @@ class TrainSection:
     seed: int = _f(0, lo=0)
     label_smoothing: float = _f(0.1, lo=0.0, hi=1.0)
     max_skipped_steps: int = _f(20, lo=0, doc="stop after this many non-finite (skipped) steps")
+    sync_debug: Literal["off", "warn", "error"] = _f(
+        "off", doc="CUDA: warn or stop when a train step makes the host wait for the GPU (from step 3)"
+    )
 
 
 @dataclass

@@ -37,6 +37,7 @@ from .metrics import RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
 from .models import create_model, flops_per_image, load_pretrained
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, shard_frozen, unwrap
+from .sync_debug import sync_guard
 
 log = logging.getLogger(__name__)
 
@@ -662,6 +663,12 @@ class Trainer:
         loss_window = torch.zeros((), device=self.device)
         n_window = 0
         final_eval = None
+        # The first steps of a process compile, allocate and warm up (and may synchronise).
+        guarded_from = self.step + 2
+        if cfg.train.sync_debug != "off" and self.device.type != "cuda":
+            self._warn_main(
+                "train.sync_debug=%s applies to CUDA only; ignored on %s", cfg.train.sync_debug, self.device
+            )
         while self.step < self.total_steps:
             self.train_loader.set_epoch(self.epoch)
             # The epoch's steps left: after a re-plan for other settings this is not
@@ -670,7 +677,9 @@ class Trainer:
             it = iter(self.train_loader)
             todo = min(left, self.total_steps - self.step)
             for _ in range(todo):
-                loss_window += self.train_step(it)
+                mode = cfg.train.sync_debug if self.step >= guarded_from else "off"
+                with sync_guard(mode, self.device, self.step + 1):
+                    loss_window += self.train_step(it)
                 n_window += 1
                 self.timer.step_end()
                 if not self._dtypes_logged:

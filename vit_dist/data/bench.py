@@ -49,6 +49,17 @@ def _photos(scale: int) -> list[bytes]:
     return out
 
 
+def photo_folder(root: str | Path, images: int, classes: int) -> Path:
+    """An ImageFolder tree of ``images`` JPEG files (the bundled photos, 427x640, replicated)
+    in ``classes`` class folders: real-photo decode cost for throughput runs, not for accuracy."""
+    root, photos = Path(root), _photos(1)
+    for i in range(images):
+        d = root / f"class{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:05d}.jpg").write_bytes(photos[i % len(photos)])
+    return root
+
+
 def _rate(fn, items: list, seconds: float) -> float:
     """Calls per second of ``fn`` cycling over ``items`` for about ``seconds``."""
     fn(items[0])  # warm-up
@@ -104,14 +115,9 @@ def bench_loaders(
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    photos = _photos(1)
     aug = AugmentConfig(img_size=size)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "folder"
-        for i in range(images):
-            d = root / f"class{i % classes}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{i:05d}.jpg").write_bytes(photos[i % len(photos)])
+        root = photo_folder(Path(tmp) / "folder", images, classes)
         shards = write_shards(
             str(root),
             Path(tmp) / "shards",
