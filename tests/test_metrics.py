@@ -427,3 +427,23 @@ def test_step_timer(monkeypatch):
     assert synced == [True]
     assert s == {"step_time": pytest.approx(2.0), "data_wait_frac": pytest.approx(0.25), "steps": 1}
     assert timer.summary() == {"step_time": 0.0, "data_wait_frac": 0.0, "steps": 0}
+
+
+def test_input_bound_advice_comes_once_after_three_slow_windows():
+    from vit_dist.metrics import InputBoundAdvisor
+
+    adv = InputBoundAdvisor(workers=4)
+    # The first window (compilation, loader start-up) never counts; a fast window resets the run.
+    said = [adv.update(w) for w in (0.9, 0.5, 0.3, 0.1, 0.25, 0.35)]
+    assert said == [None] * 6
+    msg = adv.update(0.3)  # windows 5-7: 0.25, 0.35, 0.3
+    assert msg.startswith("input-bound: 30% of step time waited for data over the last 3 logging windows")
+    assert "data.workers=4 per rank" in msg and "--resize" in msg
+    assert [adv.update(w) for w in (0.9, 0.9, 0.9, 0.9)] == [None] * 4  # said once per process
+
+
+def test_input_bound_advice_stays_quiet_below_the_threshold():
+    from vit_dist.metrics import InputBoundAdvisor
+
+    adv = InputBoundAdvisor(workers=2, threshold=0.2)
+    assert all(adv.update(w) is None for w in [0.9] + [0.19] * 50)

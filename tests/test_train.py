@@ -289,3 +289,42 @@ def test_compile_and_activation_checkpointing_match_eager(digits_data_dir, tmp_p
     assert len(losses["eager"]) == 4
     for a, b in zip(losses["eager"], losses["compiled+ac"]):
         assert abs(a - b) < 1e-4, losses
+
+
+def test_a_run_that_waits_for_data_is_told_so_once(digits_data_dir, tmp_path, monkeypatch, caplog):
+    import logging
+    import time
+
+    from vit_dist.config import load_config
+    from vit_dist.data.pipeline import ShardLoader
+    from vit_dist.distributed import init_distributed
+    from vit_dist.trainer import Trainer
+
+    slow_iter = ShardLoader.__iter__
+
+    def slow(self):  # storage that delivers a batch every 200 ms, far slower than this tiny model
+        for batch in slow_iter(self):
+            time.sleep(0.2)
+            yield batch
+
+    monkeypatch.setattr(ShardLoader, "__iter__", slow)
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.train={digits_data_dir}",
+            "data.val=null",
+            "data.workers=0",
+            "train.steps=8",
+            "logging.every=1",
+            "logging.wandb=false",
+            f"output_dir={tmp_path}",
+            *TINY[:-1],
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="vit_dist.trainer"):
+        Trainer(cfg, init_distributed()).fit()
+    advice = [r.getMessage() for r in caplog.records if "input-bound" in r.getMessage()]
+    assert len(advice) == 1, advice  # windows 2-4 were slow: said at step 4, not again
+    assert "data.workers=0 per rank" in advice[0]
+    waits = [m["data_wait_frac"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(waits) == 8 and min(waits[1:]) > 0.2, waits

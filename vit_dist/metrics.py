@@ -779,3 +779,34 @@ class StepTimer:
         }
         self._reset()
         return out
+
+
+class InputBoundAdvisor:
+    """Says once, in one line, when training waits for data: ``update(data_wait_frac)`` per
+    logging window returns the advice the first time ``windows`` windows in a row (not counting
+    the first window of the process: compilation and loader start-up) spent at least
+    ``threshold`` of their step time waiting for a batch, else None."""
+
+    def __init__(self, workers: int, threshold: float = 0.2, windows: int = 3) -> None:
+        self.workers, self.threshold, self.windows = workers, threshold, windows
+        self._seen = 0
+        self._run: list[float] = []
+        self._said = False
+
+    def update(self, data_wait_frac: float) -> str | None:
+        self._seen += 1
+        if self._said or self._seen == 1:
+            return None
+        self._run = self._run + [data_wait_frac] if data_wait_frac >= self.threshold else []
+        if len(self._run) < self.windows:
+            return None
+        self._said = True
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return (
+            f"input-bound: {100 * sum(self._run) / len(self._run):.0f}% of step time waited for data over "
+            f"the last {len(self._run)} logging windows (data.workers={self.workers} per rank; this "
+            f"process may use {cores} CPU cores, shared by {local} local rank(s)): raise data.workers, "
+            "write pre-resized shards (python -m vit_dist.data.shards --resize 320), or check how fast "
+            "the shard storage reads"
+        )

@@ -33,7 +33,7 @@ from .distill import FrozenTeacher, Renormalize, build_teacher, distillation_los
 from .distributed import DistEnv, all_gather_object, all_reduce, barrier
 from .ema import ModelEma
 from .losses import classification_loss
-from .metrics import RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
+from .metrics import InputBoundAdvisor, RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
 from .models import create_model, flops_per_image, load_pretrained
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, shard_frozen, unwrap
@@ -207,6 +207,7 @@ class Trainer:
             start_step=self.step,
         )
         self.timer = StepTimer()
+        self.input_advisor = InputBoundAdvisor(cfg.data.workers)
         self._dtypes_logged = False
         self._signal = None  # name of a preemption signal received by this process
         # The preemption flag is reduced over a CPU (gloo) group: agreeing on it each step
@@ -584,6 +585,9 @@ class Trainer:
         steps = max(t["steps"], 1)
         ips = self.global_batch * steps / max(t["step_time"] * steps, 1e-9)
         self._check_nonfinite(skipped)
+        advice = self.input_advisor.update(t["data_wait_frac"])
+        if advice:
+            self._warn_main("%s", advice)
         self.logger.log_train(
             {
                 "step": self.step,
