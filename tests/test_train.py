@@ -69,6 +69,7 @@ def test_single_process_digits_run_learns_and_writes_outputs(digits_data_dir, tm
 
 @pytest.mark.slow
 @pytest.mark.multiproc
+@pytest.mark.oldest_torch
 def test_ddp_and_fsdp_two_processes_match_and_fsdp_shards(digits_data_dir, tmp_path):
     common = [
         f"data.train={digits_data_dir}",
