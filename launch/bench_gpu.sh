@@ -28,8 +28,8 @@
 #   BENCH_DEADLINE_S (0 = none: seconds after which the remaining items are skipped), counted
 #   from BENCH_T0 (epoch seconds; default: the script's start),
 #   BENCH_SCRATCH (a temp dir), PYTHON (python3 / the repo's .venv).
-# Wheels in BENCH_WHEELS (./.whl; webdataset, wandb: the GPU image lacks them) are installed to
-# /tmp/site first; BENCH_WHEELS= (empty) installs none.
+# Wheels in BENCH_WHEELS (./.whl, fetched by launch/gpu_wheels.sh; webdataset, wandb: the GPU
+# image lacks them) are installed to /tmp/site first; BENCH_WHEELS= (empty) installs none.
 set -uo pipefail
 
 out=${1:?usage: bash launch/bench_gpu.sh OUTDIR}
