@@ -35,6 +35,7 @@ def test_bench_model_mode(tmp_path):
     )
     assert r["train_images_per_sec"] > 0 and r["infer_images_per_sec"] > r["train_images_per_sec"]
     assert r["peak_tflops_measured"] > 0 and 0 < r["train_mfu"] < 1 and r["max_memory_mb"] > 0
+    assert r["peak_tflops_datasheet"] is None and r["train_mfu_datasheet"] is None  # CPU: none
     with torch.device("meta"):
         expected = flops_per_image(create_model("vit_tiny_patch16_224", img_size=32)) / 1e9
     assert abs(r["gflops_per_image"] - expected) < 1e-9

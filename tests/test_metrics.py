@@ -390,6 +390,14 @@ def test_peak_flops_gpu_table(monkeypatch):
     assert table("NVIDIA A100-SXM4-40GB", torch.float32) is None  # true fp32: measured
 
 
+def test_datasheet_peak_names_known_gpus_only(monkeypatch):
+    assert metrics.datasheet_peak("cpu", "bf16") is None  # a CPU has no datasheet figure here
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "NVIDIA H100 80GB HBM3")
+    assert metrics.datasheet_peak("cuda", "bf16") == 989e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Some Future GPU")
+    assert metrics.datasheet_peak("cuda", torch.bfloat16) is None
+
+
 def test_max_memory_mb_cpu():
     mb = max_memory_mb("cpu")
     assert 10.0 < mb < 1e6  # this interpreter with torch loaded is well above 10 MiB

@@ -1,8 +1,8 @@
 """``python -m vit_dist.bench MODE ...``: speed numbers that print a table and write JSON.
 
     model          train-step (forward + backward + AdamW) and inference images/s of one model,
-                   MFU against a peak measured on the same device with a large matrix product,
-                   max memory
+                   MFU against a peak measured on the same device with a large matrix product
+                   (and, for a known GPU, against its datasheet peak), max memory
     data           decode + augment images/s per loader worker on real photos, beside a
                    torchvision ImageFolder + PIL baseline (vit_dist.data.bench)
     compare-timm   our model against timm's same architecture: same weights, inputs and
@@ -36,7 +36,7 @@ import torch
 
 from . import cpu_blas, cpu_malloc
 from .amp import DTYPES, autocast
-from .metrics import max_memory_mb
+from .metrics import datasheet_peak, max_memory_mb
 
 
 def _sync(device: torch.device) -> None:
@@ -148,6 +148,7 @@ def bench_model(args) -> dict:
     t_train = statistics.median(_time(train_step, device, args.warmup, args.steps))
     t_infer = statistics.median(_time(infer_step, device, args.warmup, args.steps))
     peak = measured_peak_flops(device, DTYPES[args.precision])
+    sheet = datasheet_peak(device, DTYPES[args.precision])  # what published MFU figures divide by
     train_ips, infer_ips = args.batch_size / t_train, args.batch_size / t_infer
     return {
         "mode": "model",
@@ -165,6 +166,8 @@ def bench_model(args) -> dict:
         "peak_tflops_measured": peak / 1e12,
         "train_mfu": 3 * fpi * train_ips / peak,
         "infer_mfu": fpi * infer_ips / peak,
+        "peak_tflops_datasheet": sheet / 1e12 if sheet else None,
+        "train_mfu_datasheet": 3 * fpi * train_ips / sheet if sheet else None,
         "max_memory_mb": max_memory_mb(device),
         "torch": torch.__version__,
     }

@@ -685,6 +685,14 @@ def _measure_peak(dev: torch.device, dtype: torch.dtype) -> float:
     return 2.0 * n**3 * k / elapsed
 
 
+def datasheet_peak(device: Any, dtype: Any) -> float | None:
+    """The dense datasheet peak FLOP/s of a known GPU in ``dtype``; None for CPUs and others."""
+    dev = _as_device(device)
+    if dev.type != "cuda":
+        return None
+    return _table_peak(torch.cuda.get_device_name(dev), _as_dtype(dtype))
+
+
 def peak_flops(device: Any, dtype: Any) -> float:
     """Per-device peak FLOP/s for MFU in ``dtype`` (torch dtype or "bf16"/"fp16"/"fp32"/"no").
 
@@ -695,10 +703,9 @@ def peak_flops(device: Any, dtype: Any) -> float:
     """
     dev = _as_device(device)
     dt = _as_dtype(dtype)
-    if dev.type == "cuda":
-        peak = _table_peak(torch.cuda.get_device_name(dev), dt)
-        if peak is not None:
-            return peak
+    peak = datasheet_peak(dev, dt)
+    if peak is not None:
+        return peak
     key = (dev.type, dt)
     if key not in _MEASURED_PEAKS:
         _MEASURED_PEAKS[key] = _measure_peak(dev, dt)
