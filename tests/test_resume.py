@@ -175,6 +175,32 @@ def test_resume_with_other_loader_workers_and_batch_size(digits_data_dir, tmp_pa
     assert lr[5] == before[5] and lr[6] == pytest.approx(2 * before[6], rel=1e-9)
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_bad_sample_counts_carry_over_to_another_world_size(make_data_shards, tmp_path):
+    # Every 8th sample is a corrupt JPEG. 2 ranks read 4 steps x 2 x 16 samples, checkpoint at
+    # step 3 and die at 4; 1 process resumes: the job's bad-sample count (the metric, and what
+    # data.max_bad_fraction limits) goes on from the checkpoint's, not from 0.
+    def corrupt(shard, i, files):
+        return {**files, "jpg": b"\xff\xd8\xff\xe0 not a jpeg"} if i % 8 == 3 else files
+
+    data = make_data_shards([40] * 8, edit=corrupt)
+    out = tmp_path / "run"
+    args = lambda *extra: [
+        *_args(data, out, steps=6, every=3, extra=["data.max_bad_fraction=0.5", *extra]),
+        "data.val=null",
+    ]
+    proc = run_train(args(), nproc=2, VIT_DIST_FAULT="kill@4")
+    assert proc.returncode != 0
+    saved = {m["step"]: m["bad_samples"] for m in read_jsonl(out / "metrics.jsonl")}[3]
+    assert saved >= 6  # 96 samples read (and the loaders' read-ahead), 1 in 8 corrupt
+    proc = run_train(args("resume=auto"), nproc=1)
+    assert_ok(proc)
+    bad = {m["step"]: m["bad_samples"] for m in read_jsonl(out / "metrics.jsonl")}
+    assert bad[4] >= saved and bad[6] >= bad[4], bad  # was: back to the resumed process's own count
+    assert bad[6] < saved + 3 * 16  # ... and not counted twice
+
+
 @pytest.mark.multiproc
 def test_nan_steps_are_skipped_together_then_stop_the_run(digits_data_dir, tmp_path):
     out = tmp_path / "nan_once"

@@ -265,13 +265,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _meta(self) -> dict:
+    def _meta(self, data_counts: tuple[int, int]) -> dict:
         return {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             # The data position (the same on every rank but for its bad-sample counts): what a
             # resume on another world size re-plans the rest of the epoch from.
             "data": self.train_loader.state_dict(),
+            # (bad samples, samples read) of all ranks: the counts a resume on another world
+            # size carries on from (per-rank counts mean nothing there).
+            "data_counts": list(data_counts),
             "samples_seen": self.samples_seen,
             "best_top1": self.best_top1,
             "scheduler": self.scheduler.state_dict(),
@@ -288,6 +291,7 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> Path:
+        counts = global_bad_samples(self.train_loader, self.device)  # a collective, like the save
         return ckpt.save_checkpoint(
             self.out,
             self.env,
@@ -296,7 +300,7 @@ class Trainer:
             optimizer=self.optimizer,
             fsdp=self.fsdp,
             ema=self.ema.state_dict() if self.ema else None,
-            meta=self._meta(),
+            meta=self._meta(counts),
             rank_state={"data": self.train_loader.state_dict()},
             keep=self.cfg.checkpoint.keep,
             best=best,
@@ -344,7 +348,8 @@ class Trainer:
             ckpt.set_rng_state(rank_state["rng"])
         elif "data" in meta:
             # Another world size: the rest of the interrupted epoch is re-planned for it, every
-            # sample still once (the per-rank bad-sample counts start again).
+            # sample still once. Rank 0 carries the job's bad-sample counts on (the others
+            # start at 0), so the all-rank sums, and the limit on them, go on where they were.
             self._warn_main(
                 "world size changed since %s (%s -> %d): the rest of epoch %d is re-planned for it",
                 path,
@@ -353,6 +358,8 @@ class Trainer:
                 self.epoch,
             )
             self.train_loader.load_state_dict(meta["data"], counters=False)
+            if self.env.is_main and "data_counts" in meta:
+                self.train_loader.bad_samples, self.train_loader.samples_seen = map(int, meta["data_counts"])
         else:
             # A checkpoint from before re-planning existed: go on from the next epoch.
             if self.step_in_epoch:
