@@ -363,8 +363,8 @@ def test_mfu_arithmetic():
 def test_peak_flops_cpu_measured_once_without_touching_the_training_rng(monkeypatch):
     monkeypatch.setattr(metrics, "_MEASURED_PEAKS", {})
     calls = []
-    measure = metrics._measure_peak
-    monkeypatch.setattr(metrics, "_measure_peak", lambda *a: calls.append(a) or measure(*a))
+    measure = metrics.measure_matmul_peak
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda *a: calls.append(a) or measure(*a))
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)

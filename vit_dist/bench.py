@@ -36,31 +36,12 @@ import torch
 
 from . import cpu_blas, cpu_malloc
 from .amp import DTYPES, autocast
-from .metrics import datasheet_peak, max_memory_mb
+from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def measured_peak_flops(
-    device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 10
-) -> float:
-    """FLOP/s of a large square matmul in ``dtype`` on ``device`` (the best of ``reps``)."""
-    n = n or (8192 if device.type == "cuda" else 1024)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def _time(fn: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
@@ -147,7 +128,7 @@ def bench_model(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     t_train = statistics.median(_time(train_step, device, args.warmup, args.steps))
     t_infer = statistics.median(_time(infer_step, device, args.warmup, args.steps))
-    peak = measured_peak_flops(device, DTYPES[args.precision])
+    peak = measure_matmul_peak(device, DTYPES[args.precision])
     sheet = datasheet_peak(device, DTYPES[args.precision])  # what published MFU figures divide by
     train_ips, infer_ips = args.batch_size / t_train, args.batch_size / t_infer
     return {

@@ -659,8 +659,10 @@ def _table_peak(name: str, dtype: torch.dtype) -> float | None:
     return None
 
 
-def _measure_peak(dev: torch.device, dtype: torch.dtype) -> float:
-    """Achieved FLOP/s of a square matmul: a practical peak, kept under ~1 s."""
+def measure_matmul_peak(device: Any, dtype: Any) -> float:
+    """Achieved FLOP/s of a square matmul in ``dtype`` on ``device``: a practical peak, kept
+    under ~1 s (the MFU denominator where no datasheet figure applies, and ``bench model``'s)."""
+    dev, dtype = _as_device(device), _as_dtype(dtype)
     n = 8192 if dev.type == "cuda" else 1024
     # A private generator: measuring (once per process) must not move the training RNG.
     g = torch.Generator(device=dev).manual_seed(0)
@@ -708,7 +710,7 @@ def peak_flops(device: Any, dtype: Any) -> float:
         return peak
     key = (dev.type, dt)
     if key not in _MEASURED_PEAKS:
-        _MEASURED_PEAKS[key] = _measure_peak(dev, dt)
+        _MEASURED_PEAKS[key] = measure_matmul_peak(dev, dt)
     return _MEASURED_PEAKS[key]
 
 
