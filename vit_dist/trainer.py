@@ -4,7 +4,8 @@
     -> per optimizer step: grad_accum x [batch -> mixup -> autocast forward -> loss -> backward]
        -> unscale (fp16) -> global grad norm -> clip -> AdamW (skipped if not finite) -> lr
        schedule -> EMA
-    -> every logging.every steps: metrics (the only host-device sync of the loop)
+    -> every logging.every steps: metrics (the only host-device sync of the loop; on CUDA,
+       train.sync_debug=warn|error checks that the steps between them never wait for the GPU)
     -> every eval.every steps / epoch end: exactly-once evaluation (and of the EMA)
     -> every checkpoint.every steps / epoch end / the end: atomic checkpoint
 
