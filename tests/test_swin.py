@@ -360,3 +360,35 @@ def test_flops_match_flop_counter():
     counts = counter.get_flop_counts()["Global"]
     assert counts.get(torch.ops.aten.bmm, 0) > 0  # the math path's attention matmuls were counted
     assert abs(model.flops_per_image() - counter.get_total_flops()) <= 0.01 * counter.get_total_flops()
+
+
+@pytest.mark.parametrize(("precision", "tol"), [("bf16", 0.03), ("fp16", 0.005)])
+def test_low_precision_gradients_stay_close_to_fp32(precision, tol):
+    # Shifted windows (a 16x16 grid in windows of 4) put -inf shift masks and the
+    # relative-position bias through autocast: the masked softmax must stay finite and close.
+    from vit_dist.amp import autocast
+
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        img_size=32,
+        patch_size=2,
+        window_size=4,
+        embed_dim=24,
+        depths=(2, 2),
+        num_heads=(2, 4),
+        num_classes=10,
+        drop_path_rate=0.0,
+    )
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+
+    def grads(prec):
+        model.zero_grad()
+        with autocast(torch.device("cpu"), prec):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    (ref_loss, ref), (loss, got) = grads("fp32"), grads(precision)
+    assert torch.isfinite(got).all()
+    assert abs(loss - ref_loss) < tol
+    assert (got - ref).norm() / ref.norm() < tol
