@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from vit_dist.data.errors import DataError
 from vit_dist.data.plan import (
     Segment,
     consumed_per_worker,
@@ -18,6 +17,7 @@ from vit_dist.data.plan import (
     shuffle_buffer,
     stream_seed,
 )
+from vit_dist.errors import DataError
 
 
 def _samples(plans):

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from vit_dist.data import shards as shards_mod
-from vit_dist.data.errors import DataError
 from vit_dist.data.meta import read_meta
 from vit_dist.data.tario import read_slice
+from vit_dist.errors import DataError
 
 COLORS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}  # class -> colour
 

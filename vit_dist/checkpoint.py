@@ -33,13 +33,10 @@ from torch import nn
 
 from . import faults
 from .distributed import DistEnv, barrier, broadcast_object
+from .errors import CheckpointError
 
 CKPT_DIR = "checkpoints"
 _PREFIX = "step-"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (missing, incomplete, or from another model/config)."""
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:

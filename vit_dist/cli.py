@@ -1,8 +1,9 @@
-"""Shared command-line plumbing for ``vit_dist.train`` / ``vit_dist.evaluate``.
+"""Command-line plumbing shared by the entry points (train, evaluate, export, predict).
 
 User mistakes (bad config, missing shards, unusable checkpoint, out of memory) end the
-process with one clear line on rank 0 and a non-zero exit code, never a traceback; all ranks
-exit, so no rank is left waiting in a collective.
+process with one clear line on rank 0 and a non-zero exit code (``vit_dist.errors``), never a
+traceback; all ranks exit, so no rank is left waiting in a collective. This module does not
+import torch: a config mistake is reported before torch loads.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
-EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING, EXIT_PEER = 2, 3, 4, 5, 6, 7
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, requeue and resume with resume=auto
+from .errors import EXIT_CONFIG, EXIT_OOM, EXIT_PEER, EXIT_PREEMPTED, KINDS
 
 
 def parse_args(prog: str, argv: list[str] | None) -> tuple[str | None, list[str]]:
@@ -53,10 +53,7 @@ def _peer_lost(e: BaseException) -> bool:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run ``main`` mapping known failure types to one line + an exit code.
-
-    The exception classes are imported only when something failed, so that a config mistake
-    is reported before torch is even imported."""
+    """Run ``main`` mapping known failure types to one line + an exit code."""
 
     def fail(kind: str, e: BaseException, code: int) -> int:
         if _rank() == 0 or code not in (EXIT_CONFIG, EXIT_PREEMPTED):  # the same on every rank
@@ -64,34 +61,12 @@ def run_cli(main: Callable[[], int]) -> int:
             print(f"{kind}: {msg}", file=sys.stderr, flush=True)
         return code
 
-    from . import cpu_malloc
-
-    cpu_malloc.tune()
     try:
         return main()
     except Exception as e:
-        from .config import ConfigError
-
-        if isinstance(e, ConfigError):
-            return fail("config error", e, EXIT_CONFIG)
-        from .checkpoint import CheckpointError
-        from .data.errors import DataError
-        from .models.pretrained import CheckpointMismatchError
-        from .sync_debug import SyncInStep
-        from .trainer import Preempted, TrainingError
-
-        if isinstance(e, DataError):
-            return fail("data error", e, EXIT_DATA)
-        if isinstance(e, (CheckpointError, CheckpointMismatchError)):
-            return fail("checkpoint error", e, EXIT_CHECKPOINT)
-        if isinstance(e, Preempted):
-            return fail("preempted", e, EXIT_PREEMPTED)
-        if isinstance(e, (TrainingError, SyncInStep)):
-            return fail("training stopped", e, EXIT_TRAINING)
-        if isinstance(e, FileNotFoundError):
-            return fail("file not found", e, EXIT_CONFIG)
-        if isinstance(e, ValueError):  # model keyword errors and similar user mistakes
-            return fail("config error", e, EXIT_CONFIG)
+        for types, kind, code in KINDS:
+            if isinstance(e, types):
+                return fail(kind, e, code)
         if _peer_lost(e):
             return fail(
                 "distributed error",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -23,12 +22,15 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import ConfigError
+from .options import did_you_mean
 
-class ConfigError(ValueError):
-    """A bad configuration (unknown key, wrong type, out of range); the message is one line."""
+__all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "parse_overrides"]
 
 
-def _f(default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, factory=None, doc: str = ""):
+def _field(
+    default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, factory=None, doc: str = ""
+):
     """A config field with an optional numeric range [lo, hi] (lo exclusive when lo_open)."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc}
     if factory is not None:
@@ -38,99 +40,101 @@ def _f(default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, f
 
 @dataclass
 class ModelSection:
-    name: str = _f(
+    name: str = _field(
         "vit", doc="registered name (python -m vit_dist.models list) or family vit|deit_distilled|swin"
     )
-    pretrained: str | None = _f(None, doc="timm-format weights to start from")
+    pretrained: str | None = _field(None, doc="timm-format weights to start from")
     # Any other key under `model:` is a model keyword (img_size, depth, drop_path_rate, ...).
-    kwargs: dict = _f(factory=dict)
+    kwargs: dict = _field(factory=dict)
 
 
 @dataclass
 class DataSection:
-    train: str | list[str] | None = _f(None, doc="training shard spec")
-    val: str | list[str] | None = _f(None, doc="validation shard spec")
-    meta: str | None = _f(None, doc="directory holding dataset.json, for remote shards")
-    workers: int = _f(4, lo=0)
-    img_size: int = _f(224, lo=1)
-    num_classes: int | None = _f(None, lo=1, doc="default: from dataset.json")
-    in_chans: int = _f(3, lo=1)
+    train: str | list[str] | None = _field(None, doc="training shard spec")
+    val: str | list[str] | None = _field(None, doc="validation shard spec")
+    meta: str | None = _field(None, doc="directory holding dataset.json, for remote shards")
+    workers: int = _field(4, lo=0)
+    img_size: int = _field(224, lo=1)
+    num_classes: int | None = _field(None, lo=1, doc="default: from dataset.json")
+    in_chans: int = _field(3, lo=1)
     mode: Literal["exact", "resampled"] = "exact"
-    samples_per_epoch: int | None = _f(None, lo=1, doc="resampled mode: global samples per epoch")
-    shuffle_buffer: int = _f(1000, lo=0)
+    samples_per_epoch: int | None = _field(None, lo=1, doc="resampled mode: global samples per epoch")
+    shuffle_buffer: int = _field(1000, lo=0)
     pin_memory: bool = True
-    normalize_on: Literal["auto", "worker", "device"] = _f(
+    normalize_on: Literal["auto", "worker", "device"] = _field(
         "auto", doc="where uint8 images become normalised floats; auto: device on CUDA, workers on CPU"
     )
-    prefetch: int = _f(2, lo=1)
-    max_bad_fraction: float = _f(0.01, lo=0.0, hi=1.0)
+    prefetch: int = _field(2, lo=1)
+    max_bad_fraction: float = _field(0.01, lo=0.0, hi=1.0)
     # augmentation (train); DeiT's ImageNet recipe by default
-    scale: list[float] = _f(factory=lambda: [0.08, 1.0])
-    ratio: list[float] = _f(factory=lambda: [0.75, 4 / 3])
-    hflip: float = _f(0.5, lo=0.0, hi=1.0)
-    randaugment_ops: int = _f(2, lo=0)
-    randaugment_magnitude: int = _f(9, lo=0, hi=30)
+    scale: list[float] = _field(factory=lambda: [0.08, 1.0])
+    ratio: list[float] = _field(factory=lambda: [0.75, 4 / 3])
+    hflip: float = _field(0.5, lo=0.0, hi=1.0)
+    randaugment_ops: int = _field(2, lo=0)
+    randaugment_magnitude: int = _field(9, lo=0, hi=30)
     trivial_augment: bool = False
-    color_jitter: float = _f(0.0, lo=0.0)
-    random_erasing: float = _f(0.25, lo=0.0, hi=1.0)
-    mixup: float = _f(0.8, lo=0.0, doc="Beta(a, a) for mixup; 0 = off")
-    cutmix: float = _f(1.0, lo=0.0, doc="Beta(a, a) for cutmix; 0 = off")
-    mixup_prob: float = _f(1.0, lo=0.0, hi=1.0)
-    switch_prob: float = _f(0.5, lo=0.0, hi=1.0)
-    crop_pct: float = _f(0.875, lo=0.0, hi=1.0, lo_open=True)
-    mean: list[float] = _f(factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = _f(factory=lambda: [0.229, 0.224, 0.225])
+    color_jitter: float = _field(0.0, lo=0.0)
+    random_erasing: float = _field(0.25, lo=0.0, hi=1.0)
+    mixup: float = _field(0.8, lo=0.0, doc="Beta(a, a) for mixup; 0 = off")
+    cutmix: float = _field(1.0, lo=0.0, doc="Beta(a, a) for cutmix; 0 = off")
+    mixup_prob: float = _field(1.0, lo=0.0, hi=1.0)
+    switch_prob: float = _field(0.5, lo=0.0, hi=1.0)
+    crop_pct: float = _field(0.875, lo=0.0, hi=1.0, lo_open=True)
+    mean: list[float] = _field(factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = _field(factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
 class TrainSection:
-    epochs: int | None = _f(None, lo=1)
-    steps: int | None = _f(None, lo=1, doc="optimizer steps; overrides epochs")
-    batch_size: int = _f(64, lo=1, doc="per device")
-    grad_accum: int = _f(1, lo=1)
-    seed: int = _f(0, lo=0)
-    label_smoothing: float = _f(0.1, lo=0.0, hi=1.0)
-    max_skipped_steps: int = _f(20, lo=0, doc="stop after this many non-finite (skipped) steps")
-    sync_debug: Literal["off", "warn", "error"] = _f(
+    epochs: int | None = _field(None, lo=1)
+    steps: int | None = _field(None, lo=1, doc="optimizer steps; overrides epochs")
+    batch_size: int = _field(64, lo=1, doc="per device")
+    grad_accum: int = _field(1, lo=1)
+    seed: int = _field(0, lo=0)
+    label_smoothing: float = _field(0.1, lo=0.0, hi=1.0)
+    max_skipped_steps: int = _field(20, lo=0, doc="stop after this many non-finite (skipped) steps")
+    sync_debug: Literal["off", "warn", "error"] = _field(
         "off", doc="CUDA: warn or stop when a train step makes the host wait for the GPU (from step 3)"
     )
 
 
 @dataclass
 class OptimSection:
-    lr: float = _f(5e-4, lo=0.0, lo_open=True)
-    base_batch_size: int | None = _f(None, lo=1, doc="scale lr by global_batch / base_batch_size")
-    weight_decay: float = _f(0.05, lo=0.0)
-    betas: list[float] = _f(factory=lambda: [0.9, 0.999])
-    eps: float = _f(1e-8, lo=0.0, lo_open=True)
-    warmup_epochs: float = _f(0.0, lo=0.0)
-    warmup_steps: int | None = _f(None, lo=0, doc="overrides warmup_epochs")
-    min_lr: float = _f(1e-6, lo=0.0)
-    clip_grad: float | None = _f(None, lo=0.0, lo_open=True, doc="max global grad norm; null = off")
-    layer_decay: float | None = _f(
+    lr: float = _field(5e-4, lo=0.0, lo_open=True)
+    base_batch_size: int | None = _field(None, lo=1, doc="scale lr by global_batch / base_batch_size")
+    weight_decay: float = _field(0.05, lo=0.0)
+    betas: list[float] = _field(factory=lambda: [0.9, 0.999])
+    eps: float = _field(1e-8, lo=0.0, lo_open=True)
+    warmup_epochs: float = _field(0.0, lo=0.0)
+    warmup_steps: int | None = _field(None, lo=0, doc="overrides warmup_epochs")
+    min_lr: float = _field(1e-6, lo=0.0)
+    clip_grad: float | None = _field(None, lo=0.0, lo_open=True, doc="max global grad norm; null = off")
+    layer_decay: float | None = _field(
         None, lo=0.0, hi=1.0, lo_open=True, doc="layer-wise lr decay (fine-tuning)"
     )
 
 
 @dataclass
 class EmaSection:
-    decay: float = _f(0.0, lo=0.0, hi=1.0, doc="EMA of weights; 0 = off, e.g. 0.9998")
-    every: int = _f(1, lo=1, doc="update every N optimizer steps")
+    decay: float = _field(0.0, lo=0.0, hi=1.0, doc="EMA of weights; 0 = off, e.g. 0.9998")
+    every: int = _field(1, lo=1, doc="update every N optimizer steps")
 
 
 @dataclass
 class DistillSection:
     type: Literal["none", "soft", "hard"] = "none"
-    teacher: str | None = _f(
+    teacher: str | None = _field(
         None, doc="registry or torchvision model name (optional for a vit_dist checkpoint)"
     )
-    teacher_weights: str | None = _f(None, doc="weights file or a vit_dist checkpoint / run directory")
-    teacher_kwargs: dict = _f(factory=dict, doc="extra keywords for building the teacher")
-    alpha: float = _f(0.5, lo=0.0, hi=1.0, doc="soft: weight of the KL term")
-    tau: float = _f(1.0, lo=0.0, lo_open=True, doc="soft: temperature")
-    teacher_mean: list[float] | None = _f(None, doc="teacher input normalisation; default data.mean")
-    teacher_std: list[float] | None = _f(None, doc="default data.std")
-    shard_teacher_above_gb: float = _f(4.0, lo=0.0, doc="FSDP-shard the teacher when its weights exceed this")
+    teacher_weights: str | None = _field(None, doc="weights file or a vit_dist checkpoint / run directory")
+    teacher_kwargs: dict = _field(factory=dict, doc="extra keywords for building the teacher")
+    alpha: float = _field(0.5, lo=0.0, hi=1.0, doc="soft: weight of the KL term")
+    tau: float = _field(1.0, lo=0.0, lo_open=True, doc="soft: temperature")
+    teacher_mean: list[float] | None = _field(None, doc="teacher input normalisation; default data.mean")
+    teacher_std: list[float] | None = _field(None, doc="default data.std")
+    shard_teacher_above_gb: float = _field(
+        4.0, lo=0.0, doc="FSDP-shard the teacher when its weights exceed this"
+    )
 
 
 @dataclass
@@ -143,41 +147,43 @@ class ParallelSection:
 
 @dataclass
 class EvalSection:
-    every: int = _f(0, lo=0, doc="optimizer steps between evaluations; 0 = each epoch end")
-    batch_size: int | None = _f(None, lo=1, doc="default: train.batch_size")
+    every: int = _field(0, lo=0, doc="optimizer steps between evaluations; 0 = each epoch end")
+    batch_size: int | None = _field(None, lo=1, doc="default: train.batch_size")
 
 
 @dataclass
 class LoggingSection:
-    every: int = _f(10, lo=1)
+    every: int = _field(10, lo=1)
     wandb: bool = True
     project: str = "vit_dist"
     entity: str | None = None
     name: str | None = None
-    mode: Literal["auto", "offline", "online"] = _f("auto", doc="auto: online only with a key and a network")
+    mode: Literal["auto", "offline", "online"] = _field(
+        "auto", doc="auto: online only with a key and a network"
+    )
     progress: Literal["auto", "bar", "lines"] = "auto"
 
 
 @dataclass
 class CheckpointSection:
-    every: int = _f(0, lo=0, doc="optimizer steps between checkpoints; 0 = epoch ends")
-    keep: int = _f(2, lo=1, doc="keep the last K (the best is kept too)")
+    every: int = _field(0, lo=0, doc="optimizer steps between checkpoints; 0 = epoch ends")
+    keep: int = _field(2, lo=1, doc="keep the last K (the best is kept too)")
 
 
 @dataclass
 class Config:
-    model: ModelSection = _f(factory=ModelSection)
-    data: DataSection = _f(factory=DataSection)
-    train: TrainSection = _f(factory=TrainSection)
-    optim: OptimSection = _f(factory=OptimSection)
-    ema: EmaSection = _f(factory=EmaSection)
-    distill: DistillSection = _f(factory=DistillSection)
-    parallel: ParallelSection = _f(factory=ParallelSection)
-    eval: EvalSection = _f(factory=EvalSection)
-    logging: LoggingSection = _f(factory=LoggingSection)
-    checkpoint: CheckpointSection = _f(factory=CheckpointSection)
+    model: ModelSection = _field(factory=ModelSection)
+    data: DataSection = _field(factory=DataSection)
+    train: TrainSection = _field(factory=TrainSection)
+    optim: OptimSection = _field(factory=OptimSection)
+    ema: EmaSection = _field(factory=EmaSection)
+    distill: DistillSection = _field(factory=DistillSection)
+    parallel: ParallelSection = _field(factory=ParallelSection)
+    eval: EvalSection = _field(factory=EvalSection)
+    logging: LoggingSection = _field(factory=LoggingSection)
+    checkpoint: CheckpointSection = _field(factory=CheckpointSection)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    resume: str | None = _f(None, doc="'auto' (latest in output_dir, else fresh) or a checkpoint path")
+    resume: str | None = _field(None, doc="'auto' (latest in output_dir, else fresh) or a checkpoint path")
     output_dir: str = "runs/default"
 
     def to_dict(self) -> dict:
@@ -199,11 +205,6 @@ def _all_keys(cls=Config, prefix: str = "") -> list[str]:
         elif f.name != "kwargs":
             keys.append(prefix + f.name)
     return keys
-
-
-def _closest(key: str) -> str:
-    m = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def _check_type(key: str, value: Any, tp) -> Any:
@@ -284,7 +285,9 @@ def _build(cls, raw: dict, prefix: str):
         kwargs["kwargs"] = extra  # free model keywords, checked against the model later
     elif extra:
         k = next(iter(extra))
-        raise ConfigError(f"unknown config key {prefix + str(k)!r}{_closest(prefix + str(k))}")
+        raise ConfigError(
+            f"unknown config key {prefix + str(k)!r}{did_you_mean(prefix + str(k), _all_keys())}"
+        )
     for f in dataclasses.fields(cls):
         if f.name not in raw or f.name == "kwargs":
             continue

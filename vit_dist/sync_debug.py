@@ -20,11 +20,9 @@ from collections.abc import Iterator
 
 import torch
 
+from .errors import SyncInStep
+
 MODES = ("off", "warn", "error")
-
-
-class SyncInStep(RuntimeError):
-    """A train step made the host wait for the GPU while ``train.sync_debug=error``."""
 
 
 def _where(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from .data import AugmentConfig, DataConfig, EvalSums, MixupCutmix, build_loader
 from .distill import FrozenTeacher, Renormalize, build_teacher, distillation_loss
 from .distributed import DistEnv, all_gather_object, all_reduce, barrier
 from .ema import ModelEma
+from .errors import Preempted, TrainingError
 from .losses import classification_loss
 from .metrics import InputBoundAdvisor, RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
 from .models import create_model, flops_per_image, load_pretrained
@@ -41,14 +42,6 @@ from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, shard_fr
 from .sync_debug import sync_guard
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (e.g. too many non-finite steps); the message says why."""
-
-
-class Preempted(RuntimeError):
-    """SIGUSR1/SIGTERM arrived; a checkpoint was saved and the process should exit (code 75)."""
 
 
 def data_config(cfg: Config, train: bool, device: torch.device) -> DataConfig:
@@ -576,10 +569,6 @@ class Trainer:
             f"{' (sharded)' if self.fsdp else ''}; {self.num_params / 1e6:.2f}M params, "
             f"{self.flops_per_image / 1e9:.3f} GFLOPs/image"
         )
-        if self.device.type == "cpu":
-            from . import cpu_blas, cpu_malloc
-
-            self.logger.info(f"MKL vendor shim: {cpu_blas.status()}; malloc: {cpu_malloc.status()}")
 
     def _log_step(self, loss_window: torch.Tensor, n_window: int) -> None:
         """Collective: every rank calls it at the same steps."""

@@ -3,7 +3,6 @@
 Modules, one job each:
 
 * ``shards``      writers (``python -m vit_dist.data.shards``) and ``ensure_digits_shards``
-* ``errors``      ``DataError``, the one exception type of the data layer
 * ``meta``        the ``dataset.json`` index beside the shards
 * ``spec``        shard specs (paths, braces, globs, directories, URLs) -> shard list
 * ``plan``        deterministic per-(rank, worker) epoch plans; the resumable position
@@ -17,7 +16,7 @@ Modules, one job each:
 * ``bench``       ``python -m vit_dist.data.bench``: decode and loader throughput
 """
 
-from .errors import DataError
+from ..errors import DataError
 from .evaluation import EvalSums, all_reduce_sum, global_bad_samples
 from .pipeline import DataConfig, ShardLoader, build_loader, dist_rank_world
 from .spec import ShardList, resolve_shards

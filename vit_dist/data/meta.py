@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from ..errors import DataError
 
 META_NAME = "dataset.json"
 FORMAT = "vit_dist.shards/1"

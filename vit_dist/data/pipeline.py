@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .errors import DataError
+from ..errors import DataError
 from .plan import (
     Segment,
     consumed_per_worker,

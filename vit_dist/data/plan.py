@@ -58,7 +58,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import DataError
+from ..errors import DataError
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK63 = (1 << 63) - 1

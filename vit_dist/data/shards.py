@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import DataError
+from ..errors import DataError
 from .meta import META_NAME, read_meta, write_meta
 
 log = logging.getLogger("vit_dist.data")

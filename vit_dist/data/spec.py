@@ -26,7 +26,7 @@ from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-from .errors import DataError
+from ..errors import DataError
 from .meta import META_NAME, read_meta
 
 # "pipe:cmd", "s3://...", "https://..." but not "file:" (local) and not a Windows drive letter.

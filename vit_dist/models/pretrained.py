@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import CheckpointMismatchError
+
 log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
-_PREFIXES = ("module.", "_orig_mod.")
+# Name components that wrappers insert: DDP's ``module`` and torch.compile's ``_orig_mod``.
+_WRAPPER_COMPONENTS = ("module", "_orig_mod")
 _MAX_LISTED = 12
-
-
-class CheckpointMismatchError(ValueError):
-    """The file's weights do not fit the model (names the offending keys)."""
 
 
 @dataclass
@@ -69,17 +68,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointMismatchError(f"{path} does not hold a state dict of tensors")
-    return {_strip_prefixes(k): v for k, v in obj.items()}
+    return {clean_param_name(k): v for k, v in obj.items()}
 
 
-def _strip_prefixes(k: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if k.startswith(p):
-                k, changed = k[len(p) :], True
-    return k
+def clean_param_name(name: str) -> str:
+    """A parameter or state-dict name without the components that DDP (``module.``) and
+    torch.compile (``_orig_mod.``) insert, wherever they sit: the plain model's name."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_COMPONENTS)
 
 
 def _fmt(keys: list[str]) -> str:

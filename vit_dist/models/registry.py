@@ -7,14 +7,16 @@ any size. Unknown names and keywords fail with the closest valid one named.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..config import Config
+from ..options import did_you_mean
 from .deit import DistilledVisionTransformer
+from .pretrained import load_pretrained
 from .swin import SwinTransformer
 from .vit import VisionTransformer
 
@@ -97,16 +99,11 @@ def model_kwargs(cls: type[nn.Module]) -> list[str]:
     return [p for p in sig.parameters if p != "self"]
 
 
-def _closest(word: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def resolve_spec(name: str) -> ModelSpec:
     spec = _REGISTRY.get(name) or _FAMILIES.get(name)
     if spec is None:
         names = list_models() + list_families()
-        raise ValueError(f"unknown model {name!r}{_closest(name, names)}; known: {', '.join(names)}")
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, names)}; known: {', '.join(names)}")
     return spec
 
 
@@ -117,7 +114,7 @@ def check_model_kwargs(name: str, overrides: dict) -> None:
     for k in overrides:
         if k not in valid:
             raise ValueError(
-                f"model {name!r} has no option {k!r}{_closest(k, valid)}; options: {', '.join(valid)}"
+                f"model {name!r} has no option {k!r}{did_you_mean(k, valid)}; options: {', '.join(valid)}"
             )
 
 
@@ -129,4 +126,21 @@ def create_model(name: str, **overrides) -> nn.Module:
     model = spec.cls(**kwargs)
     model.model_name = name
     model.model_kwargs = kwargs
+    return model
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The plain model a run config describes: ``model.name`` and its keywords, with the data's
+    image size, channels and ``num_classes`` as defaults, and ``model.pretrained`` loaded."""
+    kwargs = dict(cfg.model.kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    kwargs.setdefault("img_size", cfg.data.img_size)
+    kwargs.setdefault("in_chans", cfg.data.in_chans)
+    if kwargs["img_size"] != cfg.data.img_size:
+        raise ValueError(
+            f"model.img_size={kwargs['img_size']} differs from data.img_size={cfg.data.img_size}"
+        )
+    model = create_model(cfg.model.name, **kwargs)
+    if cfg.model.pretrained:
+        load_pretrained(model, cfg.model.pretrained)
     return model

@@ -1,0 +1,52 @@
+"""The failures a user can see, and the exit code each ends a command with.
+
+Every user-facing failure is one of these exception types with a one-line message; the entry
+points (``vit_dist.cli.run_cli``) print ``<kind>: <message>`` and exit with the code below.
+This module imports nothing, so a command can report a config mistake before torch loads.
+"""
+
+from __future__ import annotations
+
+EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING, EXIT_PEER = 2, 3, 4, 5, 6, 7
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, requeue and resume with resume=auto
+
+
+class ConfigError(ValueError):
+    """A bad configuration (unknown key, wrong type, out of range); the message is one line."""
+
+
+class DataError(ValueError):
+    """A data problem the user can fix (a spec that matches nothing, a missing path, too many
+    bad samples, a resume position that does not fit); the message names the path or setting."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (missing, incomplete, or from another model/config)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file whose tensors do not fit the model (names the offending keys)."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. too many non-finite steps); the message says why."""
+
+
+class Preempted(RuntimeError):
+    """SIGUSR1/SIGTERM arrived; a checkpoint was saved and the process should exit (code 75)."""
+
+
+class SyncInStep(RuntimeError):
+    """A train step made the host wait for the GPU while ``train.sync_debug=error``."""
+
+
+# (exception types, the word printed before the message, exit code), matched in order.
+KINDS: tuple[tuple[tuple[type[BaseException], ...], str, int], ...] = (
+    ((ConfigError,), "config error", EXIT_CONFIG),
+    ((DataError,), "data error", EXIT_DATA),
+    ((CheckpointError, CheckpointMismatchError), "checkpoint error", EXIT_CHECKPOINT),
+    ((Preempted,), "preempted", EXIT_PREEMPTED),
+    ((TrainingError, SyncInStep), "training stopped", EXIT_TRAINING),
+    ((FileNotFoundError,), "file not found", EXIT_CONFIG),
+    ((ValueError,), "config error", EXIT_CONFIG),  # model keyword errors and similar mistakes
+)
