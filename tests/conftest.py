@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import vit_dist  # noqa: F401  first, before any test imports torch: MKL's fast kernels on AMD (cpu_blas)
-
 # vit_dist.data is imported inside the fixtures: other test modules do not pay for it.
 
 
 @pytest.fixture(scope="session")
 def digits_data_dir(tmp_path_factory) -> Path:
     """The real digits data set as 16 px shards (train 1437, val 360 samples), written once."""
-    from vit_dist.data.shards import ensure_digits_shards
+    from vit_dist.data.writers import ensure_digits_shards
 
     return ensure_digits_shards(tmp_path_factory.mktemp("digits") / "shards", img_size=16)
 

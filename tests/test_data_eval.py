@@ -11,14 +11,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vit_dist.data import AugmentConfig, DataConfig, EvalSums, ShardLoader, global_bad_samples
+from vit_dist.data import AugmentConfig, DataConfig, ShardLoader
+from vit_dist.distributed import sum_over_ranks
+from vit_dist.evaluation import EvalSums
 
 SIZES = [60, 60, 60, 60, 60, 57]  # 357 samples: odd, and not a multiple of any batch below
 
 
 def _eval(shards: str, rank: int, world: int, workers: int):
     cfg = DataConfig(
-        shards, split="val", train=False, batch_size=32, num_workers=workers, augment=AugmentConfig(16)
+        shards, split="val", train=False, batch_size=32, workers=workers, augment=AugmentConfig(16)
     )
     loader = ShardLoader(cfg, rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -42,7 +44,7 @@ def _rank_main(rank: int, world: int, port: int, shards: str, out: str):
         result = sums.reduce()
         all_keys = [None] * world
         dist.all_gather_object(all_keys, keys)
-        bad, seen = global_bad_samples(loader)
+        bad, seen = map(int, sum_over_ranks([loader.bad_samples, loader.samples_seen]).tolist())
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(

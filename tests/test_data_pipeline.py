@@ -19,7 +19,7 @@ UNEVEN = [37, 5, 20, 13, 29, 1, 18]  # 123 samples, deliberately uneven shards
 
 def _cfg(shards, **kw):
     kw.setdefault("batch_size", 8)
-    kw.setdefault("num_workers", 2)
+    kw.setdefault("workers", 2)
     kw.setdefault("shuffle_buffer", 16)
     return DataConfig(str(shards), augment=AUG, **kw)
 
@@ -54,13 +54,13 @@ def test_exact_two_ranks_two_workers_every_sample_once_equal_batches(make_data_s
 
 def test_same_seed_and_epoch_give_the_same_batches(make_data_shards):
     shards = make_data_shards(UNEVEN)
-    a, b = (_epoch(ShardLoader(_cfg(shards, num_workers=1)), 3) for _ in range(2))
+    a, b = (_epoch(ShardLoader(_cfg(shards, workers=1)), 3) for _ in range(2))
     assert [x["key"] for x in a] == [y["key"] for y in b]
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))  # augmentation too
 
 
 def test_loading_in_the_main_process_leaves_the_trainers_rng_alone(make_data_shards):
-    loader = ShardLoader(_cfg(make_data_shards([9]), num_workers=0))
+    loader = ShardLoader(_cfg(make_data_shards([9]), workers=0))
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
@@ -70,7 +70,7 @@ def test_loading_in_the_main_process_leaves_the_trainers_rng_alone(make_data_sha
 
 def test_resampled_mode_yields_the_set_epoch_length(make_data_shards):
     shards = make_data_shards([10, 10, 10])  # fewer shards than streams is fine here
-    cfg = _cfg(shards, epoch_mode="resampled", samples_per_epoch=96)
+    cfg = _cfg(shards, mode="resampled", samples_per_epoch=96)
     per_rank = [_epoch(ShardLoader(cfg, rank=r, world_size=2), 0) for r in range(2)]
     assert [len(b) for b in per_rank] == [6, 6]
     assert sum(int(b["valid"].sum()) for batches in per_rank for b in batches) == 96
@@ -80,7 +80,7 @@ def test_resampled_mode_yields_the_set_epoch_length(make_data_shards):
 def test_resume_mid_epoch_yields_exactly_the_remaining_batches(make_data_shards, workers, mode):
     shards = make_data_shards(UNEVEN)
     make = lambda n_workers: ShardLoader(
-        _cfg(shards, num_workers=n_workers, epoch_mode=mode, samples_per_epoch=150), rank=1, world_size=2
+        _cfg(shards, workers=n_workers, mode=mode, samples_per_epoch=150), rank=1, world_size=2
     )
     full = _epoch(make(workers), 2)
     k = 3
@@ -100,9 +100,9 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(make_data_shards,
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(rest, full[k:]))  # same augmentation
     assert resumed.state_dict()["batch"] == len(full)
     with pytest.raises(DataError, match=r"drawn with train.seed=0 \(now 1\); set train.seed=0 to resume"):
-        ShardLoader(
-            _cfg(shards, num_workers=workers, seed=1, epoch_mode=mode, samples_per_epoch=150)
-        ).load_state_dict(state)
+        ShardLoader(_cfg(shards, workers=workers, seed=1, mode=mode, samples_per_epoch=150)).load_state_dict(
+            state
+        )
 
 
 def _take(loader, state, n=None):
@@ -130,9 +130,7 @@ def test_replan_for_other_world_size_workers_and_batch_sees_every_sample_once(ma
     assert state["batch"] == 3 and state["segments"] == []
 
     with caplog.at_level(logging.WARNING, logger="vit_dist.data"):
-        second = [
-            ShardLoader(_cfg(shards, num_workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)
-        ]
+        second = [ShardLoader(_cfg(shards, workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)]
         left = [lo.load_state_dict(state, counters=False) or lo.batches_left() for lo in second]
         parts = [_take(lo, state, 2) for lo in second]
     assert "epoch 1 re-planned for world size 3, 1 stream(s) per rank, batch 5" in caplog.text
@@ -142,13 +140,13 @@ def test_replan_for_other_world_size_workers_and_batch_sees_every_sample_once(ma
     state2 = parts[0][1]
     assert state2["batch"] == 2 and len(state2["segments"]) == 1
 
-    last = ShardLoader(_cfg(shards, num_workers=0, batch_size=4))
+    last = ShardLoader(_cfg(shards, workers=0, batch_size=4))
     rest, final = _take(last, state2)
     assert final["batch"] == len(rest) > 0
     seen += _valid_keys(rest)
     assert Counter(seen) == Counter(f"s{s}_{i}" for s, n in enumerate(UNEVEN) for i in range(n))
 
-    again, _ = _take(ShardLoader(_cfg(shards, num_workers=0, batch_size=4)), state2)
+    again, _ = _take(ShardLoader(_cfg(shards, workers=0, batch_size=4)), state2)
     assert [b["key"] for b in again] == [b["key"] for b in rest]  # deterministic, augmentation too
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(again, rest))
     # The next epoch is a whole, fresh one with the new settings.
@@ -158,14 +156,14 @@ def test_replan_for_other_world_size_workers_and_batch_sees_every_sample_once(ma
 
 def test_replan_of_a_resampled_epoch_keeps_its_length(make_data_shards):
     shards = make_data_shards(UNEVEN)
-    cfg = lambda **kw: _cfg(shards, epoch_mode="resampled", samples_per_epoch=150, **kw)
+    cfg = lambda **kw: _cfg(shards, mode="resampled", samples_per_epoch=150, **kw)
     first = ShardLoader(cfg(), rank=0, world_size=2)
     first.set_epoch(0)
     it = iter(first)
     for _ in range(3):
         next(it)
     state = first.state_dict()
-    second = [ShardLoader(cfg(num_workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)]
+    second = [ShardLoader(cfg(workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)]
     rest = [_take(lo, state)[0] for lo in second]
     assert [len(r) for r in rest] == [math.ceil((150 - 2 * 3 * 8) / 15)] * 3
 
@@ -206,7 +204,7 @@ def test_bad_input_is_skipped_counted_and_never_hangs(make_data_shards, caplog):
 
 def test_bad_sample_limit_stops_with_a_clear_error(make_data_shards):
     shards = make_data_shards([6, 6, 6, 6], edit=_corrupt)
-    loader = ShardLoader(_cfg(shards, batch_size=4, num_workers=0, shuffle_buffer=0, bad_min_seen=10))
+    loader = ShardLoader(_cfg(shards, batch_size=4, workers=0, shuffle_buffer=0, bad_min_seen=10))
     with pytest.raises(DataError, match=r"bad samples of \d+ seen on rank 0 exceed max_bad_fraction=0.01"):
         _epoch(loader, 0)
 
@@ -247,7 +245,7 @@ def test_spec_errors_are_clear_at_start_up(make_data_shards, tmp_path):
     with pytest.raises(DataError, match="3 shards cannot feed 2 ranks x 2 loader workers"):
         ShardLoader(_cfg(shards), rank=0, world_size=2)
     with pytest.raises(DataError, match="need per-shard sample counts"):
-        ShardLoader(_cfg("pipe:cat " + str(shards / "train-{000000..000002}.tar"), num_workers=0))
+        ShardLoader(_cfg("pipe:cat " + str(shards / "train-{000000..000002}.tar"), workers=0))
 
 
 def test_brace_and_pipe_specs_read_the_same_samples(make_data_shards):
@@ -255,7 +253,7 @@ def test_brace_and_pipe_specs_read_the_same_samples(make_data_shards):
     local = resolve_shards(str(shards / "train-{000000..000002}.tar"))
     assert local.sizes == [5, 7, 4] and local.classes is not None
     cfg = _cfg(
-        "pipe:cat " + str(shards / "train-{000000..000002}.tar"), num_workers=0, meta=str(shards), train=False
+        "pipe:cat " + str(shards / "train-{000000..000002}.tar"), workers=0, meta=str(shards), train=False
     )
     batches = _epoch(ShardLoader(cfg), 0)
     assert sorted(_valid_keys(batches)) == sorted(
@@ -268,7 +266,7 @@ def test_resampled_mode_with_only_unreadable_shards_stops_instead_of_spinning(ma
     (shards / "train-000000.tar").write_bytes(b"garbage" * 100)
     with tarfile.open(shards / "train-000001.tar", "w"):
         pass  # an empty tar: no samples at all
-    cfg = _cfg(shards, epoch_mode="resampled", samples_per_epoch=10_000, num_workers=1, bad_min_seen=10)
+    cfg = _cfg(shards, mode="resampled", samples_per_epoch=10_000, workers=1, bad_min_seen=10)
     with pytest.raises(DataError, match="bad samples"):
         _epoch(ShardLoader(cfg), 0)
 
@@ -277,7 +275,7 @@ def test_resampled_mode_with_only_unreadable_shards_stops_instead_of_spinning(ma
 def test_a_stalled_shard_read_is_a_clear_error_not_a_hang(make_data_shards):
     shards = make_data_shards([4, 4])
     spec = "pipe:sleep 6; cat " + str(shards / "train-{000000..000001}.tar")
-    cfg = _cfg(spec, num_workers=1, meta=str(shards), worker_timeout=1.5)
+    cfg = _cfg(spec, workers=1, meta=str(shards), worker_timeout=1.5)
     with pytest.raises(DataError, match="no batch from the loader workers for 2 s"):
         _epoch(ShardLoader(cfg), 0)
 
@@ -287,7 +285,7 @@ def test_accelerate_prepare_leaves_the_loader_alone(make_data_shards):
     accelerate = pytest.importorskip("accelerate")
     from accelerate.state import AcceleratorState
 
-    loader = ShardLoader(_cfg(make_data_shards([4, 4]), num_workers=0), rank=1, world_size=2)
+    loader = ShardLoader(_cfg(make_data_shards([4, 4]), workers=0), rank=1, world_size=2)
     try:
         assert accelerate.Accelerator(cpu=True).prepare(loader) is loader
     finally:
@@ -306,7 +304,7 @@ def test_uncaught_error_with_live_workers_exits_instead_of_hanging(make_data_sha
     script.write_text(
         "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
         "if __name__ == '__main__':\n"
-        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2)\n"
+        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, workers=2)\n"
         "    it = iter(ShardLoader(cfg))\n"
         "    next(it)\n"
         "    raise RuntimeError('boom with live loader workers')\n"
@@ -345,7 +343,7 @@ def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(m
     script = tmp_path / "unguarded.py"
     script.write_text(
         "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
-        f"cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2,\n"
+        f"cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, workers=2,\n"
         "                 worker_start_method='forkserver')\n"
         "next(iter(ShardLoader(cfg)))\n"
     )
@@ -359,7 +357,7 @@ def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(m
 def test_uint8_batches_normalised_on_the_device_equal_the_workers_floats(make_data_shards, train):
     shards = make_data_shards([20, 13])
     aug = AugmentConfig(img_size=16, random_erasing=0.5)
-    kw = dict(num_workers=1, augment=aug, train=train, shuffle_buffer=16 if train else 0)
+    kw = dict(workers=1, augment=aug, train=train, shuffle_buffer=16 if train else 0)
     floats = ShardLoader(DataConfig(str(shards), batch_size=8, **kw))
     uint8 = ShardLoader(DataConfig(str(shards), batch_size=8, normalize_in_workers=False, **kw))
     a, b = _epoch(floats, 0), _epoch(uint8, 0)
@@ -392,7 +390,7 @@ def test_workers_and_forkserver_end_when_their_process_is_killed(make_data_shard
         "from multiprocessing import forkserver\n"
         "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
         "if __name__ == '__main__':\n"
-        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, num_workers=2,\n"
+        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, workers=2,\n"
         f"                     worker_start_method={method!r})\n"
         "    it = iter(ShardLoader(cfg))\n"
         "    next(it)\n"
@@ -424,7 +422,7 @@ def test_workers_and_forkserver_end_when_their_process_is_killed(make_data_shard
 
 
 def test_read_runs_reads_scattered_samples_in_one_pass_and_counts_missing_ones(make_data_shards):
-    from vit_dist.data.tario import Bad, read_runs
+    from vit_dist.data.tar_reader import BadSample, read_runs
 
     url = str(make_data_shards([13]) / "train-000000.tar")
     keys = lambda items: [x["__key__"] if isinstance(x, dict) else x.key for x in items]
@@ -440,7 +438,7 @@ def test_read_runs_reads_scattered_samples_in_one_pass_and_counts_missing_ones(m
     assert keys(got[:3]) == ["s0_3", "s0_11", "s0_12"] and all(isinstance(x, dict) for x in got[:3])
     assert [x.key for x in got[3:]] == [f"{url}#{i}" for i in (13, 14, 15)]
     assert all(
-        isinstance(x, Bad) and "has 13 samples, fewer than the 16 planned" in x.reason for x in got[3:]
+        isinstance(x, BadSample) and "has 13 samples, fewer than the 16 planned" in x.reason for x in got[3:]
     )
     missing = list(read_runs(url + ".gone", [(0, 2), (7, 8)]))
     assert [x.key for x in missing] == [f"{url}.gone#{i}" for i in (0, 1, 7)]
@@ -448,7 +446,7 @@ def test_read_runs_reads_scattered_samples_in_one_pass_and_counts_missing_ones(m
 
 def test_replan_of_an_epoch_tail_smaller_than_the_streams_skips_it(make_data_shards, caplog):
     shards = make_data_shards(UNEVEN)
-    first = ShardLoader(_cfg(shards, num_workers=1))
+    first = ShardLoader(_cfg(shards, workers=1))
     _, state = _take(first, {**first.state_dict(), "batch": 0}, 15)  # 120 of 123 samples
     second = [ShardLoader(_cfg(shards), rank=r, world_size=2) for r in range(2)]  # 4 streams
     with caplog.at_level(logging.WARNING, logger="vit_dist.data"):

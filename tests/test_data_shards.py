@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_dist.data import shards as shards_mod
+from vit_dist.data import shards as shards_cli
+from vit_dist.data import writers as shards_mod
 from vit_dist.data.meta import read_meta
-from vit_dist.data.tario import read_slice
+from vit_dist.data.tar_reader import read_slice
 from vit_dist.errors import DataError
 
 COLORS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}  # class -> colour
@@ -93,9 +94,9 @@ def test_existing_output_needs_overwrite(folder, tmp_path):
     shards_mod.write_shards(str(folder), out, shard_samples=100, progress=False)
     with pytest.raises(DataError, match="already holds shards.*--overwrite"):
         shards_mod.write_shards(str(folder), out, shard_samples=100, progress=False)
-    assert shards_mod.main(["--from-folder", str(folder), "--out", str(out)]) == 2
+    assert shards_cli.main(["--from-folder", str(folder), "--out", str(out)]) == 2
     assert (
-        shards_mod.main(["--from-folder", str(folder), "--out", str(out), "--overwrite", "--workers", "2"])
+        shards_cli.main(["--from-folder", str(folder), "--out", str(out), "--overwrite", "--workers", "2"])
         == 0
     )
 

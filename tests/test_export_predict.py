@@ -96,7 +96,7 @@ def _assert_exported(weights: Path, reference_sd: dict[str, torch.Tensor]) -> di
 
 
 def test_export_ddp_checkpoint_model_and_ema(ddp_run):
-    from vit_dist.export import export_checkpoint
+    from vit_dist.weights import export_checkpoint
 
     state = torch.load(
         ddp_run / "checkpoints" / "step-00000006" / "state.pt", map_location="cpu", weights_only=True
@@ -147,8 +147,8 @@ def test_write_weights_loads_into_timm(tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import load_file
 
-    from vit_dist.export import write_weights
     from vit_dist.models import create_model
+    from vit_dist.weights import write_weights
 
     torch.manual_seed(0)
     ours = create_model("vit_tiny_patch16_224", num_classes=10).eval()
@@ -191,8 +191,8 @@ def _parse(stdout: str) -> dict[str, list[tuple[int, str, float]]]:
 def test_predict_cli_on_digit_images(ddp_run, tmp_path, capsys):
     from vit_dist import predict
     from vit_dist.data.transforms import AugmentConfig, SampleTransform
-    from vit_dist.export import export_checkpoint
     from vit_dist.models import load_pretrained
+    from vit_dist.weights import export_checkpoint
 
     weights = export_checkpoint(ddp_run, out=tmp_path / "m.safetensors")
     images = _digit_images(tmp_path)

@@ -19,7 +19,18 @@ import pytest
 import torch
 
 from vit_dist import metrics
-from vit_dist.metrics import RunLogger, StepTimer, max_memory_mb, mfu, peak_flops, resolve_wandb_mode
+from vit_dist.metrics import (
+    RunLogger,
+    StepTimer,
+    hardware,
+    max_memory_mb,
+    mfu,
+    peak_flops,
+    resolve_wandb_mode,
+    runlog,
+    timing,
+)
+from vit_dist.metrics.wandb_sink import offline_segments
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -176,7 +187,7 @@ def test_wandb_offline_run_dir_and_resume_reuses_id(tmp_path, capsys):
     # wandb names a segment offline-run-<second>-<id>; one started in the same second as the
     # previous segment gets a "-1" suffix from wandb (seen in CI when the first run was fast)
     assert re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", Path(lg2.wandb_run_dir).name)
-    assert lg2._run.id == run_id
+    assert lg2.wandb_sink.run.id == run_id
     lg2.log_train(train_record(4))
     lg2.finish(None)
     printed = capsys.readouterr().out
@@ -201,7 +212,7 @@ def test_offline_segments_include_same_second_suffixes_in_order(tmp_path):
     for n in names:
         (root / n).mkdir(parents=True)
     (root / "offline-run-20261126_165023-abc123.txt").write_text("not a directory")
-    got = [p.rsplit("/", 1)[1] for p in metrics._offline_segments(tmp_path, "abc123")]
+    got = [p.rsplit("/", 1)[1] for p in offline_segments(tmp_path, "abc123")]
     assert got == [
         "offline-run-20261125_090000-abc123",
         "offline-run-20261126_165020-abc123",
@@ -209,7 +220,7 @@ def test_offline_segments_include_same_second_suffixes_in_order(tmp_path):
         "offline-run-20261126_165020-abc123-2",
         "offline-run-20261126_165020-abc123-10",
     ]
-    assert metrics._offline_segments(tmp_path / "none", "abc123") == []
+    assert offline_segments(tmp_path / "none", "abc123") == []
 
 
 def test_wandb_disabled_creates_no_wandb_files(tmp_path, monkeypatch):
@@ -327,7 +338,7 @@ class FakeClock:
 
 def test_lines_progress_format(tmp_path, monkeypatch, capsys):
     clock = FakeClock()
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(runlog, "time", clock)
     lg = make_logger(tmp_path / "run", total_steps=3000, start_step=100)
     clock.t += 20.0  # 20 steps in 20 s in this process: 1 s/step, 2880 steps left
     lg.log_train(train_record(120, epoch=2, loss=1.23449, lr=4.8e-4, images_per_sec=1532.2))
@@ -361,10 +372,10 @@ def test_mfu_arithmetic():
 
 
 def test_peak_flops_cpu_measured_once_without_touching_the_training_rng(monkeypatch):
-    monkeypatch.setattr(metrics, "_MEASURED_PEAKS", {})
+    monkeypatch.setattr(hardware, "_MEASURED_PEAKS", {})
     calls = []
-    measure = metrics.measure_matmul_peak
-    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda *a: calls.append(a) or measure(*a))
+    measure = hardware.measure_matmul_peak
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda *a: calls.append(a) or measure(*a))
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
@@ -377,16 +388,16 @@ def test_peak_flops_cpu_measured_once_without_touching_the_training_rng(monkeypa
 
 
 def test_peak_flops_gpu_table(monkeypatch):
-    table = metrics._table_peak
+    table = hardware.table_peak
     assert table("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989e12
     assert table("NVIDIA H200", torch.float16) == 989e12
     assert table("NVIDIA H100 PCIe", torch.bfloat16) == 756e12
     assert table("NVIDIA A100-SXM4-80GB", torch.bfloat16) == 312e12
     assert table("NVIDIA GeForce RTX 4090", torch.bfloat16) == 165e12
     assert table("Some Future GPU", torch.bfloat16) is None  # measured instead
-    monkeypatch.setattr(metrics, "_tf32_enabled", lambda: True)
+    monkeypatch.setattr(hardware, "_tf32_enabled", lambda: True)
     assert table("NVIDIA A100-SXM4-40GB", torch.float32) == 156e12
-    monkeypatch.setattr(metrics, "_tf32_enabled", lambda: False)
+    monkeypatch.setattr(hardware, "_tf32_enabled", lambda: False)
     assert table("NVIDIA A100-SXM4-40GB", torch.float32) is None  # true fp32: measured
 
 
@@ -407,7 +418,7 @@ def test_max_memory_mb_cpu():
 
 def test_step_timer(monkeypatch):
     clock = FakeClock(0.0)
-    monkeypatch.setattr(metrics, "time", clock)
+    monkeypatch.setattr(timing, "time", clock)
     timer = StepTimer()
     for wait, compute in ((0.1, 0.9), (0.3, 0.7)):
         timer.data_start()

@@ -169,7 +169,7 @@ def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):
         trainer = Trainer(cfg, env)
         trainer.train_loader.set_epoch(0)
         trainer.train_step(iter(trainer.train_loader))
-        params[bs] = {n: p.detach().clone() for n, p in trainer.core.named_parameters()}
+        params[bs] = {n: p.detach().clone() for n, p in trainer.plain_model.named_parameters()}
     changed = 0
     for n, p in params[32].items():
         torch.testing.assert_close(params[16][n], p, atol=2e-6, rtol=1e-5)

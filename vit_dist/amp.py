@@ -14,6 +14,28 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+# Other spellings of the names above ("no"/"none": accelerate's mixed_precision="no").
+_DTYPE_ALIASES = {"half": "fp16", "float": "fp32", "no": "fp32", "none": "fp32"}
+# Every accepted name of a dtype: DTYPES' own, torch's ("bfloat16", ...) and the aliases.
+_DTYPE_BY_NAME = {
+    **DTYPES,
+    **{str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.values()},
+    **{alias: DTYPES[name] for alias, name in _DTYPE_ALIASES.items()},
+}
+
+
+def as_dtype(name_or_dtype) -> torch.dtype:
+    """A torch dtype from a dtype or a name (case-insensitive, "torch." prefix allowed);
+    None means float32. ValueError for an unknown name."""
+    if isinstance(name_or_dtype, torch.dtype):
+        return name_or_dtype
+    if name_or_dtype is None:
+        return torch.float32
+    try:
+        return _DTYPE_BY_NAME[str(name_or_dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name_or_dtype!r}") from None
+
 
 def autocast(device: torch.device, precision: str):
     """Autocast for bf16/fp16 on CUDA or CPU; a no-op context for fp32."""

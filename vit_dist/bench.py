@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
@@ -34,7 +35,6 @@ from collections.abc import Callable
 
 import torch
 
-from . import cpu_blas, cpu_malloc
 from .amp import DTYPES, autocast
 from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
 
@@ -154,15 +154,22 @@ def bench_model(args) -> dict:
     }
 
 
+def _cpu_name() -> str:
+    """The CPU model for benchmark records, e.g. 'AMD EPYC' (what the machine exposes)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def _host(device: torch.device) -> dict:
-    """The device's name and the process settings that move CPU figures (cpu_blas, cpu_malloc).
-    In one process they apply to both sides of a comparison."""
-    cpu = device.type == "cpu"
-    return {
-        "device": f"cpu: {cpu_blas.cpu_name()}" if cpu else torch.cuda.get_device_name(device),
-        "mkl_vendor_shim": cpu_blas.status() if cpu else "n/a",
-        "malloc": cpu_malloc.status(),
-    }
+    """The device's name, for the record."""
+    return {"device": f"cpu: {_cpu_name()}" if device.type == "cpu" else torch.cuda.get_device_name(device)}
 
 
 def bench_compare_timm(args) -> dict:
@@ -272,7 +279,6 @@ def _print_table(rec: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cpu_malloc.tune()  # as the training entry points do (run_cli): figures as a user would see
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from .data.bench import main as data_main

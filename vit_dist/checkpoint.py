@@ -29,11 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from . import faults
+from . import atomic
 from .distributed import DistEnv, barrier, broadcast_object
 from .errors import CheckpointError
+from .testing import faults
 
 CKPT_DIR = "checkpoints"
 _PREFIX = "step-"
@@ -113,23 +116,12 @@ def _tuplify(x):
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    with open(tmp) as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _model_optim_state(model: nn.Module, optimizer, fsdp: bool):
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         return get_state_dict(model, optimizer)
     return model.state_dict(), optimizer.state_dict()
 
@@ -160,8 +152,6 @@ def save_checkpoint(
 
     model_sd, optim_sd = _model_optim_state(model, optimizer, fsdp)
     if fsdp:
-        import torch.distributed.checkpoint as dcp
-
         state = {"model": model_sd, "optim": optim_sd}
         if ema is not None:
             state["ema"] = ema
@@ -176,7 +166,9 @@ def save_checkpoint(
     barrier()  # every rank's files are in place
 
     if env.is_main:
-        _write_json({**meta, "step": step, "world_size": env.world_size, "fsdp": fsdp}, tmp / "meta.json")
+        atomic.write_json(
+            tmp / "meta.json", {**meta, "step": step, "world_size": env.world_size, "fsdp": fsdp}, default=str
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -199,6 +191,27 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f"{_PREFIX}*.tmp"):  # left by a killed save
         shutil.rmtree(p, ignore_errors=True)
+
+
+def check_compatible(
+    path: Path, meta: dict, *, model_name: str, num_classes: int, model_kwargs: dict
+) -> None:
+    """Refuse (CheckpointError naming the difference) to resume a checkpoint of another model:
+    another name, number of classes or any model keyword."""
+    for key, expected in (("model_name", model_name), ("num_classes", num_classes)):
+        if meta.get(key) != expected:
+            raise CheckpointError(
+                f"{path} was written for {key}={meta.get(key)!r}, this run has {expected!r}"
+            )
+    # Through JSON on both sides: tuples and lists compare equal, as they load.
+    saved = json.loads(json.dumps(meta.get("model_kwargs", {})))
+    configured = json.loads(json.dumps(model_kwargs))
+    differing = sorted(k for k in set(saved) | set(configured) if saved.get(k) != configured.get(k))
+    if differing:
+        detail = ", ".join(
+            f"model.{k}: checkpoint {saved.get(k)!r}, this run {configured.get(k)!r}" for k in differing
+        )
+        raise CheckpointError(f"{path} is from another model ({detail})")
 
 
 def read_meta(ckpt: str | os.PathLike) -> dict:
@@ -227,9 +240,6 @@ def load_checkpoint(
             f"resume with the same strategy or export weights and start a new run"
         )
     if fsdp:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         if ema is not None:

@@ -35,8 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
+from .checkpoint import read_meta, resolve_checkpoint_dir
+from .config import Config
+from .distributed import DistEnv
+from .errors import CheckpointError
 from .losses import cross_entropy
+from .models import create_model, list_families, list_models, load_pretrained
+from .models.pretrained import read_state_dict
+from .parallel import shard_frozen
+from .weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +91,17 @@ class Renormalize(nn.Module):
 
 
 def _torchvision_names() -> list[str]:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # only a torchvision teacher needs it
 
     return tvm.list_models(module=tvm)
 
 
 def _teacher_from_checkpoint(path: Path) -> tuple[nn.Module, str]:
     """A vit_dist checkpoint / run directory: the architecture comes from its meta.json."""
-    from .evaluate import load_weights
-    from .models import create_model
-
-    target = ckpt.resolve_checkpoint_dir(path)
-    meta = ckpt.read_meta(target)
+    target = resolve_checkpoint_dir(path)
+    meta = read_meta(target)
     model = create_model(meta["model_name"], **meta["model_kwargs"])
-    return model, load_weights(model, str(target))
+    return model, load_weights(model, target)
 
 
 def _sidecar(path: Path) -> dict | None:
@@ -107,13 +111,11 @@ def _sidecar(path: Path) -> dict | None:
 
 def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple[nn.Module, str]:
     """The frozen teacher (on CPU, fp32) and a one-line description of where it came from."""
-    from .models import create_model, list_families, list_models, load_pretrained
-
     weights = Path(dcfg.teacher_weights) if dcfg.teacher_weights else None
     if weights is not None and not weights.exists():
         raise FileNotFoundError(f"distill.teacher_weights not found: {weights}")
     if weights is not None and weights.is_dir():
-        model, what = _teacher_from_checkpoint(weights)
+        model, source = _teacher_from_checkpoint(weights)
     else:
         side = _sidecar(weights) if weights is not None else None
         name = dcfg.teacher or (side or {}).get("model_name")
@@ -126,28 +128,26 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
             kwargs.setdefault("img_size", img_size)
             kwargs.setdefault("in_chans", in_chans)
             model = create_model(name, **kwargs)
-            what = (
+            source = (
                 str(load_pretrained(model, weights, verbose=False))
                 if weights
                 else "random init (no weights!)"
             )
         elif name in _torchvision_names():
-            import torchvision.models as tvm
+            import torchvision.models as tvm  # only a torchvision teacher needs it
 
             kwargs.setdefault("num_classes", num_classes)
             model = tvm.get_model(name, weights=None, **kwargs)
             if weights is None:
-                what = "random init (no weights!)"
+                source = "random init (no weights!)"
             else:
-                from .models.pretrained import read_state_dict
-
                 sd = read_state_dict(weights)
                 missing, unexpected = model.load_state_dict(sd, strict=False)
                 if missing or unexpected:
-                    raise ckpt.CheckpointError(
+                    raise CheckpointError(
                         f"{weights} does not fit torchvision {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
                     )
-                what = f"torchvision {name} weights from {weights}"
+                source = f"torchvision {name} weights from {weights}"
         else:
             raise ValueError(
                 f"distill.teacher={name!r} is neither a vit_dist model nor a torchvision classifier"
@@ -156,7 +156,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
         log.warning("distill: the teacher %s has no weights (distill.teacher_weights unset)", dcfg.teacher)
     model.eval()
     model.requires_grad_(False)
-    return model, what
+    return model, source
 
 
 class FrozenTeacher(nn.Module):
@@ -175,3 +175,28 @@ class FrozenTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(self.renorm(x))
         return out[0] if isinstance(out, tuple) else out  # (B, C)
+
+
+def frozen_teacher(cfg: Config, num_classes: int, env: DistEnv, *, fsdp: bool) -> FrozenTeacher:
+    """The run's teacher (``distill.*``) on ``env.device``, re-normalising the student's input,
+    replicated on every rank or, under FSDP when it is larger than
+    ``distill.shard_teacher_above_gb``, sharded (see the module docstring)."""
+    d, distill = cfg.data, cfg.distill
+    model, source = build_teacher(distill, num_classes, d.img_size, d.in_chans)
+    renorm = Renormalize(d.mean, d.std, distill.teacher_mean or d.mean, distill.teacher_std or d.std)
+    teacher = FrozenTeacher(model, renorm).to(env.device)
+    gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    sharded = fsdp and gb > distill.shard_teacher_above_gb
+    if sharded:
+        shard_frozen(model, env, cfg.precision)
+    if env.is_main:
+        log.info(
+            "distill (%s, alpha %s, tau %s): teacher %s, %.2f GB, %s",
+            distill.type,
+            distill.alpha,
+            distill.tau,
+            source,
+            gb,
+            "FSDP-sharded" if sharded else "replicated on every rank",
+        )
+    return teacher

@@ -10,13 +10,12 @@ we never call ``accelerator.prepare`` (it would re-shard our loader).
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-_TRUE = ("1", "true", "yes")
+from .options import env_flag
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,9 @@ def init_distributed(timeout_minutes: float = 30.0, need_group: bool = False) ->
 
     ``need_group``: a single process still gets a process group of one (FSDP needs one), so
     that e.g. a sharded run can be resumed or debugged in one process."""
-    from accelerate import PartialState
+    from accelerate import PartialState  # heavy; only a command that trains or evaluates needs it
 
-    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in _TRUE
+    use_cpu = not torch.cuda.is_available() or env_flag("ACCELERATE_USE_CPU")
     state = PartialState(cpu=use_cpu, timeout=datetime.timedelta(minutes=timeout_minutes))
     if state.num_processes > 1 and not dist.is_initialized():
         raise RuntimeError("launcher reported several processes but no process group was formed")
@@ -72,6 +71,17 @@ def all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
+
+
+def sum_over_ranks(values, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The sum over ranks of ``values`` as a new tensor: a tensor (on its own device), or numbers
+    summed in float64 on ``device`` (the backend's device: NCCL reduces CUDA tensors only).
+    Without a process group, the values themselves. Every rank must call it."""
+    if isinstance(values, torch.Tensor):
+        t = values.clone()
+    else:
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+    return all_reduce(t)
 
 
 def barrier() -> None:

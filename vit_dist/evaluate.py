@@ -12,101 +12,52 @@ Every process holds the whole model (evaluation needs no gradients or optimizer 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-import torch
-
 from .cli import parse_args, run_cli, setup_logging
-
-
-def _pop(overrides: list[str], key: str) -> tuple[str | None, list[str]]:
-    value, rest = None, []
-    for item in overrides:
-        if item.startswith(f"{key}="):
-            value = item.split("=", 1)[1]
-        else:
-            rest.append(item)
-    return value, rest
-
-
-def load_weights(model: torch.nn.Module, path: str, use_ema: bool = False) -> str:
-    """Load a training checkpoint or a weights file into a plain model; returns a description."""
-    from . import checkpoint as ckpt
-    from .models import load_pretrained
-    from .models.pretrained import fit_state_dict
-
-    p = Path(path)
-    if p.is_dir():
-        p = ckpt.resolve_checkpoint_dir(p)
-        meta = ckpt.read_meta(p)
-        key = "ema" if use_ema else "model"
-        if meta.get("fsdp"):
-            import torch.distributed.checkpoint as dcp
-
-            sd = {k: v.clone() for k, v in model.state_dict().items()}
-            state = {key: {n: sd[n] for n, _ in model.named_parameters()} if use_ema else sd}
-            # Every process reads the full tensors on its own (no_dist): no collectives, so this
-            # also works on one rank of a running job (the trainer's final export).
-            dcp.load(state, checkpoint_id=str(p / "dcp"), no_dist=True)
-            sd.update(state[key])
-        else:
-            state = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
-            if key not in state:
-                raise ckpt.CheckpointError(f"{p} has no {key} weights")
-            sd = {**model.state_dict(), **state[key]} if use_ema else state[key]
-        sd, _ = fit_state_dict(model, sd, str(p))
-        model.load_state_dict(sd)
-        return f"{'EMA of ' if use_ema else ''}training checkpoint {p} (step {meta['step']})"
-    return str(load_pretrained(model, p))
+from .config import load_config
+from .errors import ConfigError
+from .options import parse_bool, split_options
 
 
 def main(argv: list[str] | None = None) -> int:
-    config_path, overrides = parse_args("python -m vit_dist.evaluate", argv)
+    config_path, words = parse_args("python -m vit_dist.evaluate", argv)
     setup_logging()
-    checkpoint, overrides = _pop(overrides, "checkpoint")
-    use_ema, overrides = _pop(overrides, "ema")
 
     def _run() -> int:
-        from .config import ConfigError, load_config
-        from .models.registry import check_model_kwargs
-
-        if not checkpoint:
+        opts, overrides = split_options(words, ("checkpoint", "ema"), others="overrides")
+        if not opts.get("checkpoint"):
             raise ConfigError("evaluate needs checkpoint=PATH (a checkpoint directory or a weights file)")
+        use_ema = parse_bool("ema", opts.get("ema", "false"))
         cfg = load_config(config_path, overrides)
-        check_model_kwargs(cfg.model.name, cfg.model.kwargs)
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
-
-        from .data import EvalSums, build_loader
+        # torch and everything built on it load only once the command line and config are valid.
+        from . import atomic
+        from .data import build_loader, loader_config
         from .distributed import init_distributed, shutdown
-        from .trainer import build_model, data_config, run_summary
+        from .evaluation import evaluate_model, summary_line
+        from .models import build_model, check_model_kwargs
+        from .weights import load_weights
 
+        check_model_kwargs(cfg.model.name, cfg.model.kwargs)
         env = init_distributed()
         try:
-            loader = build_loader(data_config(cfg, False, env.device), env.rank, env.world_size)
+            loader = build_loader(
+                loader_config(cfg, train=False, device=env.device), env.rank, env.world_size
+            )
             model = build_model(cfg, cfg.data.num_classes or loader.num_classes)
-            what = load_weights(model, checkpoint, use_ema=str(use_ema).lower() in ("1", "true", "yes"))
-            model.to(env.device).eval()
-            from .amp import autocast
-
-            sums = EvalSums(env.device)
-            with torch.no_grad():
-                for batch in loader:
-                    x = loader.images(batch, env.device)
-                    with autocast(env.device, cfg.precision):
-                        logits = model(x)
-                    sums.update(logits, batch["label"].to(env.device), batch["valid"].to(env.device))
-            r = sums.reduce()
-            result = {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "num_samples": r["count"]}
+            source = load_weights(model, opts["checkpoint"], use_ema=use_ema)
+            model.to(env.device)
+            result = evaluate_model(model, loader, env.device, cfg.precision)
             if env.is_main:
                 out = Path(cfg.output_dir)
                 out.mkdir(parents=True, exist_ok=True)
-                (out / "eval.json").write_text(json.dumps({**result, "weights": what}, indent=1))
-                print(f"evaluated {what}", flush=True)
-                print(run_summary(result), flush=True)
+                atomic.write_json(out / "eval.json", {**result, "weights": source})
+                print(f"evaluated {source}", flush=True)
+                print(summary_line(result), flush=True)
                 print(f"wrote {os.path.abspath(out / 'eval.json')}", flush=True)
         finally:
             shutdown()

@@ -145,3 +145,57 @@ def build_scheduler(optimizer, schedule: Schedule):
     # A plain function, not the Schedule itself: LambdaLR would save and restore a callable
     # object's fields in its state_dict, and the trainer decides what a resume restores.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s))
+
+
+def set_peak_lr(optimizer, scheduler, old_peak: float, new_peak: float) -> None:
+    """Scale every group's lr (and the scheduler's base lrs) from ``old_peak`` to ``new_peak``.
+
+    A resumed scheduler carries the checkpoint's peak lr; this run's (a changed ``optim.lr``,
+    or a world size that changes the batch-scaled lr) must win, not be silently ignored."""
+    ratio = new_peak / old_peak
+    scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+    for g in optimizer.param_groups:
+        g["lr"] *= ratio
+        if "initial_lr" in g:
+            g["initial_lr"] *= ratio
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLength:
+    """What decides a run's schedule: the optimizer steps the config asks for, the steps per
+    epoch of this layout, and the length as configured (``train.steps``, else ``train.epochs``)."""
+
+    planned_steps: int
+    steps_per_epoch: int
+    in_steps: bool
+    epochs: int | None = None
+
+
+def resume_schedule(
+    schedule: Schedule, saved: dict, saved_length: RunLength, length: RunLength, *, step: int, steps_left
+) -> str | None:
+    """Continue a checkpoint's schedule (``saved``: its fields) on this run's ``schedule``, in
+    place; returns a warning for the user when the length changed, else None.
+
+    - the same plan: the checkpoint's schedule, re-anchored or not, goes on as saved;
+    - another number of steps per epoch (world size, batch size) with the length in epochs:
+      the epochs still hold, so the schedule is re-anchored at ``step`` to end after
+      ``steps_left()`` more steps, and the lr goes on from where it was;
+    - another ``train.steps`` / ``train.epochs``: the schedule of the new length, as configured.
+    """
+    if saved_length.planned_steps == length.planned_steps:
+        vars(schedule).update(saved)
+        return None
+    if not length.in_steps and saved_length.steps_per_epoch != length.steps_per_epoch:
+        vars(schedule).update(saved)
+        left = steps_left()
+        schedule.reanchor(step, step + left)
+        return (
+            f"steps per epoch changed ({saved_length.steps_per_epoch} -> {length.steps_per_epoch}): "
+            f"{left} steps left to the end of train.epochs={length.epochs}; the lr schedule goes on from "
+            f"{100.0 * schedule.anchor_position / max(1, schedule.total):.1f}% of its length"
+        )
+    return (
+        f"train.steps/train.epochs changed ({saved_length.planned_steps} -> {length.planned_steps} "
+        "steps): the lr schedule is the one for the new length"
+    )

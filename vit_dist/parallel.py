@@ -21,9 +21,12 @@ from collections.abc import Callable
 import torch
 import torch.utils.checkpoint
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from .amp import DTYPES
+from .config import ParallelSection
 from .distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ def apply_compile(blocks: list[nn.Module], backend: str | Callable = "inductor")
     (``dynamic=False``): the stage shapes differ, and dynamo's automatic dynamic shapes would
     otherwise switch to slower shape-generic kernels after the second stage.
     """
-    import torch._dynamo.config as dynamo_config
+    import torch._dynamo.config as dynamo_config  # loads the compiler stack: only when compiling
 
     needed = 2 * len(blocks) + 4  # train + eval per block, plus a last partial batch or two
     key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # < 2.7
@@ -63,9 +66,6 @@ def apply_compile(blocks: list[nn.Module], backend: str | Callable = "inductor")
 def apply_fsdp(
     model: nn.Module, blocks: list[nn.Module], env: DistEnv, precision: str, reshard: bool
 ) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32)
     for blk in blocks:
@@ -78,36 +78,25 @@ def apply_fsdp(
 def shard_frozen(module: nn.Module, env: DistEnv, precision: str) -> None:
     """FSDP2 on a forward-only module (a large distillation teacher): one unit, resharded after
     each forward."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     fully_shard(module, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=DTYPES[precision]))
 
 
-def parallelize(
-    model: nn.Module,
-    env: DistEnv,
-    *,
-    strategy: str,
-    precision: str,
-    compile: bool = False,
-    activation_checkpointing: bool = False,
-    reshard_after_forward: bool = True,
-) -> nn.Module:
-    """Steps 1-3 above, on a model already on ``env.device``. Returns the model to train."""
+def parallelize(model: nn.Module, env: DistEnv, section: ParallelSection, *, precision: str) -> nn.Module:
+    """Steps 1-3 above as ``parallel.*`` asks, on a model already on ``env.device``. Returns the
+    model to train."""
     blocks = model.transformer_blocks()
-    if activation_checkpointing:
+    if section.activation_checkpointing:
         apply_activation_checkpointing(blocks)
-    if compile:
+    if section.compile:
         apply_compile(blocks)
-    if strategy == "fsdp":
+    if section.strategy == "fsdp":
         if not torch.distributed.is_initialized():
             log.warning(
                 "parallel.strategy=fsdp in a single process without a process group: nothing to shard"
             )
             return model
-        apply_fsdp(model, blocks, env, precision, reshard_after_forward)
+        apply_fsdp(model, blocks, env, precision, section.reshard_after_forward)
         return model
     if env.world_size > 1:
         return DistributedDataParallel(
@@ -124,8 +113,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -151,8 +138,6 @@ def no_grad_sync(model: nn.Module, enabled: bool):
 def reshard(model: nn.Module) -> None:
     """Put every FSDP2 module back into its sharded state (a forward without backward, e.g. in
     evaluation, leaves the root unsharded), so that ``named_parameters()`` are the shards."""
-    from torch.distributed.fsdp import FSDPModule
-
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()

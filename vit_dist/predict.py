@@ -22,61 +22,36 @@ the exit code is then non-zero (3, as for data errors). Runs on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from .cli import run_cli
+from .errors import EXIT_DATA, ConfigError
+from .options import parse_bool, split_options
 
 _KEYS = ("checkpoint", "topk", "ema")
 
 
-def load_model(path: str, ema: bool = False):
+def load_model(path: str, *, ema: bool = False):
     """``(model in eval mode, info)`` from a training checkpoint or an exported weights file;
     ``info`` has the export sidecar's keys (model_name, classes, img_size, mean, std, ...)."""
-    from .checkpoint import CheckpointError
+    from .weights import load_checkpoint_model, load_export  # torch: after the options are checked
 
     p = Path(path)
     if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():  # the sidecar was named
         p = p.with_suffix(".safetensors")
     if p.is_dir():
-        from .export import load_checkpoint_model
-
         return load_checkpoint_model(p, ema=ema)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint={path}: no such file or directory")
-    if ema:
-        from .config import ConfigError
-
+    if ema and p.is_file():
         raise ConfigError("ema=true applies to training checkpoints; export with ema=true instead")
-    sidecar = p.with_suffix(".json")
-    if not sidecar.is_file():
-        raise CheckpointError(
-            f"{p}: no {sidecar.name} beside it (python -m vit_dist.export writes it: model name, "
-            f"classes and preprocessing are needed to predict)"
-        )
-    try:
-        info = json.loads(sidecar.read_text())
-        name, kwargs = info["model_name"], dict(info["model_kwargs"])
-        missing = [k for k in ("img_size", "mean", "std", "crop_pct") if k not in info]
-        if missing:
-            raise KeyError(missing[0])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{sidecar} is not an export sidecar ({type(e).__name__}: {e})") from None
-    from .evaluate import load_weights
-    from .models import create_model
-
-    model = create_model(name, **kwargs)
-    load_weights(model, str(p))
-    model.eval()
-    info.setdefault("num_classes", getattr(model, "num_classes", None))
-    info.setdefault("classes", None)
-    return model, info
+    return load_export(p)
 
 
 class Preprocess:
     """Image file bytes -> (1, 3, S, S), the training run's evaluation transform."""
 
     def __init__(self, info: dict):
-        from .data.transforms import AugmentConfig, SampleTransform
+        from .data.transforms import AugmentConfig, SampleTransform  # torch: only once predicting
 
         aug = dict(
             img_size=int(info["img_size"]),
@@ -97,7 +72,7 @@ class Preprocess:
 
 
 def _describe(e: Exception) -> str:
-    from PIL import UnidentifiedImageError
+    from PIL import UnidentifiedImageError  # only when an image failed
 
     if isinstance(e, UnidentifiedImageError):
         return "not an image in a format PIL can read"
@@ -109,7 +84,7 @@ def _describe(e: Exception) -> str:
 
 def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=None) -> int:
     """Print the top-``topk`` classes of each image; returns the number of unreadable images."""
-    import torch
+    import torch  # deferred like every torch import here: option errors come first
 
     out, err = out or sys.stdout, err or sys.stderr
     prep = Preprocess(info)
@@ -136,8 +111,6 @@ def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import EXIT_DATA, run_cli
-
     p = argparse.ArgumentParser(
         prog="python -m vit_dist.predict",
         description="Print the top classes of image files, from a training checkpoint or an exported "
@@ -147,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     items = p.parse_args(argv).args
 
     def _run() -> int:
-        from .config import ConfigError
-        from .export import parse_bool, split_options
-
-        opts, images = split_options(items, _KEYS, positional=True)
+        opts, images = split_options(items, _KEYS, others="files")
         if not opts.get("checkpoint"):
             raise ConfigError("predict needs checkpoint=PATH (a checkpoint/run directory or a .safetensors)")
         if not images:

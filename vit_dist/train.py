@@ -11,6 +11,7 @@ import os
 import sys
 
 from .cli import parse_args, run_cli, setup_logging
+from .config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,23 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
 
     def _run() -> int:
-        from .config import load_config
-
         cfg = load_config(config_path, overrides)  # everything validated before any work
-        from .models.registry import check_model_kwargs  # (imports torch)
+        # torch and everything built on it load only once the config is valid.
+        from .distributed import init_distributed, shutdown
+        from .evaluation import summary_line
+        from .models import check_model_kwargs
+        from .trainer import Trainer
 
         check_model_kwargs(cfg.model.name, cfg.model.kwargs)
-
-        from .distributed import init_distributed, shutdown
-        from .trainer import Trainer, run_summary
-
         env = init_distributed(need_group=cfg.parallel.strategy == "fsdp")
         try:
-            trainer = Trainer(cfg, env)
-            result = trainer.fit()
+            result = Trainer(cfg, env).fit()
             if env.is_main:
                 print(f"run directory: {os.path.abspath(cfg.output_dir)}", flush=True)
-                print(run_summary(result), flush=True)
+                print(summary_line(result), flush=True)
         finally:
             shutdown()
         return 0

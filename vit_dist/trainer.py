@@ -17,85 +17,41 @@ batches.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import signal
 from pathlib import Path
 
 import torch
 
+from . import atomic
 from . import checkpoint as ckpt
-from . import faults
 from .amp import DTYPES, LossScaler, autocast
 from .config import Config, dump_config
-from .data import AugmentConfig, DataConfig, EvalSums, MixupCutmix, build_loader, global_bad_samples
-from .distill import FrozenTeacher, Renormalize, build_teacher, distillation_loss
-from .distributed import DistEnv, all_gather_object, all_reduce, barrier
+from .data import MixupCutmix, build_loader, loader_config
+from .distill import distillation_loss, frozen_teacher
+from .distributed import DistEnv, all_gather_object, all_reduce, barrier, sum_over_ranks
 from .ema import ModelEma
 from .errors import Preempted, TrainingError
+from .evaluation import evaluate_model
 from .losses import classification_loss
 from .metrics import InputBoundAdvisor, RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
-from .models import create_model, flops_per_image, load_pretrained
-from .optim import Schedule, build_optimizer, build_scheduler, param_groups
-from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, shard_frozen, unwrap
+from .models import build_model, flops_per_image
+from .optim import (
+    RunLength,
+    Schedule,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    resume_schedule,
+    set_peak_lr,
+)
+from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
+from .preemption import PreemptionWatch
 from .sync_debug import sync_guard
+from .testing import faults
+from .weights import export_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def data_config(cfg: Config, train: bool, device: torch.device) -> DataConfig:
-    d = cfg.data
-    aug = AugmentConfig(
-        img_size=d.img_size,
-        scale=tuple(d.scale),
-        ratio=tuple(d.ratio),
-        hflip=d.hflip,
-        randaugment_ops=d.randaugment_ops,
-        randaugment_magnitude=d.randaugment_magnitude,
-        trivial_augment=d.trivial_augment,
-        color_jitter=d.color_jitter,
-        random_erasing=d.random_erasing,
-        crop_pct=d.crop_pct,
-        mean=tuple(d.mean),
-        std=tuple(d.std),
-    )
-    # auto: uint8 to an accelerator (a quarter of the bytes to copy), floats from the workers on CPU
-    auto_place = "worker" if device.type == "cpu" else "device"
-    return DataConfig(
-        shards=d.train if train else d.val,
-        split="train" if train else "val",
-        train=train,
-        batch_size=cfg.train.batch_size if train else (cfg.eval.batch_size or cfg.train.batch_size),
-        num_workers=d.workers,
-        epoch_mode=d.mode if train else "exact",
-        samples_per_epoch=d.samples_per_epoch if train else None,
-        shuffle_buffer=d.shuffle_buffer if train else 0,
-        seed=cfg.train.seed,
-        num_classes=d.num_classes,
-        meta=d.meta,
-        augment=aug,
-        pin_memory=d.pin_memory and device.type == "cuda",
-        prefetch_factor=d.prefetch,
-        max_bad_fraction=d.max_bad_fraction,
-        normalize_in_workers=(d.normalize_on if d.normalize_on != "auto" else auto_place) == "worker",
-    )
-
-
-def build_model(cfg: Config, num_classes: int):
-    """The plain model with data-derived defaults (image size, classes) and pretrained weights."""
-    kwargs = dict(cfg.model.kwargs)
-    kwargs.setdefault("num_classes", num_classes)
-    kwargs.setdefault("img_size", cfg.data.img_size)
-    kwargs.setdefault("in_chans", cfg.data.in_chans)
-    if kwargs["img_size"] != cfg.data.img_size:
-        raise ValueError(
-            f"model.img_size={kwargs['img_size']} differs from data.img_size={cfg.data.img_size}"
-        )
-    model = create_model(cfg.model.name, **kwargs)
-    if cfg.model.pretrained:
-        load_pretrained(model, cfg.model.pretrained)
-    return model
 
 
 class Trainer:
@@ -111,72 +67,11 @@ class Trainer:
         # Same seed on every rank for the model init (DDP and FSDP then start from identical
         # weights); per-rank seeds for everything random after that (drop path, mixup).
         torch.manual_seed(cfg.train.seed)
-        self.train_loader = build_loader(data_config(cfg, True, self.device), env.rank, env.world_size)
-        self.val_loader = (
-            build_loader(data_config(cfg, False, self.device), env.rank, env.world_size)
-            if cfg.data.val
-            else None
-        )
-        self.num_classes = self.train_loader.num_classes
-        model = build_model(cfg, self.num_classes)
-        self.flops_per_image = flops_per_image(model)
-        self.num_params = sum(p.numel() for p in model.parameters())
-        model.to(self.device)
-        self.model = parallelize(
-            model,
-            env,
-            strategy=cfg.parallel.strategy,
-            precision=cfg.precision,
-            compile=cfg.parallel.compile,
-            activation_checkpointing=cfg.parallel.activation_checkpointing,
-            reshard_after_forward=cfg.parallel.reshard_after_forward,
-        )
-        self.core = unwrap(self.model)
-        self.fsdp = is_fsdp(self.model)
-        self.teacher = self._build_teacher() if cfg.distill.type != "none" else None
+        self._build_data()
+        self._build_model()
         self._write_run_info()
         torch.manual_seed(cfg.train.seed * 1000 + 1 + env.rank)
-
-        # Schedule lengths
-        t = cfg.train
-        self.accum = t.grad_accum
-        self.global_batch = t.batch_size * t.grad_accum * env.world_size
-        self.steps_per_epoch = len(self.train_loader) // self.accum
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"an epoch has {len(self.train_loader)} batches per rank, fewer than train.grad_accum={self.accum}"
-            )
-        # What the config asks for; a resume with another number of steps per epoch changes
-        # total_steps (not this) so that train.epochs still holds (_resume_schedule).
-        self.planned_steps = t.steps or t.epochs * self.steps_per_epoch
-        self.total_steps = self.planned_steps
-        o = cfg.optim
-        warmup = (
-            o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch)
-        )
-        self.warmup_steps = min(warmup, self.total_steps)
-        self.lr = o.lr * (self.global_batch / o.base_batch_size if o.base_batch_size else 1.0)
-
-        groups = param_groups(
-            self.core,
-            o.weight_decay,
-            self.core.no_weight_decay(),
-            o.layer_decay,
-            self.core.transformer_blocks(),
-        )
-        self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = build_optimizer(groups, self.lr, o.betas, o.eps, self.device)
-        min_ratio = min(1.0, o.min_lr / self.lr) if self.lr > 0 else 0.0
-        self.schedule = Schedule(self.total_steps, self.warmup_steps, min_ratio)
-        self.scheduler = build_scheduler(self.optimizer, self.schedule)
-        self.scaler = LossScaler(self.device, enabled=cfg.precision == "fp16")
-        self.ema = ModelEma(self.core, cfg.ema.decay) if cfg.ema.decay > 0 else None
-        d = cfg.data
-        self.mixup = (
-            MixupCutmix(self.num_classes, d.mixup, d.cutmix, d.switch_prob, d.mixup_prob, t.label_smoothing)
-            if (d.mixup > 0 or d.cutmix > 0) and d.mixup_prob > 0
-            else None
-        )
+        self._build_optimization()
 
         self.step = 0
         self.epoch = 0
@@ -184,63 +79,94 @@ class Trainer:
         self.samples_seen = 0
         self.best_top1 = -1.0
         self.skipped_steps = torch.zeros((), device=self.device)
-        self.consecutive_overflow = 0
         self.peak = peak_flops(self.device, DTYPES[cfg.precision])
         self._resume()
-        self.logger = RunLogger(
-            str(self.out),
-            is_main=env.is_main,
-            total_steps=self.total_steps,
-            config=cfg.to_dict(),
-            wandb_enabled=cfg.logging.wandb,
-            wandb_mode=cfg.logging.mode,
-            project=cfg.logging.project,
-            entity=cfg.logging.entity,
-            run_name=cfg.logging.name,
-            progress=cfg.logging.progress,
-            start_step=self.step,
+        self.logger = RunLogger.for_run(
+            cfg, is_main=env.is_main, total_steps=self.total_steps, start_step=self.step
         )
         self.timer = StepTimer()
         self.input_advisor = InputBoundAdvisor(cfg.data.workers)
         self._dtypes_logged = False
-        self._signal = None  # name of a preemption signal received by this process
-        # The preemption flag is reduced over a CPU (gloo) group: agreeing on it each step
-        # costs no host-device synchronisation, also when the training backend is NCCL.
-        self._flag_group = None
-        if torch.distributed.is_initialized() and env.world_size > 1:
-            self._flag_group = (
-                torch.distributed.new_group(backend="gloo")
-                if env.backend != "gloo"
-                else torch.distributed.group.WORLD
-            )
+        self.preemption = PreemptionWatch(env)
 
-    def _build_teacher(self) -> FrozenTeacher:
-        cfg, d = self.cfg, self.cfg.data
-        model, what = build_teacher(cfg.distill, self.num_classes, d.img_size, d.in_chans)
-        renorm = Renormalize(
-            d.mean, d.std, cfg.distill.teacher_mean or d.mean, cfg.distill.teacher_std or d.std
+    def _build_data(self) -> None:
+        cfg, env = self.cfg, self.env
+        self.train_loader = build_loader(
+            loader_config(cfg, train=True, device=self.device), env.rank, env.world_size
         )
-        teacher = FrozenTeacher(model, renorm).to(self.device)
-        gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
-        sharded = self.fsdp and gb > cfg.distill.shard_teacher_above_gb
-        if sharded:  # see distill.py: replicated unless it is too big to hold on every rank
-            shard_frozen(model, self.env, cfg.precision)
-        if self.env.is_main:
-            log.info(
-                "distill (%s, alpha %s, tau %s): teacher %s, %.2f GB, %s",
-                cfg.distill.type,
-                cfg.distill.alpha,
-                cfg.distill.tau,
-                what,
-                gb,
-                "FSDP-sharded" if sharded else "replicated on every rank",
+        self.val_loader = (
+            build_loader(loader_config(cfg, train=False, device=self.device), env.rank, env.world_size)
+            if cfg.data.val
+            else None
+        )
+        self.num_classes = self.train_loader.num_classes
+        d = cfg.data
+        self.mixup = (
+            MixupCutmix(
+                self.num_classes, d.mixup, d.cutmix, d.switch_prob, d.mixup_prob, cfg.train.label_smoothing
             )
-        return teacher
+            if (d.mixup > 0 or d.cutmix > 0) and d.mixup_prob > 0
+            else None
+        )
+
+    def _build_model(self) -> None:
+        """The plain model, parallelized (``self.model`` trains; ``self.plain_model`` is the
+        module under any DDP wrapper, which checkpoints, EMA and export use), and the teacher."""
+        cfg = self.cfg
+        model = build_model(cfg, self.num_classes)
+        self.flops_per_image = flops_per_image(model)
+        self.num_params = sum(p.numel() for p in model.parameters())
+        model.to(self.device)
+        self.model = parallelize(model, self.env, cfg.parallel, precision=cfg.precision)
+        self.plain_model = unwrap(self.model)
+        self.fsdp = is_fsdp(self.model)
+        self.teacher = (
+            frozen_teacher(cfg, self.num_classes, self.env, fsdp=self.fsdp)
+            if cfg.distill.type != "none"
+            else None
+        )
+
+    def _build_optimization(self) -> None:
+        """Run length, lr schedule, optimizer, loss scaler and EMA."""
+        cfg, t, o = self.cfg, self.cfg.train, self.cfg.optim
+        self.accum = t.grad_accum
+        self.global_batch = t.batch_size * t.grad_accum * self.env.world_size
+        self.steps_per_epoch = len(self.train_loader) // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"an epoch has {len(self.train_loader)} batches per rank, fewer than train.grad_accum={self.accum}"
+            )
+        # What the config asks for; a resume with another number of steps per epoch changes
+        # total_steps (not this) so that train.epochs still holds (optim.resume_schedule).
+        self.length = RunLength(
+            planned_steps=t.steps or t.epochs * self.steps_per_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            in_steps=bool(t.steps),
+            epochs=t.epochs,
+        )
+        self.total_steps = self.length.planned_steps
+        warmup = (
+            o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch)
+        )
+        self.warmup_steps = min(warmup, self.total_steps)
+        self.lr = o.lr * (self.global_batch / o.base_batch_size if o.base_batch_size else 1.0)
+
+        core = self.plain_model
+        groups = param_groups(
+            core, o.weight_decay, core.no_weight_decay(), o.layer_decay, core.transformer_blocks()
+        )
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = build_optimizer(groups, self.lr, o.betas, o.eps, self.device)
+        min_ratio = min(1.0, o.min_lr / self.lr) if self.lr > 0 else 0.0
+        self.schedule = Schedule(self.total_steps, self.warmup_steps, min_ratio)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        self.scaler = LossScaler(self.device, enabled=cfg.precision == "fp16")
+        self.ema = ModelEma(core, cfg.ema.decay) if cfg.ema.decay > 0 else None
 
     def _write_run_info(self) -> None:
         """run_info.json: how the run is laid out, including how many parameter elements each
         rank holds (under FSDP about 1/world_size of the total each)."""
-        local = sum(local_tensor(p).numel() for p in self.core.parameters())
+        local = sum(local_tensor(p).numel() for p in self.plain_model.parameters())
         per_rank = all_gather_object(local)
         if self.env.is_main:
             info = {
@@ -255,11 +181,11 @@ class Trainer:
                 "flops_per_image": self.flops_per_image,
                 "num_classes": self.num_classes,
             }
-            (self.out / "run_info.json").write_text(json.dumps(info, indent=1))
+            atomic.write_json(self.out / "run_info.json", info)
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _meta(self, data_counts: tuple[int, int]) -> dict:
+    def _checkpoint_meta(self, data_counts: tuple[int, int]) -> dict:
         return {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -274,27 +200,33 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "schedule": dataclasses.asdict(self.schedule),
             "peak_lr": self.lr,
-            "planned_steps": self.planned_steps,
+            "planned_steps": self.length.planned_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "scaler": self.scaler.state_dict(),
             "ema_updates": self.ema.updates if self.ema else 0,
             "model_name": self.cfg.model.name,
-            "model_kwargs": getattr(self.core, "model_kwargs", {}),
+            "model_kwargs": getattr(self.plain_model, "model_kwargs", {}),
             "num_classes": self.num_classes,
             "config": self.cfg.to_dict(),
         }
 
-    def save(self, best: bool = False) -> Path:
-        counts = global_bad_samples(self.train_loader, self.device)  # a collective, like the save
+    def _job_data_counts(self) -> tuple[int, int]:
+        """(bad samples, samples read) summed over ranks: a collective."""
+        loader = self.train_loader
+        bad, seen = sum_over_ranks([loader.bad_samples, loader.samples_seen], self.device).tolist()
+        return int(bad), int(seen)
+
+    def save(self, *, best: bool = False) -> Path:
+        counts = self._job_data_counts()  # a collective, like the save
         return ckpt.save_checkpoint(
             self.out,
             self.env,
             step=self.step,
-            model=self.core,
+            model=self.plain_model,
             optimizer=self.optimizer,
             fsdp=self.fsdp,
             ema=self.ema.state_dict() if self.ema else None,
-            meta=self._meta(counts),
+            meta=self._checkpoint_meta(counts),
             rank_state={"data": self.train_loader.state_dict()},
             keep=self.cfg.checkpoint.keep,
             best=best,
@@ -304,23 +236,17 @@ class Trainer:
         path = ckpt.resolve_resume(self.cfg.resume, self.out, self.env)
         if path is None:
             return
-        meta = ckpt.read_meta(path)
-        mine = {"model_name": self.cfg.model.name, "num_classes": self.num_classes}
-        for k, v in mine.items():
-            if meta.get(k) != v:
-                raise ckpt.CheckpointError(f"{path} was written for {k}={meta.get(k)!r}, this run has {v!r}")
-        theirs = json.loads(json.dumps(meta.get("model_kwargs", {})))
-        ours = json.loads(json.dumps(getattr(self.core, "model_kwargs", {})))
-        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        if diff:
-            detail = ", ".join(
-                f"model.{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in diff
-            )
-            raise ckpt.CheckpointError(f"{path} is from another model ({detail})")
+        ckpt.check_compatible(
+            path,
+            ckpt.read_meta(path),
+            model_name=self.cfg.model.name,
+            num_classes=self.num_classes,
+            model_kwargs=getattr(self.plain_model, "model_kwargs", {}),
+        )
         meta, rank_state = ckpt.load_checkpoint(
             path,
             self.env,
-            model=self.core,
+            model=self.plain_model,
             optimizer=self.optimizer,
             fsdp=self.fsdp,
             ema=self.ema.state_dict() if self.ema else None,
@@ -331,7 +257,7 @@ class Trainer:
         self.samples_seen = int(meta["samples_seen"])
         self.best_top1 = float(meta["best_top1"])
         self.scheduler.load_state_dict(meta["scheduler"])
-        self._resume_peak_lr(meta, path)
+        self._resume_peak_lr(meta["peak_lr"], path)
         if self.scaler.enabled and meta["scaler"].get("enabled"):
             self.scaler.load_state_dict(meta["scaler"])
         if self.ema:
@@ -340,7 +266,7 @@ class Trainer:
             # Other loader workers or batch size: the loader re-plans the rest of the epoch.
             self.train_loader.load_state_dict(rank_state["data"])
             ckpt.set_rng_state(rank_state["rng"])
-        elif "data" in meta:
+        else:
             # Another world size: the rest of the interrupted epoch is re-planned for it, every
             # sample still once. Rank 0 carries the job's bad-sample counts on (the others
             # start at 0), so the all-rank sums, and the limit on them, go on where they were.
@@ -352,36 +278,39 @@ class Trainer:
                 self.epoch,
             )
             self.train_loader.load_state_dict(meta["data"], counters=False)
-            if self.env.is_main and "data_counts" in meta:
+            if self.env.is_main:
                 self.train_loader.bad_samples, self.train_loader.samples_seen = map(int, meta["data_counts"])
-        else:
-            # A checkpoint from before re-planning existed: go on from the next epoch.
-            if self.step_in_epoch:
-                self.epoch += 1
-                self.step_in_epoch = 0
-            self._warn_main(
-                "world size changed since %s: data resumes at the start of epoch %d", path, self.epoch
-            )
-        self._resume_schedule(meta, path)
+        saved_length = RunLength(
+            planned_steps=meta["planned_steps"], steps_per_epoch=meta["steps_per_epoch"], in_steps=False
+        )
+        warning = resume_schedule(
+            self.schedule,
+            meta["schedule"],
+            saved_length,
+            self.length,
+            step=self.step,
+            steps_left=self._steps_left_in_configured_epochs,
+        )
+        if warning:
+            self._warn_main("%s (since %s)", warning, path)
+        self.total_steps = self.schedule.last_step
         self._warn_main("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
 
-    def _resume_peak_lr(self, meta: dict, path: Path) -> None:
-        """The scheduler's state carries the checkpoint's peak lr. This run's (optim.lr, scaled
-        by the global batch when optim.base_batch_size is set) wins: a changed optim.lr, or a
-        world size that changes the scaled lr, must not be silently ignored."""
-        old = meta.get("peak_lr")
-        if old is None or math.isclose(old, self.lr, rel_tol=1e-12):
+    def _steps_left_in_configured_epochs(self) -> int:
+        """Optimizer steps from here to the end of ``train.epochs`` (the data position loaded)."""
+        left = self.train_loader.batches_left() // self.accum
+        return left + max(0, self.cfg.train.epochs - self.epoch - 1) * self.steps_per_epoch
+
+    def _resume_peak_lr(self, saved_peak: float, path: Path) -> None:
+        """This run's peak lr (optim.lr, scaled by the global batch when optim.base_batch_size
+        is set) replaces the checkpoint's, with a warning when they differ."""
+        if math.isclose(saved_peak, self.lr, rel_tol=1e-12):
             return
-        ratio = self.lr / old
-        self.scheduler.base_lrs = [b * ratio for b in self.scheduler.base_lrs]
-        for g in self.optimizer.param_groups:
-            g["lr"] *= ratio
-            if "initial_lr" in g:
-                g["initial_lr"] *= ratio
+        set_peak_lr(self.optimizer, self.scheduler, saved_peak, self.lr)
         self._warn_main(
             "peak lr %.4g in %s, %.4g for this run (optim.lr, global batch %d): the schedule goes on "
             "at the new peak",
-            old,
+            saved_peak,
             path,
             self.lr,
             self.global_batch,
@@ -390,42 +319,6 @@ class Trainer:
     def _warn_main(self, msg: str, *args) -> None:
         if self.env.is_main:
             log.warning(msg, *args)
-
-    def _resume_schedule(self, meta: dict, path: Path) -> None:
-        """The lr schedule and run length after a resume (the data position is loaded)."""
-        t, old = self.cfg.train, meta.get("schedule")
-        if old is None:
-            return  # a checkpoint from before schedules were saved: the schedule as configured
-        if meta.get("planned_steps") == self.planned_steps:
-            # The same plan: go on with the checkpoint's schedule, re-anchored or not.
-            vars(self.schedule).update(old)
-        elif not t.steps and meta.get("steps_per_epoch") != self.steps_per_epoch:
-            # Another world size or batch size: the steps per epoch changed, train.epochs did
-            # not. Finish the epochs asked for, and continue the lr from where it was.
-            vars(self.schedule).update(old)
-            left = self.train_loader.batches_left() // self.accum
-            left += max(0, t.epochs - self.epoch - 1) * self.steps_per_epoch
-            self.schedule.reanchor(self.step, self.step + left)
-            self._warn_main(
-                "steps per epoch changed since %s (%s -> %d): %d steps left to the end of "
-                "train.epochs=%d; the lr schedule goes on from %.1f%% of its length",
-                path,
-                meta.get("steps_per_epoch"),
-                self.steps_per_epoch,
-                left,
-                t.epochs,
-                100.0 * self.schedule.anchor_position / max(1, self.schedule.total),
-            )
-        else:
-            # train.steps or train.epochs changed: the schedule of the new length, as configured.
-            self._warn_main(
-                "train.steps/train.epochs changed since %s (%s -> %d steps): the lr schedule is the "
-                "one for the new length",
-                path,
-                meta.get("planned_steps"),
-                self.planned_steps,
-            )
-        self.total_steps = self.schedule.last_step
 
     # ------------------------------------------------------------------ steps
 
@@ -482,7 +375,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None and (self.step + 1) % cfg.ema.every == 0:
-            self.ema.update(self.core)
+            self.ema.update(self.plain_model)
         self.skipped_steps += found_inf
         self.last_grad_norm = norm.detach()
         self.last_found_inf = found_inf
@@ -493,60 +386,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def _evaluate_once(self) -> dict:
-        """Top-1/top-5/loss of the model (for a distilled DeiT: of the mean of its heads, plus
-        each head's top-1), and with a teacher: the teacher's top-1 and how often the
-        distillation head agrees with it. Exactly once per sample, summed over ranks."""
-        self.model.eval()
-        two_heads = hasattr(self.core, "return_both_heads")
-        sums = {"": EvalSums(self.device)}
-        if two_heads:
-            sums.update(cls_=EvalSums(self.device), dist_=EvalSums(self.device))
-        if self.teacher is not None:
-            sums["teacher_"] = EvalSums(self.device)
-        agree = torch.zeros(2, dtype=torch.float64, device=self.device)  # (agreements, samples)
-        self.val_loader.set_epoch(0)
-        try:
-            if two_heads:
-                self.core.return_both_heads = True
-            for batch in self.val_loader:
-                x = self.val_loader.images(batch, self.device)
-                y = batch["label"].to(self.device, non_blocking=True)
-                valid = batch["valid"].to(self.device)
-                with autocast(self.device, self.cfg.precision):
-                    out = self.model(x)
-                    t_logits = self.teacher(x) if self.teacher is not None else None
-                if two_heads:
-                    cls_logits, dist_logits = out
-                    sums["cls_"].update(cls_logits, y, valid)
-                    sums["dist_"].update(dist_logits, y, valid)
-                    out = (cls_logits + dist_logits) / 2
-                sums[""].update(out, y, valid)
-                if t_logits is not None:
-                    sums["teacher_"].update(t_logits, y, valid)
-                    student = dist_logits if two_heads else out
-                    same = (student.argmax(-1) == t_logits.argmax(-1)) & valid
-                    agree += torch.stack([same.sum(), valid.sum()]).double()
-        finally:
-            if two_heads:
-                self.core.return_both_heads = False
-        rec = {}
-        for prefix, s in sums.items():
-            r = s.reduce()
-            if prefix:
-                rec[f"{prefix}top1"] = r["top1"]
-            else:
-                rec.update(top1=r["top1"], top5=r["top5"], loss=r["loss"], num_samples=r["count"])
-        if self.teacher is not None:
-            all_reduce(agree)
-            rec["teacher_agreement"] = (agree[0] / agree[1].clamp(min=1)).item()
-        return rec
+        return evaluate_model(
+            self.model,
+            self.val_loader,
+            self.device,
+            self.cfg.precision,
+            plain_model=self.plain_model,
+            teacher=self.teacher,
+        )
 
     def evaluate(self) -> dict:
         rec = {"step": self.step, "epoch": self.epoch, **self._evaluate_once()}
         if self.ema is not None:
-            with self.ema.swapped_in(self.core):
+            with self.ema.swapped_in(self.plain_model):
                 e = self._evaluate_once()
             rec.update(
                 {f"ema_{k}": v for k, v in e.items() if k != "num_samples" and not k.startswith("teacher")}
@@ -576,7 +429,7 @@ class Trainer:
         all_reduce(stats)
         loss = stats[0].item() / (n_window * self.env.world_size)
         skipped = int(stats[1].item() / self.env.world_size)
-        bad, seen = global_bad_samples(self.train_loader, self.device)
+        bad, seen = self._job_data_counts()
         self.train_loader.check_bad_fraction(bad, seen)  # the same sums on every rank: all stop
         t = self.timer.summary(sync_fn=torch.cuda.synchronize if self.device.type == "cuda" else None)
         steps = max(t["steps"], 1)
@@ -621,25 +474,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ preemption
 
-    def _on_signal(self, signum, frame) -> None:
-        self._signal = signal.Signals(signum).name  # acted on at the next step boundary
-
-    def _install_signal_handlers(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-
-    def _preempt_requested(self) -> bool:
-        """True on every rank when any rank received a preemption signal (a collective)."""
-        flag = torch.tensor([1.0 if self._signal else 0.0])
-        if self._flag_group is not None:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._flag_group)
-        return bool(flag.item())
-
     def _preempt(self) -> None:
         path = self.save()
         if self.env.is_main:
-            (self.out / "preempted.json").write_text(
-                json.dumps({"step": self.step, "checkpoint": str(path), "signal": self._signal or "peer"})
+            atomic.write_json(
+                self.out / "preempted.json",
+                {"step": self.step, "checkpoint": str(path), "signal": self.preemption.signal_name or "peer"},
+                indent=None,
             )
         barrier()  # no rank exits (and gets the job torn down) before the marker is written
         self.logger.finish(None)
@@ -649,12 +490,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _due(self, every: int) -> bool:
+    def _at_multiple_of(self, every: int) -> bool:
+        """Whether this step is one of every ``every`` steps (never when ``every`` is 0)."""
         return every > 0 and self.step % every == 0
 
     def fit(self) -> dict:
         cfg = self.cfg
-        self._install_signal_handlers()
+        self.preemption.install()
         if self.env.is_main and (self.out / "preempted.json").exists():
             (self.out / "preempted.json").unlink()
         self.logger.info(
@@ -686,17 +528,17 @@ class Trainer:
                 if not self._dtypes_logged:
                     self._log_dtypes()
                     self._dtypes_logged = True
-                if self._due(cfg.logging.every) or self.step == self.total_steps:
+                if self._at_multiple_of(cfg.logging.every) or self.step == self.total_steps:
                     self._log_step(loss_window, n_window)
                     loss_window.zero_()
                     n_window = 0
-                if self.val_loader is not None and self._due(cfg.eval.every):
+                if self.val_loader is not None and self._at_multiple_of(cfg.eval.every):
                     final_eval = self._eval_and_track()
-                if self._due(cfg.checkpoint.every) and self.step < self.total_steps:
+                if self._at_multiple_of(cfg.checkpoint.every) and self.step < self.total_steps:
                     self.save()
                 faults.maybe_kill("kill", self.step, self.env.rank)
                 faults.maybe_signal(self.step, self.env.rank)
-                if self._preempt_requested():
+                if self.preemption.requested():
                     self._preempt()
             del it  # stops this epoch's loader workers
             if todo == left:  # the epoch ran to its end (not cut by total_steps)
@@ -719,11 +561,9 @@ class Trainer:
         and, with EMA, model_ema.safetensors; timm-loadable where timm has the architecture).
         Rank 0 reads the final checkpoint back on its own; the others wait."""
         if self.env.is_main:
-            from .export import export_checkpoint
-
             for ema in (False, True) if self.ema is not None else (False,):
                 path = export_checkpoint(
-                    final, self.out / "export" / f"model{'_ema' if ema else ''}.safetensors", ema
+                    final, self.out / "export" / f"model{'_ema' if ema else ''}.safetensors", ema=ema
                 )
                 self.logger.info(f"exported {'EMA ' if ema else ''}weights: {path}")
         barrier()
@@ -737,13 +577,3 @@ class Trainer:
             if save_best and self.step < self.total_steps:
                 self.save(best=True)
         return rec
-
-
-def run_summary(result: dict) -> str:
-    if not result:
-        return "no evaluation data (data.val unset)"
-    s = f"held-out top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, loss {result['loss']:.4f}"
-    s += f" on {result['num_samples']} samples"
-    if "ema_top1" in result:
-        s += f" (EMA top-1 {result['ema_top1']:.4f})"
-    return s if math.isfinite(result["top1"]) else s + " (non-finite!)"

@@ -2,51 +2,39 @@
 
 Modules, one job each:
 
-* ``shards``      writers (``python -m vit_dist.data.shards``) and ``ensure_digits_shards``
+* ``writers``     ImageFolder / digits -> shards + ``dataset.json``; ``ensure_digits_shards``
+* ``shards``      ``python -m vit_dist.data.shards``: the writers' command line
 * ``meta``        the ``dataset.json`` index beside the shards
 * ``spec``        shard specs (paths, braces, globs, directories, URLs) -> shard list
 * ``plan``        deterministic per-(rank, worker) epoch plans; the resumable position
-* ``tario``       tar -> raw samples, bad shards turned into counted placeholders
+* ``tar_reader``  tar -> raw samples, bad shards turned into counted placeholders
 * ``decode``      image bytes -> tensors, crops fused into decoding
 * ``transforms``  train/eval transforms, Mixup/CutMix with label smoothing
-* ``pipeline``    the stages end to end, ``DataConfig``, ``ShardLoader``, ``build_loader``
+* ``pipeline``    the stages end to end, ``DataConfig`` (``loader_config``: from the run's config),
+                  ``ShardLoader``, ``build_loader``
 * ``workers``     loader worker processes: start method, signals, owner watch, stall/death checks
 * ``forkserver_init``  what the workers' forkserver imports when it starts
-* ``evaluation``  exactly-once evaluation sums and cross-rank reductions
 * ``bench``       ``python -m vit_dist.data.bench``: decode and loader throughput
 """
 
 from ..errors import DataError
-from .evaluation import EvalSums, all_reduce_sum, global_bad_samples
-from .pipeline import DataConfig, ShardLoader, build_loader, dist_rank_world
+from .pipeline import DataConfig, ShardLoader, build_loader, dist_rank_world, loader_config
 from .spec import ShardList, resolve_shards
 from .transforms import AugmentConfig, MixupCutmix, SampleTransform
-
-
-def __getattr__(name: str):
-    # The writers load lazily: importing them here would make ``python -m vit_dist.data.shards``
-    # import its own module twice (runpy warns about exactly that).
-    if name in ("ensure_digits_shards", "write_shards"):
-        from . import shards
-
-        return getattr(shards, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .writers import ensure_digits_shards, write_shards
 
 __all__ = [
     "AugmentConfig",
     "DataConfig",
     "DataError",
-    "EvalSums",
     "MixupCutmix",
     "SampleTransform",
     "ShardList",
     "ShardLoader",
-    "all_reduce_sum",
     "build_loader",
     "dist_rank_world",
     "ensure_digits_shards",
-    "global_bad_samples",
+    "loader_config",
     "resolve_shards",
     "write_shards",
 ]

@@ -28,15 +28,17 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 from .pipeline import DataConfig, ShardLoader
-from .shards import write_shards
 from .transforms import AugmentConfig
+from .writers import write_shards
 
 
 def _photos(scale: int) -> list[bytes]:
-    from sklearn.datasets import load_sample_images
+    from sklearn.datasets import load_sample_images  # slow to import; only the photo benchmark needs it
 
     out = []
     for array in load_sample_images().images:
@@ -112,9 +114,6 @@ def _loader_rate(batches, to_device, device: torch.device, seconds: float) -> fl
 def bench_loaders(
     size: int, images: int, classes: int, workers: int, batch_size: int, seconds: float, device: str = "cpu"
 ) -> list[dict]:
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
-
     aug = AugmentConfig(img_size=size)
     with tempfile.TemporaryDirectory() as tmp:
         root = photo_folder(Path(tmp) / "folder", images, classes)
@@ -131,7 +130,7 @@ def bench_loaders(
             cfg = DataConfig(
                 str(shards),
                 batch_size=batch_size,
-                num_workers=workers,
+                workers=workers,
                 augment=aug,
                 shuffle_buffer=64,
                 pin_memory=pin,

@@ -12,25 +12,13 @@ Two implementations of each operation, selected by ``backend``:
 Both draw the crop with the same algorithm as ``v2.RandomResizedCrop`` from torch's global RNG,
 so seeding that generator per sample makes the crop deterministic for either backend.
 
-Measured with ``python -m vit_dist.data.bench`` on the project's CI-like box (2 CPU cores,
-shared with other jobs, so +-20% noise; one thread, as in a loader worker), scikit-learn's two
-real sample photos re-encoded as JPEG q90, output 224x224, images/s:
-
-    ===============  ==========  ======  =====  ======
-    photo            op          pil     tv     auto
-    ===============  ==========  ======  =====  ======
-    427x640          train RRC   214     318    345
-    427x640          eval crop   217     319    284
-    1281x1920 (3x)   train RRC    39      61     67
-    1281x1920 (3x)   eval crop    78      68     73
-    ===============  ==========  ======  =====  ======
-
-``torchvision.io.decode_jpeg`` decodes a full 1281x1920 JPEG in ~12 ms against ~26 ms for
-PIL, so it wins RandomResizedCrop even where draft mode skips work (a random crop is often
-large, so the reduction is often only 1/2). PIL draft wins the eval crop of large photos,
-where a fixed box lets libjpeg decode at 1/2 or 1/4 scale. ``"auto"`` (the default) takes
-torchvision.io except for that case. Note: torchvision 0.29 deprecates its codecs in favour
-of TorchCodec; if they go away, ``"pil"`` is the drop-in fallback.
+``torchvision.io.decode_jpeg`` decodes a full JPEG faster than PIL, so it wins
+RandomResizedCrop even where draft mode skips work (a random crop is often large, so the
+reduction is often only 1/2). PIL draft wins the eval crop of large photos, where a fixed box
+lets libjpeg decode at 1/2 or 1/4 scale. ``"auto"`` (the default) takes torchvision.io except
+for that case. ``python -m vit_dist.data.bench`` compares the three; BENCHMARKS.md has the
+figures. Note: torchvision 0.29 deprecates its codecs in favour of TorchCodec; if they go
+away, ``"pil"`` is the drop-in fallback.
 """
 
 from __future__ import annotations
@@ -123,7 +111,8 @@ def decode_random_resized_crop(
 ) -> torch.Tensor:
     """Decode + RandomResizedCrop to ``size`` x ``size``; returns (3, size, size) uint8.
 
-    ``"auto"`` is ``"tv"``: it was faster at every photo size measured, draft or not.
+    ``"auto"`` is ``"tv"``: decoding the whole JPEG with torchvision.io beats PIL draft here,
+    because a random crop is often large enough that draft can skip little.
     """
     if backend == "pil":
         im = Image.open(io.BytesIO(data))
@@ -142,7 +131,8 @@ def decode_resize_center_crop(
     Done as one box resize: the central square of side ``shorter * crop_pct`` (resize-then-crop
     keeps exactly that region) maps onto the ``size`` x ``size`` output. ``"auto"`` takes PIL
     draft when libjpeg can skip at least half the resolution (the box is >= 2x the output),
-    which is where it measured faster, and ``torchvision.io`` otherwise.
+    where decoding at reduced scale saves more than PIL's slower decoder costs, and
+    ``torchvision.io`` otherwise.
     """
     im = Image.open(io.BytesIO(data))  # header only: no pixels decoded yet
     width, height = im.size

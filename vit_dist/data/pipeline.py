@@ -6,7 +6,7 @@ Stages, in the order :meth:`ShardStream.__iter__` applies them (one stream per l
     -> deterministic shard shuffle seeded by (seed, epoch)          plan.py
     -> explicit split by rank (contiguous, so also by node)          plan.py
     -> explicit split by loader worker                               plan.py
-    -> tar to samples (bad shards become counted placeholders)       tario.py
+    -> tar to samples (bad shards become counted placeholders)       tar_reader.py
     -> shuffle buffer seeded by (seed, epoch, rank, worker)          shuffle_buffer()
     -> masked padding up to the epoch's common batch count           (exact mode)
     -> skip the batches a resumed run already consumed               (no decode)
@@ -29,8 +29,8 @@ worker count, batch size or shuffle buffer, it re-plans the epoch's unseen sampl
 new settings instead, so every sample is still seen once (see ``plan.py``).
 
 Bad samples: each batch carries its worker's running counts; :class:`ShardLoader` sums them
-into ``bad_samples`` / ``samples_seen`` for this rank (``evaluation.global_bad_samples`` sums
-over ranks). The limit, ``bad > max_bad_fraction * max(seen, bad_min_seen)``, is on the whole
+into ``bad_samples`` / ``samples_seen`` for this rank (the trainer sums them over ranks).
+The limit, ``bad > max_bad_fraction * max(seen, bad_min_seen)``, is on the whole
 job: the trainer checks the all-rank sums at each logging step
 (:meth:`ShardLoader.check_bad_fraction`), and each rank checks its own counts scaled to all
 ranks after every batch. The loader never runs collectives itself.
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..config import Config, DataSection
 from ..errors import DataError
 from .plan import (
     Segment,
@@ -67,7 +68,7 @@ from .plan import (
     stream_seed,
 )
 from .spec import ShardList, resolve_shards, with_sizes
-from .tario import Bad, read_runs, read_slice
+from .tar_reader import BadSample, read_runs, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
 from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
 
@@ -79,14 +80,15 @@ _PAD = object()  # a padding slot of an exact epoch (not a sample: not counted a
 
 @dataclass
 class DataConfig:
-    """What the trainer passes in. ``batch_size`` is per rank."""
+    """The loader's settings (:func:`loader_config` builds them from a run's config); fields
+    that mean what a ``data:`` config key means have its name. ``batch_size`` is per rank."""
 
     shards: str | list[str]
     split: str = "train"
     train: bool = True
     batch_size: int = 64
-    num_workers: int = 4
-    epoch_mode: str = "exact"  # "exact" or "resampled"
+    workers: int = 4  # loader worker processes; 0 loads in the main process
+    mode: str = "exact"  # "exact" or "resampled"
     samples_per_epoch: int | None = None  # resampled mode: global samples per epoch
     shuffle_buffer: int = 1000  # train only; 0 disables
     seed: int = 0
@@ -94,7 +96,7 @@ class DataConfig:
     meta: str | None = None  # directory of a dataset.json for remote shards
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pin_memory: bool = False
-    prefetch_factor: int = 2
+    prefetch: int = 2  # batches each worker loads ahead
     # False: batches leave the workers as uint8 and ShardLoader.images() normalises them on the
     # device, so a quarter of the bytes cross shared memory, pinning and the copy to the GPU.
     normalize_in_workers: bool = True
@@ -108,16 +110,45 @@ class DataConfig:
     bad_min_seen: int = 1000
 
     def __post_init__(self):
-        if self.epoch_mode not in ("exact", "resampled"):
-            raise DataError(f"epoch_mode must be 'exact' or 'resampled', got {self.epoch_mode!r}")
-        if self.epoch_mode == "resampled" and not self.samples_per_epoch:
-            raise DataError("epoch_mode='resampled' needs samples_per_epoch (the epoch length)")
-        if not self.train and self.epoch_mode != "exact":
-            raise DataError("evaluation data must use epoch_mode='exact' (exactly-once evaluation)")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise DataError(
-                f"batch_size must be >= 1 and num_workers >= 0 ({self.batch_size}, {self.num_workers})"
-            )
+        if self.mode not in ("exact", "resampled"):
+            raise DataError(f"mode must be 'exact' or 'resampled', got {self.mode!r}")
+        if self.mode == "resampled" and not self.samples_per_epoch:
+            raise DataError("mode='resampled' needs samples_per_epoch (the epoch length)")
+        if not self.train and self.mode != "exact":
+            raise DataError("evaluation data must use mode='exact' (exactly-once evaluation)")
+        if self.batch_size < 1 or self.workers < 0:
+            raise DataError(f"batch_size must be >= 1 and workers >= 0 ({self.batch_size}, {self.workers})")
+
+
+# The DataConfig fields that the config's DataSection holds under the same name and meaning
+# (not ``train``: there it is the training shard spec, here whether the loader trains).
+_FROM_SECTION = tuple(
+    f.name
+    for f in dataclasses.fields(DataConfig)
+    if f.name != "train" and f.name in {s.name for s in dataclasses.fields(DataSection)}
+)
+
+
+def loader_config(cfg: Config, *, train: bool, device: torch.device) -> DataConfig:
+    """The run's training loader (``train=True``) or validation loader, feeding ``device``."""
+    d = cfg.data
+    section = {name: getattr(d, name) for name in _FROM_SECTION}
+    if not train:  # evaluation reads every sample once, in order
+        section.update(mode="exact", samples_per_epoch=None, shuffle_buffer=0)
+    section["pin_memory"] = d.pin_memory and device.type == "cuda"  # pinning serves a CUDA copy only
+    normalize_on = d.normalize_on
+    if normalize_on == "auto":  # uint8 to an accelerator (a quarter of the bytes), floats on CPU
+        normalize_on = "worker" if device.type == "cpu" else "device"
+    return DataConfig(
+        shards=d.train if train else d.val,
+        split="train" if train else "val",
+        train=train,
+        batch_size=cfg.train.batch_size if train else (cfg.eval.batch_size or cfg.train.batch_size),
+        seed=cfg.train.seed,
+        augment=AugmentConfig.from_section(d),
+        normalize_in_workers=normalize_on == "worker",
+        **section,
+    )
 
 
 class ShardStream(IterableDataset):
@@ -130,12 +161,12 @@ class ShardStream(IterableDataset):
         self.transform = SampleTransform(cfg.augment, train=cfg.train)
         self.epoch = 0
         self.history: tuple[Segment, ...] = ()  # finished segments of self.epoch (re-planned)
-        self.skip_batches = [0] * max(1, cfg.num_workers)  # per stream, set by the loader on resume
+        self.skip_batches = [0] * max(1, cfg.workers)  # per stream, set by the loader on resume
         self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % W (resume)
 
     @property
     def num_streams(self) -> int:
-        return max(1, self.cfg.num_workers)
+        return max(1, self.cfg.workers)
 
     def segment(self, batches: int) -> Segment:
         """This stream's settings as a finished segment of ``batches`` batches per rank."""
@@ -144,7 +175,7 @@ class ShardStream(IterableDataset):
 
     def batches_per_worker(self, epoch: int, history: tuple[Segment, ...] = ()) -> list[int]:
         c = self.cfg
-        if c.epoch_mode == "resampled":
+        if c.mode == "resampled":
             return resampled_batches(
                 c.samples_per_epoch, self.world_size, self.num_streams, c.batch_size, history
             )
@@ -170,7 +201,7 @@ class ShardStream(IterableDataset):
         c, B, epoch, history = self.cfg, self.cfg.batch_size, self.epoch, self.history
         segment = len(history)
         # shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker -> tar to samples
-        if c.epoch_mode == "exact":
+        if c.mode == "exact":
             plan = self._exact_plans(epoch, history)[worker]
             num_batches = plan.num_batches
             # A re-planned stream may hold scattered samples of a shard: one pass per shard.
@@ -199,31 +230,31 @@ class ShardStream(IterableDataset):
         yield from self._batches(decoded, worker)
 
     def _decode(self, item, aug_seed: int, position: int):
-        """-> (uint8 image, label, key, erase rect) or Bad or _PAD; never raises for a bad sample."""
-        if item is _PAD or isinstance(item, Bad):
+        """-> (uint8 image, label, key, erase rect) or BadSample or _PAD; never raises for a bad sample."""
+        if item is _PAD or isinstance(item, BadSample):
             return item
         key = f"{item['__url__']}#{item['__key__']}"
         ext = next((e for e in IMAGE_EXTS if e in item), None)
         if ext is None:
-            return Bad(key, f"sample {key} has no image ({', '.join(IMAGE_EXTS)})")
+            return BadSample(key, f"sample {key} has no image ({', '.join(IMAGE_EXTS)})")
         try:
             label = int(item["cls"].decode().strip())
         except (KeyError, ValueError, UnicodeDecodeError):
-            return Bad(key, f"sample {key} has a missing or unparsable .cls label")
+            return BadSample(key, f"sample {key} has a missing or unparsable .cls label")
         if not 0 <= label < self.num_classes:
-            return Bad(key, f"sample {key} has label {label} outside [0, {self.num_classes})")
-        # In the main process (num_workers=0) the trainer's RNG must not be disturbed.
-        saved = torch.get_rng_state() if get_worker_info() is None else None
-        # Only the CPU generator: torch.manual_seed also seeds (lazily) every accelerator and
-        # costs ~2 ms, as much as decoding the image.
+            return BadSample(key, f"sample {key} has label {label} outside [0, {self.num_classes})")
+        # In the main process (workers=0) the trainer's RNG must not be disturbed.
+        trainer_rng = torch.get_rng_state() if get_worker_info() is None else None
+        # Only the CPU generator: torch.manual_seed also seeds (lazily) every accelerator, which
+        # per sample would cost about as much as decoding the image.
         torch.default_generator.manual_seed(sample_seed(aug_seed, position))
         try:
             image, rect = self.transform.uint8(item[ext])
         except Exception as e:  # PIL / libjpeg / torchvision raise many types for corrupt data
-            return Bad(key, f"sample {key} does not decode: {type(e).__name__}: {e}")
+            return BadSample(key, f"sample {key} does not decode: {type(e).__name__}: {e}")
         finally:
-            if saved is not None:
-                torch.set_rng_state(saved)
+            if trainer_rng is not None:
+                torch.set_rng_state(trainer_rng)
         return image, label, item["__key__"], rect
 
     def _batches(self, decoded: Iterator, worker: int) -> Iterator[dict]:
@@ -235,7 +266,7 @@ class ShardStream(IterableDataset):
             if not group:
                 return
             good = [g for g in group if isinstance(g, tuple)]
-            reasons = [g.reason for g in group if isinstance(g, Bad)]
+            reasons = [g.reason for g in group if isinstance(g, BadSample)]
             seen += sum(g is not _PAD for g in group)
             for r in reasons:  # each of the first 10 per worker, then every 1000th: no log flood
                 bad += 1
@@ -282,7 +313,7 @@ class ShardLoader:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         shards = resolve_shards(cfg.shards, cfg.split, meta=cfg.meta)
-        if cfg.epoch_mode == "exact":
+        if cfg.mode == "exact":
             shards = with_sizes(shards)
         num_classes = cfg.num_classes or (len(shards.classes) if shards.classes else None)
         if not num_classes:
@@ -331,16 +362,16 @@ class ShardLoader:
             "batch": self._consumed,
             "seed": c.seed,
             "world_size": self.world_size,
-            "num_workers": c.num_workers,
+            "workers": c.workers,
             "batch_size": c.batch_size,
             "shuffle_buffer": c.shuffle_buffer,
-            "epoch_mode": c.epoch_mode,
+            "mode": c.mode,
             "segments": [dataclasses.asdict(seg) for seg in self._history],
             "bad_samples": self.bad_samples,
             "samples_seen": self.samples_seen,
         }
 
-    def load_state_dict(self, state: dict, counters: bool = True) -> None:
+    def load_state_dict(self, state: dict, *, counters: bool = True) -> None:
         """Resume: the next iteration of ``state['epoch']`` yields the batches of that epoch that
         ``state`` has not consumed. With the settings of ``state`` (world size, loader workers,
         batch size, shuffle buffer) that is the rest of the same batches; with other settings the
@@ -348,7 +379,7 @@ class ShardLoader:
         the bad-sample counts alone (they are per rank: meaningless on another world size)."""
         c = self.cfg
         # The trainer's names for these keys, for a message the user can act on.
-        fixed = {"train.seed": ("seed", c.seed), "data.mode": ("epoch_mode", c.epoch_mode)}
+        fixed = {"train.seed": ("seed", c.seed), "data.mode": ("mode", c.mode)}
         changed = [
             f"{k}={state.get(name)} (now {v})" for k, (name, v) in fixed.items() if state.get(name) != v
         ]
@@ -357,18 +388,13 @@ class ShardLoader:
                 f"cannot resume mid-epoch: the checkpoint's sample order was drawn with {', '.join(changed)}; "
                 f"set {' and '.join(x.split(' ')[0] for x in changed)} to resume"
             )
-        history = tuple(Segment(**seg) for seg in state.get("segments", ()))
+        history = tuple(Segment(**seg) for seg in state["segments"])
         batch = int(state["batch"])
-        # Checkpoints written before re-planning existed carry no shuffle_buffer: it was this one.
-        was = Segment(
-            state["world_size"],
-            max(1, state["num_workers"]),
-            state["batch_size"],
-            state.get("shuffle_buffer", c.shuffle_buffer),
-            batch,
+        checkpointed = Segment(
+            state["world_size"], max(1, state["workers"]), state["batch_size"], state["shuffle_buffer"], batch
         )
-        if batch and was != self.dataset.segment(batch):
-            history += (was,)
+        if batch and checkpointed != self.dataset.segment(batch):
+            history += (checkpointed,)
             batch = 0
             left, streams = (
                 self._left_samples(int(state["epoch"]), history),
@@ -379,9 +405,9 @@ class ShardLoader:
                 state["epoch"],
                 _settings(self.dataset.segment(0)),
                 left,
-                _settings(was),
+                _settings(checkpointed),
                 f"; fewer than the {streams} streams, so they are skipped"
-                if c.epoch_mode == "exact" and 0 < left < streams
+                if c.mode == "exact" and 0 < left < streams
                 else "",
             )
         self.epoch, self._start, self._history = int(state["epoch"]), batch, history
@@ -391,9 +417,9 @@ class ShardLoader:
 
     def _left_samples(self, epoch: int, history: tuple[Segment, ...]) -> int:
         c = self.cfg
-        if c.epoch_mode == "resampled":
+        if c.mode == "resampled":
             return resampled_left(c.samples_per_epoch, history)
-        return plan_left(self.shards.sizes, c.seed, epoch, c.train, history)
+        return plan_left(self.shards.sizes, c.seed, epoch, shuffle=c.train, history=history)
 
     def __iter__(self) -> Iterator[dict]:
         c = self.cfg
@@ -404,18 +430,18 @@ class ShardLoader:
         self._consumed = start
         if start == sum(per_worker):
             return
-        method = start_method(c.worker_start_method) if c.num_workers > 0 else None
+        method = start_method(c.worker_start_method) if c.workers > 0 else None
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the stream batches itself
-            num_workers=c.num_workers,
+            num_workers=c.workers,
             pin_memory=c.pin_memory,
             persistent_workers=False,  # workers re-read the epoch/skip set above
-            prefetch_factor=c.prefetch_factor if c.num_workers > 0 else None,
+            prefetch_factor=c.prefetch if c.workers > 0 else None,
             # DataLoader draws its base seed from this generator, not from the trainer's RNG.
             generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
             multiprocessing_context=method,
-            timeout=dataloader_timeout(c.worker_timeout, c.num_workers),
+            timeout=dataloader_timeout(c.worker_timeout, c.workers),
             worker_init_fn=worker_init,
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen
@@ -445,7 +471,7 @@ class ShardLoader:
             )
 
     def check_bad_fraction(self, bad: int, seen: int) -> None:
-        """The limit on all ranks' counts (``evaluation.global_bad_samples``); every rank calls it
+        """The limit on all ranks' counts (summed by the trainer); every rank calls it
         with the same sums, so every rank stops at the same step."""
         c = self.cfg
         if bad > c.max_bad_fraction * max(seen, c.bad_min_seen):

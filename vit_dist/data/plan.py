@@ -109,7 +109,7 @@ def sample_seed(stream_seed: int, position: int) -> int:
 
 def stream_seed(kind: str, seed: int, epoch: int, rank: int, worker: int, segment: int = 0) -> int:
     """Seed of one stream's ``kind`` ("buffer", "augment", "resample") in a segment of an epoch;
-    segment 0 (every epoch that was not re-planned) keeps the seeds it always had."""
+    segment 0 (the whole of an epoch that was not re-planned) leaves the segment out."""
     if segment == 0:
         return derive_seed(kind, seed, epoch, rank, worker)
     return derive_seed(kind, seed, epoch, rank, worker, "segment", segment)
@@ -138,7 +138,7 @@ def shuffle_buffer(items: Iterator, size: int, rng: random.Random, held: list | 
         yield buf.pop()
 
 
-def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+def shard_order(num_shards: int, seed: int, epoch: int, *, shuffle: bool) -> list[int]:
     order = list(range(num_shards))
     if shuffle:
         random.Random(derive_seed("shards", seed, epoch)).shuffle(order)
@@ -168,11 +168,11 @@ def exact_plan(
     total = sum(sizes)
     if total == 0:
         raise DataError("the shards hold no samples")
-    order = shard_order(len(sizes), seed, epoch, shuffle)
+    order = shard_order(len(sizes), seed, epoch, shuffle=shuffle)
     starts = [0]  # offset of each shard (in shuffled order) in the virtual sequence
     for i in order:
         starts.append(starts[-1] + sizes[i])
-    left = epoch_positions(total, seed, epoch, shuffle, history)
+    left = epoch_positions(total, seed, epoch, shuffle=shuffle, history=history)
     n, ends = _count(left), _ends(left)
     if history and n < streams:  # the tail of an epoch: fewer samples than streams
         return [StreamPlan((), 0, 0) for _ in range(num_workers)]
@@ -258,7 +258,7 @@ def _unseen(iv: Intervals, consumed: int, buffer: int, rng: random.Random) -> li
 
 @functools.lru_cache(maxsize=4)
 def epoch_positions(
-    total: int, seed: int, epoch: int, shuffle: bool, history: tuple[Segment, ...]
+    total: int, seed: int, epoch: int, *, shuffle: bool, history: tuple[Segment, ...]
 ) -> Intervals:
     """The virtual-sequence positions an epoch has left after the segments in ``history``."""
     left: Intervals = ((0, total),)
@@ -283,7 +283,7 @@ def epoch_positions(
 
 def plan_left(sizes: list[int], seed: int, epoch: int, shuffle: bool, history: tuple[Segment, ...]) -> int:
     """Samples an exact epoch has left after the segments in ``history``."""
-    return _count(epoch_positions(sum(sizes), seed, epoch, shuffle, history))
+    return _count(epoch_positions(sum(sizes), seed, epoch, shuffle=shuffle, history=history))
 
 
 def resampled_left(samples_per_epoch: int, history: tuple[Segment, ...]) -> int:

@@ -65,13 +65,13 @@ def resolve_shards(
     classes = next((sl.classes for sl in lists if sl.classes is not None), None)
     sizes = None if any(sl.sizes is None for sl in lists) else [n for sl in lists for n in sl.sizes]
     if meta is not None:
-        m = read_meta(meta)
-        by_name = {s["name"]: s["num_samples"] for sp in m["splits"].values() for s in sp["shards"]}
+        index = read_meta(meta)
+        by_name = {s["name"]: s["num_samples"] for sp in index["splits"].values() for s in sp["shards"]}
         missing = [u for u in urls if _basename(u) not in by_name]
         if missing:
             raise DataError(f"{Path(meta) / META_NAME} has no sample count for shard {missing[0]}")
         sizes = [by_name[_basename(u)] for u in urls]
-        classes = classes or m["classes"]
+        classes = classes or index["classes"]
     return ShardList(urls=urls, sizes=sizes, classes=classes, spec=str(spec))
 
 
@@ -151,7 +151,7 @@ def with_sizes(shards: ShardList) -> ShardList:
     if remote:
         raise DataError(
             f"exact epochs need per-shard sample counts and remote shard {remote[0]} has none: pass the "
-            f"dataset.json directory as meta=..., or use epoch_mode='resampled'"
+            f"dataset.json directory as meta=..., or use mode='resampled'"
         )
     return ShardList(shards.urls, [count_tar_samples(u) for u in shards.urls], shards.classes, shards.spec)
 

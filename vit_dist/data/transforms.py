@@ -28,16 +28,18 @@ equals mixing smoothed targets, as timm does.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
 
+from ..config import DataSection
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# decode.py's measurements: torchvision.io wins except eval crops of large JPEGs ("auto" picks).
+# "auto": torchvision.io, except PIL draft for eval crops of large JPEGs (see decode.py).
 DEFAULT_BACKEND = "auto"
 
 
@@ -58,6 +60,13 @@ class AugmentConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     backend: str = DEFAULT_BACKEND  # "auto", "tv" or "pil", see decode.py
+
+    @classmethod
+    def from_section(cls, section: DataSection) -> AugmentConfig:
+        """The settings of a config's ``data`` section: every field it names alike, lists as tuples."""
+        names = {f.name for f in dataclasses.fields(section)}
+        values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls) if f.name in names}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 NO_ERASE = (0, 0, 0, 0)  # an erasing rectangle (top, left, height, width) that clears nothing
@@ -104,8 +113,7 @@ class SampleTransform:
         e = self.erasing
         if e is None or torch.rand(1) >= e.p:
             return NO_ERASE
-        make_params = getattr(e, "make_params", None) or e._get_params  # torchvision < 0.21
-        p = make_params([img])
+        p = e.make_params([img])
         return NO_ERASE if p["v"] is None else (int(p["i"]), int(p["j"]), int(p["h"]), int(p["w"]))
 
     def __call__(self, data: bytes) -> torch.Tensor:

@@ -40,8 +40,8 @@ def fork_is_safe(version: tuple = tuple(sys.version_info[:3])) -> bool:
     Before 3.10.15 and 3.11.10 (gh-112275), a child forked at the moment another thread was
     creating or deleting its Python thread state inherits the runtime lock held and waits for
     it forever in ``PyOS_AfterFork_Child``. A training process always has such threads: gloo's
-    run loops call into Python, loader queue feeder threads start and end. Seen here as a DDP
-    run whose rank 0 waited forever for a loader worker stuck right after fork (1 run in 21).
+    run loops call into Python, loader queue feeder threads start and end. The symptom: a rank
+    waits forever for a loader worker stuck right after fork.
     """
     return version >= (3, 12) or (3, 11, 10) <= version < (3, 12) or (3, 10, 15) <= version < (3, 11)
 
@@ -136,7 +136,7 @@ def _kill_lingering_workers() -> None:
     A loader iterator is normally shut down when it is released. When an unexpected exception
     ends the process, the traceback can keep it alive until exit; multiprocessing's own exit
     hook then sends its daemonic children SIGTERM -- which our workers ignore, see above -- and
-    joins them: the process would hang forever (seen when a rank on another node crashed).
+    joins them: the process would hang forever (e.g. a rank stopping because another crashed).
     Registered after multiprocessing's hook, so it runs first (atexit is last-in, first-out).
     Every daemonic child is killed, not only loader workers (the process objects do not say
     what they run once started); multiprocessing would SIGTERM them at this point anyway.

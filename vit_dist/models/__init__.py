@@ -1,13 +1,14 @@
 """Vision Transformer models as plain ``nn.Module``s with timm-compatible parameter names.
 
-Public API: ``create_model``, ``list_models``, ``load_pretrained``, ``flops_per_image``.
+Public API: ``create_model``, ``build_model`` (from a run config), ``list_models``, ``load_pretrained``,
+``flops_per_image``.
 Models contain no distributed code; parallelism is applied from outside (vit_dist.parallel).
 """
 
 from .deit import DistilledVisionTransformer
 from .flops import count_flops, flops_per_image
 from .pretrained import CheckpointMismatchError, LoadReport, load_pretrained, read_state_dict
-from .registry import create_model, list_families, list_models
+from .registry import build_model, check_model_kwargs, create_model, list_families, list_models
 from .swin import SwinTransformer
 from .vit import VisionTransformer
 
@@ -17,6 +18,8 @@ __all__ = [
     "LoadReport",
     "SwinTransformer",
     "VisionTransformer",
+    "build_model",
+    "check_model_kwargs",
     "count_flops",
     "create_model",
     "flops_per_image",

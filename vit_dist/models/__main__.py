@@ -38,7 +38,7 @@ def _cmd_list(pattern: str) -> None:
 
 def digits_batch(n: int, img_size: int, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n real 8x8 digits from scikit-learn, upscaled to img_size, standardised."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # slow to import; only this command needs it
 
     d = load_digits()
     x = torch.tensor(d.images[:n], dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]

@@ -26,8 +26,8 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
     """Truncated normal at +-2 std, the init used by ViT/DeiT/Swin reference code.
 
-    Inverse-CDF sampling (uniform over [cdf(-2), cdf(2)] -> erfinv): exact, one pass, and about
-    9x faster on CPU than torch's current rejection loop, which dominated building ViT-L.
+    Inverse-CDF sampling (uniform over [cdf(-2), cdf(2)] -> erfinv): exact and one pass over the
+    tensor, where torch's rejection loop takes several and dominates building a large model.
     """
     lo, hi = (1.0 + math.erf(-2.0 / math.sqrt(2.0))) / 2.0, (1.0 + math.erf(2.0 / math.sqrt(2.0))) / 2.0
     with torch.no_grad():

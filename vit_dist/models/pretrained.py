@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointMismatchError
@@ -51,8 +52,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         obj = load_file(path, device="cpu")
     else:
         try:

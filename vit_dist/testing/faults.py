@@ -1,4 +1,4 @@
-"""Fault injection for tests of the never-lose-a-run guarantees (off unless asked for).
+"""Test-only fault injection for the never-lose-a-run guarantees (off unless VIT_DIST_FAULT is set).
 
 ``VIT_DIST_FAULT`` holds comma-separated ``kind@step[:rank]`` entries (rank defaults to 0):
 

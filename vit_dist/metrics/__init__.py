@@ -1,0 +1,34 @@
+"""Run metrics, one job per module:
+
+- ``runlog``: ``RunLogger``, the rank-0 logger (JSONL files, resume truncation, progress display).
+- ``jsonl``: the JSONL record files: names, encoding, reading back, cutting back on resume.
+- ``wandb_sink``: W&B mode resolution, the key check, and one W&B run's init/log/finish.
+- ``curves``: ``plot_curves``, the curves PNG drawn from the JSONL files.
+- ``hardware``: peak FLOP/s (datasheet table or measured matmul), MFU and peak memory.
+- ``timing``: ``StepTimer`` (data wait vs step time) and ``InputBoundAdvisor``.
+
+The names other modules use are re-exported here.
+"""
+
+from __future__ import annotations
+
+from .curves import plot_curves
+from .hardware import datasheet_peak, max_memory_mb, measure_matmul_peak, mfu, peak_flops
+from .jsonl import read_jsonl
+from .runlog import RunLogger
+from .timing import InputBoundAdvisor, StepTimer
+from .wandb_sink import resolve_wandb_mode
+
+__all__ = [
+    "InputBoundAdvisor",
+    "RunLogger",
+    "StepTimer",
+    "datasheet_peak",
+    "max_memory_mb",
+    "measure_matmul_peak",
+    "mfu",
+    "peak_flops",
+    "plot_curves",
+    "read_jsonl",
+    "resolve_wandb_mode",
+]

@@ -1,0 +1,232 @@
+"""Weights & Biases for the run logger: which mode to use, and one W&B run started, logged to
+and finished so that W&B can never hang a job, prompt for a key or stop a run.
+
+wandb is only imported when W&B is enabled, only goes online when a key is configured (the
+environment or a netrc entry; checked here without importing wandb), and any W&B failure is
+reported on one line and the run carries on without it: the JSONL files are the record that
+counts. The run id is kept in ``wandb_run_id.txt`` so a resumed run continues the same W&B run;
+each resumed process then writes its own offline directory, and ``finish`` prints how to
+upload them all in order.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..atomic import write_text
+from .jsonl import as_number
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_key_configured() -> bool:
+    """True when W&B can authenticate without a prompt: WANDB_API_KEY or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def resolve_wandb_mode(requested: str) -> str:
+    """``"online"``, ``"offline"`` or ``"disabled"`` for a requested ``auto|offline|online``.
+
+    An explicit ``WANDB_MODE=disabled`` or ``offline`` (``dryrun``) in the environment always
+    wins: it is how a cluster job says "no network here", and going online there would only
+    time out. Online also needs a configured key, since otherwise wandb would prompt for one
+    on a TTY (or fail after a delay without one); a request for online without a key is
+    downgraded to offline by the caller with a warning.
+    """
+    requested = (requested or "auto").lower()
+    if requested not in ("auto", "offline", "online"):
+        raise ValueError(f"wandb_mode must be 'auto', 'offline' or 'online', got {requested!r}")
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env == "disabled":
+        return "disabled"
+    if env in ("offline", "dryrun") or requested == "offline":
+        return "offline"
+    if requested == "online":
+        return "online"
+    return "online" if wandb_key_configured() else "offline"
+
+
+def new_run_id() -> str:
+    """Our own run id (W&B's style: 8 lowercase base-36 characters), so it is known before init
+    and the offline fallback after a failed online init keeps the same id."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def wandb_settings(wandb, mode: str):
+    """Quiet, fast settings, using only the names this wandb version has."""
+    fields = set(getattr(wandb.Settings, "model_fields", {}) or ())
+    wanted: dict[str, Any] = {
+        "silent": True,  # wandb's own banner/warnings only; our messages go through info()
+        "console": "off",  # no stdout/stderr wrapping: keeps tqdm and SLURM logs intact
+        "init_timeout": 60.0 if mode == "online" else 30.0,
+        "reinit": "finish_previous",  # a second logger in one process replaces the first
+    }
+    # System-metrics sampling (a background sampler per run); renamed across versions.
+    for name in ("x_disable_stats", "_disable_stats"):
+        if not fields or name in fields:
+            wanted[name] = True
+            break
+    if fields:
+        wanted = {key: value for key, value in wanted.items() if key in fields}
+    try:
+        return wandb.Settings(**wanted)
+    except Exception:
+        return wandb.Settings(silent=True, console="off")
+
+
+def offline_segments(output_dir: Path, run_id: str) -> list[str]:
+    """Offline run directories of ``run_id`` under output_dir/wandb, oldest first."""
+    # wandb names a segment offline-run-<YYYYmmdd_HHMMSS>-<id>, and adds "-1", "-2", ... when
+    # that name is taken (a resumed process that starts within the same second).
+    pattern = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    found = []
+    root = output_dir / "wandb"
+    for path in root.glob("offline-run-*") if root.is_dir() else ():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append(((match.group(1), int(match.group(2) or 0)), str(path)))
+    return [path for _, path in sorted(found)]
+
+
+class WandbSink:
+    """The W&B run of one run logger: ``start`` it, ``log`` to it, ``finish`` it.
+
+    Every message (warnings, the run's URL, how to sync an offline run) goes through ``info``,
+    the logger's printer. Until ``start`` succeeds, and after any failure, ``run`` is None,
+    ``mode`` is ``"disabled"`` and ``log``/``finish`` do nothing.
+    """
+
+    def __init__(self, info: Callable[[str], None]) -> None:
+        self.info = info
+        self.run = None
+        self.mode: str = "disabled"  # the mode actually in use after resolution/fallback
+        self.run_dir: str | None = None
+        self.output_dir: Path | None = None
+
+    def start(
+        self,
+        output_dir: Path,
+        mode: str,
+        *,
+        project: str,
+        entity: str | None,
+        run_name: str | None,
+        config: dict,
+        resuming: bool,
+    ) -> None:
+        """Start a run in ``mode`` (from ``resolve_wandb_mode``) writing under ``output_dir``;
+        ``resuming`` continues the run whose id is in ``wandb_run_id.txt``."""
+        self.output_dir = output_dir
+        try:
+            self._start(mode, project, entity, run_name, config, resuming)
+        except Exception as e:  # W&B trouble never stops a run
+            self.info(f"warning: wandb set-up failed ({type(e).__name__}: {e}); not logging to W&B")
+            self.run, self.mode, self.run_dir = None, "disabled", None
+
+    def _start(
+        self, mode: str, project: str, entity: str | None, run_name: str | None, config: dict, resuming: bool
+    ) -> None:
+        if mode == "disabled":
+            return
+        if mode == "online" and not wandb_key_configured():
+            self.info("warning: wandb online requested but no WANDB_API_KEY or netrc entry; logging offline")
+            mode = "offline"
+        try:
+            # Imported here: wandb is optional and slow to import; a run without W&B never loads it.
+            import wandb
+        except Exception as e:  # a broken install must not stop training
+            self.info(f"warning: wandb unavailable ({type(e).__name__}: {e}); not logging to W&B")
+            return
+
+        id_file = self.output_dir / WANDB_ID_FILE
+        run_id = None
+        if resuming and id_file.exists():
+            run_id = id_file.read_text().strip() or None
+        resume = "allow" if run_id else None
+        run_id = run_id or new_run_id()
+
+        init_kwargs = dict(
+            project=project,
+            entity=entity,
+            name=run_name or self.output_dir.name,
+            config=dict(config or {}),
+            dir=str(self.output_dir),
+            id=run_id,
+            resume=resume,
+        )
+        run = None
+        try:
+            run = wandb.init(mode=mode, settings=wandb_settings(wandb, mode), **init_kwargs)
+        except Exception as e:
+            if mode != "online":
+                self.info(f"warning: wandb init failed ({type(e).__name__}: {e}); not logging to W&B")
+                return
+            self.info(f"warning: wandb online init failed ({type(e).__name__}: {e}); logging offline")
+        if run is None:
+            mode = "offline"
+            try:
+                run = wandb.init(mode=mode, settings=wandb_settings(wandb, mode), **init_kwargs)
+            except Exception as e:
+                self.info(f"warning: wandb offline init failed ({type(e).__name__}: {e}); not logging to W&B")
+                return
+
+        self.run = run
+        self.mode = mode
+        self.run_dir = str(run.settings.sync_dir)
+        write_text(id_file, run.id + "\n")
+        if mode == "online" and getattr(run, "url", None):
+            self.info(f"wandb: {run.url}")
+
+    def log(self, data: dict, step: Any) -> None:
+        """Log the numeric values of ``data`` at ``step``; on failure, warn once and stop W&B."""
+        if self.run is None:
+            return
+        data = {
+            key: value for key, value in data.items() if as_number(value) is not None
+        }  # charts want numbers
+        try:
+            self.run.log(data, step=int(step) if as_number(step) is not None else None)
+        except Exception as e:
+            # One warning, then W&B is dropped: the JSONL files still have everything.
+            self.info(f"warning: wandb log failed ({type(e).__name__}: {e}); W&B logging stopped")
+            self.finish(quiet=True)
+
+    def finish(self, quiet: bool = False) -> None:
+        """Close the run; unless ``quiet``, print its URL or how to upload its offline segments."""
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            # Flush and close now rather than in wandb's atexit hook, where a slow service delays exit.
+            run.finish()
+        except Exception as e:
+            self.info(f"warning: wandb finish failed ({type(e).__name__}: {e})")
+        if quiet:
+            return
+        if self.mode == "offline" and self.run_dir:
+            self.info(f"wandb: offline run saved; upload it with:\n  wandb sync {self.run_dir}")
+            segments = offline_segments(self.output_dir, run.id)
+            if len(segments) > 1:
+                # Each resumed process writes its own offline directory for the same run id.
+                self.info(
+                    f"wandb: this run has {len(segments)} offline segments; upload all in order with:\n"
+                    f"  wandb sync --id {run.id} " + " ".join(segments)
+                )
+        elif self.mode == "online" and getattr(run, "url", None):
+            self.info(f"wandb: {run.url}")

@@ -1,0 +1,228 @@
+"""Weights in and out of vit_dist's files: what evaluation, export, prediction and distillation
+load, and the consolidated weights file that export writes.
+
+- :func:`load_weights`: a training checkpoint (DDP ``state.pt`` or FSDP ``dcp/``, read in one
+  process without collectives), its EMA, or any weights file ``models.load_pretrained`` reads,
+  into a plain model.
+- :func:`load_checkpoint_model`: rebuild a training checkpoint's model exactly as training
+  built it (the resolved config in its ``meta.json``), with its weights.
+- :func:`load_export`: an exported ``.safetensors`` file and its sidecar ``.json``.
+- :func:`write_weights` / :func:`export_checkpoint`: the export itself, a weights-only
+  ``.safetensors`` with timm parameter names plus a sidecar JSON (model name and keywords,
+  classes, preprocessing, step, source), each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from torch import nn
+
+from . import atomic
+from .checkpoint import CKPT_DIR, read_meta, resolve_checkpoint_dir
+from .config import Config, config_from_dict
+from .data.meta import read_meta as read_dataset_meta
+from .data.spec import is_remote
+from .errors import CheckpointError, ConfigError, DataError
+from .models import build_model, create_model, load_pretrained
+from .models.pretrained import clean_param_name, fit_state_dict
+
+EXPORT_FORMAT = "vit_dist.export/1"
+_SIDECAR_KEYS = ("img_size", "mean", "std", "crop_pct")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, use_ema: bool = False) -> str:
+    """Load a training checkpoint (or a run directory: its latest) or a weights file into a
+    plain model; returns a one-line description of what was loaded."""
+    p = Path(path)
+    if not p.is_dir():
+        return str(load_pretrained(model, p))
+    p = resolve_checkpoint_dir(p)
+    meta = read_meta(p)
+    key = "ema" if use_ema else "model"
+    if meta.get("fsdp"):
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        state = {key: {n: sd[n] for n, _ in model.named_parameters()} if use_ema else sd}
+        # Every process reads the full tensors on its own (no_dist): no collectives, so this
+        # also works on one rank of a running job (the trainer's final export).
+        with warnings.catch_warnings():
+            # DCP notes that it loads without a process group: that is the point here.
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(p / "dcp"), no_dist=True)
+        sd.update(state[key])
+    else:
+        state = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
+        if key not in state:
+            raise CheckpointError(f"{p} has no {key} weights")
+        sd = {**model.state_dict(), **state[key]} if use_ema else state[key]
+    sd, _ = fit_state_dict(model, sd, str(p))
+    model.load_state_dict(sd)
+    return f"{'EMA of ' if use_ema else ''}training checkpoint {p} (step {meta['step']})"
+
+
+def run_dir_of(checkpoint_dir: Path) -> Path:
+    """``runs/x/checkpoints/step-N`` -> ``runs/x``."""
+    parent = checkpoint_dir.parent
+    return parent.parent if parent.name == CKPT_DIR else parent
+
+
+def dataset_classes(cfg: Config, num_classes: int) -> list[str] | None:
+    """Class names from the training data's dataset.json (``data.meta``, else the directory of
+    ``data.train`` / ``data.val``), or None when none is readable or the count does not match.
+    Relative paths are taken as the training run took them: relative to the current directory."""
+    candidates: list[str] = [cfg.data.meta] if cfg.data.meta else []
+    for spec in (cfg.data.train, cfg.data.val):
+        if not spec:
+            continue
+        parts = [str(s) for s in spec] if isinstance(spec, (list, tuple)) else str(spec).split("::")
+        for part in parts:
+            part = part.strip()
+            if not part or is_remote(part):
+                continue
+            local = re.sub(r"^file:(//)?", "", part)
+            candidates.append(local if os.path.isdir(local) else os.path.dirname(local) or ".")
+    for directory in dict.fromkeys(candidates):  # de-duplicated, in order
+        try:
+            classes = read_dataset_meta(directory)["classes"]
+        except DataError:
+            continue
+        if isinstance(classes, list) and len(classes) == num_classes:
+            return [str(c) for c in classes]
+    return None
+
+
+def _jsonable(obj: Any) -> Any:
+    """Model keywords as JSON (tuples become lists, which the model constructors accept)."""
+    return json.loads(json.dumps(obj))
+
+
+def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a training checkpoint and load its weights (or EMA weights).
+
+    Returns ``(model in eval mode, info)``; ``info`` is the export sidecar's content."""
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    meta = read_meta(checkpoint_dir)
+    if "config" not in meta or "num_classes" not in meta:
+        raise CheckpointError(
+            f"{checkpoint_dir}/meta.json has no config/num_classes: not a vit_dist checkpoint"
+        )
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{checkpoint_dir}/meta.json: its config does not load ({e})") from None
+    if ema and cfg.ema.decay == 0:
+        raise CheckpointError(f"{checkpoint_dir} has no EMA weights (trained with ema.decay=0)")
+    num_classes = int(meta["num_classes"])
+    # Every weight comes from the checkpoint: don't read model.pretrained (it may be gone).
+    cfg.model.pretrained = None
+    model = build_model(cfg, num_classes)
+    load_weights(model, checkpoint_dir, use_ema=ema)
+    model.eval()
+    info = {
+        "format": EXPORT_FORMAT,
+        "model_name": cfg.model.name,
+        "model_kwargs": _jsonable(getattr(model, "model_kwargs", meta.get("model_kwargs", {}))),
+        "num_classes": num_classes,
+        "classes": dataset_classes(cfg, num_classes),
+        "img_size": cfg.data.img_size,
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "crop_pct": cfg.data.crop_pct,
+        "step": int(meta["step"]),
+        "ema": ema,
+        "source": str(checkpoint_dir.resolve()),
+    }
+    return model, info
+
+
+def read_sidecar(weights: Path) -> dict | None:
+    """The export sidecar JSON beside ``weights`` (same stem), or None when there is none."""
+    sidecar = weights.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        info = json.loads(sidecar.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{sidecar} is not an export sidecar ({type(e).__name__}: {e})") from None
+    return info
+
+
+def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, info)`` from an exported weights file and its sidecar JSON."""
+    weights = Path(path)
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint={path}: no such file or directory")
+    info = read_sidecar(weights)
+    if info is None:
+        raise CheckpointError(
+            f"{weights}: no {weights.with_suffix('.json').name} beside it (python -m vit_dist.export "
+            f"writes it: model name, classes and preprocessing are needed to predict)"
+        )
+    try:
+        name, kwargs = info["model_name"], dict(info["model_kwargs"])
+        missing = [k for k in _SIDECAR_KEYS if k not in info]
+        if missing:
+            raise KeyError(missing[0])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{weights.with_suffix('.json')} is not an export sidecar ({type(e).__name__}: {e})"
+        ) from None
+    model = create_model(name, **kwargs)
+    load_weights(model, weights)
+    model.eval()
+    info.setdefault("num_classes", getattr(model, "num_classes", None))
+    info.setdefault("classes", None)
+    return model, info
+
+
+def _new_file_mode(directory: Path) -> int:
+    """The permission bits a file created here gets (0666 less the process umask)."""
+    probe = directory / f".mode-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def write_weights(model: nn.Module, out: str | os.PathLike, info: dict) -> Path:
+    """Write ``model``'s state dict to ``out`` (.safetensors) and ``info`` to the sidecar JSON
+    with the same stem, each atomically. Returns the weights path."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"out={out}: the exported file must end in .safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Clones: safetensors refuses tensors that share storage, and the file must not depend on
+    # how the live model happens to lay out its parameters.
+    sd = {
+        clean_param_name(k): v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+    }
+    with atomic.atomic_path(out) as tmp:
+        # The metadata repeats the model name so the file alone still says what it is.
+        save_file(sd, str(tmp), metadata={"format": "pt", "model_name": str(info.get("model_name", ""))})
+        # safetensors creates its file private (0600); give it the mode of a file created by
+        # this process, like the JSON sidecar.
+        os.chmod(tmp, _new_file_mode(out.parent))
+    atomic.write_json(out.with_suffix(".json"), {**info, "weights": out.name})
+    return out
+
+
+def export_checkpoint(
+    path: str | os.PathLike, out: str | os.PathLike | None = None, *, ema: bool = False
+) -> Path:
+    """Export a checkpoint (see the module docstring); returns the written ``.safetensors``."""
+    model, info = load_checkpoint_model(path, ema=ema)
+    if out is None:
+        out = run_dir_of(Path(info["source"])) / "export" / f"{'model_ema' if ema else 'model'}.safetensors"
+    return write_weights(model, out, info)
