@@ -32,11 +32,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import yaml
 
 from .amp import DTYPES, autocast
+from .data.bench import main as data_main
 from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
+from .models import create_model, flops_per_image
+from .optim import build_optimizer, param_groups
+from .parallel import apply_compile
 
 
 def _sync(device: torch.device) -> None:
@@ -62,10 +68,9 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str) -> t
     """The AdamW a trainer would build: ``vit_dist`` (our param groups, fused kernel where the
     device has one) or ``timm`` (timm's ``create_optimizer_v2``, what its train.py uses)."""
     if kind == "timm":
-        from timm.optim import create_optimizer_v2
+        from timm.optim import create_optimizer_v2  # optional: only the timm comparison needs timm
 
         return create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
-    from .optim import build_optimizer, param_groups
 
     nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     return build_optimizer(param_groups(model, 0.05, nwd), 1e-4, (0.9, 0.999), 1e-8, device)
@@ -105,18 +110,14 @@ def make_steps(
 
 
 def _build(name: str, img: int, compile: bool, device):
-    from .models import create_model
 
     model = create_model(name, img_size=img).to(device)
     if compile:
-        from .parallel import apply_compile
-
         apply_compile(model.transformer_blocks())  # exactly as the trainer compiles
     return model
 
 
 def bench_model(args) -> dict:
-    from .models import flops_per_image
 
     device = torch.device(args.device)
     model = _build(args.model, args.img_size, args.compile, device)
@@ -174,7 +175,7 @@ def _host(device: torch.device) -> dict:
 
 def bench_compare_timm(args) -> dict:
     try:
-        import timm
+        import timm  # optional: only the timm comparison needs timm
     except ImportError:
         raise SystemExit("error: compare-timm needs timm (pip install timm)") from None
     device = torch.device(args.device)
@@ -182,8 +183,6 @@ def bench_compare_timm(args) -> dict:
     torch.manual_seed(0)
     theirs = timm.create_model(args.model, pretrained=False, img_size=args.img_size).to(device)
     if args.compile:  # the same per-block compile as ours
-        from .parallel import apply_compile
-
         apply_compile(
             list(theirs.blocks) if hasattr(theirs, "blocks") else [b for s in theirs.layers for b in s.blocks]
         )
@@ -232,9 +231,6 @@ def bench_run(run_dir: str, skip: int) -> dict:
     max over windows: the share of host step time spent in ``next(batch)``, an upper bound on
     the GPU's idle time for want of data (the host runs ahead of the GPU by a queue of work).
     """
-    from pathlib import Path
-
-    import yaml
 
     run = Path(run_dir)
     try:
@@ -281,8 +277,6 @@ def _print_table(rec: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
-        from .data.bench import main as data_main
-
         data_main(argv[1:])  # prints its tables, writes --out
         return 0
     p = argparse.ArgumentParser(prog="python -m vit_dist.bench", description=__doc__.split("\n")[0])

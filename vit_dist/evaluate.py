@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import atomic
 from .cli import parse_args, run_cli, setup_logging
 from .config import load_config
 from .errors import ConfigError
@@ -35,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
         # torch and everything built on it load only once the command line and config are valid.
-        from . import atomic
         from .data import build_loader, loader_config
         from .distributed import init_distributed, shutdown
         from .evaluation import evaluate_model, summary_line

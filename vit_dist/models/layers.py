@@ -159,15 +159,7 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.compiler.is_compiling():
-            # Inductor on CPU keeps fc1 as addmm, which first copies the bias into the whole
-            # (tokens x hidden) output; added here, it joins GELU's fused kernel and costs no
-            # extra pass (inductor already does this itself on GPUs).
-            h = F.linear(x, self.fc1.weight)
-            h = self.act(h + self.fc1.bias.to(h.dtype))
-        else:
-            h = self.act(self.fc1(x))
-        return self.drop2(self.fc2(self.drop1(h)))
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
     def flops(self, n: int) -> int:
         return 2 * 2 * n * self.fc1.in_features * self.fc1.out_features
