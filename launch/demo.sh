@@ -3,6 +3,8 @@
 # CPU process, W&B offline. Sets up .venv on first use, writes the digits shards to data/digits
 # if missing, trains with configs/digits_vit.yaml, and prints the run directory and the
 # held-out top-1. Extra key=value arguments override the config (e.g. train.epochs=10).
+# resume=auto: run again, it finds its finished run in output_dir and prints that run's result
+# without training (an interrupted run continues); output_dir=runs/other trains afresh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -10,4 +12,4 @@ export WANDB_MODE="${WANDB_MODE:-offline}"
 if [ ! -f data/digits/dataset.json ]; then
     python -m vit_dist.data.shards --from digits --img-size 16 --shard-samples 100 --out data/digits
 fi
-python -m vit_dist.train --config configs/digits_vit.yaml "$@"
+python -m vit_dist.train --config configs/digits_vit.yaml resume=auto "$@"

@@ -1,45 +1,90 @@
-"""Checkpoints: atomic, complete, resumable, on one process or many.
+"""Checkpoints: atomic, complete, verifiable, resumable, on one process or many.
 
 Layout of ``output_dir/checkpoints/step-00001234/``:
 
     state.pt        DDP / single process: model, optimizer, EMA (rank 0 writes it)
-    dcp/            FSDP: the same, sharded with torch.distributed.checkpoint (every rank writes)
+    dcp/            FSDP: the same, sharded with torch.distributed.checkpoint (every rank writes
+                    its ``__<rank>_<n>.distcp`` files, rank 0 the ``.metadata``)
     rank-00000.pt   per rank: RNG states (python, numpy, torch, cuda), data-loader position
     meta.json       step, epoch, samples seen, scheduler and lr schedule, loss scaler, world
                     size, strategy, rank 0's data position (what a resume on another world
-                    size re-plans the epoch from), model name, config -- written last: a
-                    directory without it is incomplete
+                    size re-plans the epoch from), model name, config, the run lineage
+                    (``run_id``), the manifest of every other file (``files``) and a checksum
+                    of meta.json itself (``meta_crc32``) -- written last: a directory without
+                    it is incomplete
 
-Atomicity: everything is written into ``step-N.tmp/``; after a barrier rank 0 writes
-meta.json, then renames the directory to ``step-N`` (one rename on one filesystem). A process
-killed at any moment leaves the previous checkpoint complete and loadable; stale ``.tmp``
-directories are ignored and removed at the next save. The last ``keep`` checkpoints are kept,
-and the best (by eval top-1) is kept as ``best/`` (a copy) as well.
+Atomicity: everything is written into ``step-N.tmp/``; every file is fsynced by the rank that
+wrote it, then rank 0 writes meta.json, fsyncs every directory of the checkpoint and renames it
+to ``step-N`` (one rename on one filesystem), then fsyncs ``checkpoints/``. A process killed or
+powered off at any moment leaves the previous checkpoint complete and loadable; stale ``.tmp``
+directories are ignored and removed at the next save. Saving a step that exists already (or
+``best/``) renames the old copy aside to ``step-N.old`` first, renames the new one in, then
+deletes the old: at every moment one complete copy is findable (``list_checkpoints`` reads
+``step-N.old`` while ``step-N`` is missing). A save that fails on an OS error (disk full,
+read-only filesystem, permissions) raises one CheckpointError on every rank naming the path and
+the reason; the partial ``.tmp`` is removed and the previous checkpoint stays as it was.
 
-Loading never executes code: ``torch.load(weights_only=True)`` and DCP.
+Lineage: the last ``keep`` checkpoints of the run that writes (``meta["run_id"]``) are kept;
+checkpoints of other runs, or without a ``run_id``, are never pruned, nor is the one just
+written. The best (by eval top-1) is kept as ``best/`` (a copy), replaced only by its own run.
+
+Verification (:func:`verify_checkpoint`) stays cheap for multi-GB checkpoints. At save time each
+file is read back once from the page cache (it was just written) for its CRC-32 -- CRC rather
+than a cryptographic hash because it guards against damage, not tampering (loading never runs
+code anyway), and it is several times faster, which matters on the save's critical path.
+The manifest records per file its size, the CRC-32 of the whole file and the CRC-32 of a
+sample: the whole file when it is at most 2 MiB (rank files, small state files), else 8 blocks
+of 256 KiB spread evenly from the first byte to the last (``_sample_ranges``). meta.json holds
+a CRC-32 of its own content. The default check (resume, evaluate, export, a teacher) stats
+every file and reads only the samples: at most 2 MiB per file whatever its size, so it
+catches a missing, truncated or emptied file, a zero-filled or garbled tail or head (what a
+power loss leaves) and any change to a small file or to meta.json, but not a flipped byte in
+the middle of a large file. ``full=True`` reads every byte and compares the whole-file CRC: it
+catches that too, at the cost of reading the whole checkpoint. ``resume=auto`` skips damaged
+checkpoints (one warning naming them) for the newest intact one; a checkpoint named by path
+must be intact.
+
+Loading never executes code: ``torch.load(weights_only=True)`` and DCP; a file it refuses (a
+pickle with code) or cannot read is a CheckpointError, never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import random
+import re
 import shutil
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from . import atomic
-from .distributed import DistEnv, barrier, broadcast_object
+from .distributed import DistEnv, all_gather_object, broadcast_object
 from .errors import CheckpointError
 from .testing import faults
 
+log = logging.getLogger(__name__)
+
 CKPT_DIR = "checkpoints"
+BEST = "best"
 _PREFIX = "step-"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_ASIDE = ".old"  # the previous copy of a directory being replaced, between the two renames
+_ASIDE_DIR = re.compile(r"^step-(\d+)\.old$")
+_DCP_RANK_FILE = re.compile(r"^__(\d+)_")  # DCP names each rank's files __<rank>_<n>.distcp
+_SAMPLE_BLOCK = 256 << 10
+_SAMPLE_BLOCKS = 8  # per file: the first and last block and 6 spread between them
+_READ_CHUNK = 8 << 20
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
@@ -47,19 +92,23 @@ def checkpoint_root(output_dir: str | os.PathLike) -> Path:
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints (those with meta.json), oldest first."""
+    """Complete checkpoints (``step-<number>`` directories with meta.json), oldest first.
+
+    A ``step-N.old`` (the old copy of a step being saved again) stands in for ``step-N`` while
+    that is missing: a save killed between its two renames loses neither. Anything else
+    (``.tmp`` saves in progress or torn, a ``step-final/`` a user made) is not a checkpoint."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir()
-        and p.name.startswith(_PREFIX)
-        and not p.name.endswith(".tmp")
-        and (p / "meta.json").is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+    current: dict[int, Path] = {}
+    aside: dict[int, Path] = {}
+    for p in root.iterdir():
+        for pattern, found in ((_STEP_DIR, current), (_ASIDE_DIR, aside)):
+            match = pattern.match(p.name)
+            if match and (p / "meta.json").is_file():
+                found[int(match[1])] = p
+    by_step = {**aside, **current}
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -71,6 +120,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """A checkpoint directory (has meta.json), or the latest complete one of a run directory
     or of its ``checkpoints/`` directory. Raises CheckpointError otherwise."""
     p = Path(path)
+    aside = p.with_name(p.name + _ASIDE)
+    if not p.exists() and (aside / "meta.json").is_file():
+        return aside  # best/ (or a step) killed between the two renames of its replacement
     if not p.exists():
         raise CheckpointError(f"checkpoint={path}: no such file or directory")
     if not p.is_dir():
@@ -115,9 +167,162 @@ def _tuplify(x):
     return x
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def _write_torch(obj, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write raises the OSError it is
+    (disk full, read-only, permissions); torch's own file writer reports it as a RuntimeError
+    without the reason. Durability is :func:`_file_record`'s job."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+# ---------------------------------------------------------------- manifest and verification
+
+
+def _crc_all(fh) -> int:
+    """CRC-32 of an open file from its start to its end."""
+    fh.seek(0)
+    buf = bytearray(_READ_CHUNK)
+    view = memoryview(buf)
+    crc = 0
+    while n := fh.readinto(buf):
+        crc = zlib.crc32(view[:n], crc)
+    return crc
+
+
+def _sample_ranges(size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the blocks the cheap check reads: the whole of a small file, else
+    ``_SAMPLE_BLOCKS`` blocks spread evenly from the first byte to the last."""
+    if size <= _SAMPLE_BLOCK * _SAMPLE_BLOCKS:
+        return [(0, size)]
+    last = size - _SAMPLE_BLOCK
+    return [(last * i // (_SAMPLE_BLOCKS - 1), _SAMPLE_BLOCK) for i in range(_SAMPLE_BLOCKS)]
+
+
+def _crc_sample(fh, size: int) -> int:
+    crc = 0
+    for offset, length in _sample_ranges(size):
+        fh.seek(offset)
+        crc = zlib.crc32(fh.read(length), crc)
+    return crc
+
+
+def _file_record(path: Path) -> dict:
+    """Make ``path`` durable (fsync) and describe it for the manifest: its size, the CRC-32 of
+    all of it and of its sample, read back from the page cache right after writing."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+        size = os.fstat(fh.fileno()).st_size
+        return {"size": size, "crc32": f"{_crc_all(fh):08x}", "sample_crc32": f"{_crc_sample(fh, size):08x}"}
+
+
+def _meta_crc(meta: dict) -> str:
+    """CRC-32 of meta.json's content but this checksum (keys sorted, as JSON reads it back)."""
+    body = {k: v for k, v in meta.items() if k != "meta_crc32"}
+    return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
+
+
+def _check_file(ckpt: Path, name: str, record: dict, *, full: bool) -> str | None:
+    """What is wrong with one file of the manifest, or None when it matches."""
+    if not isinstance(record, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"its manifest entry for {name!r} is malformed"
+    path = ckpt / name
+    try:
+        size = path.stat().st_size
+        if size != record.get("size"):
+            return f"{name} is {size} bytes, {record.get('size')} were written (truncated or overwritten)"
+        with open(path, "rb") as fh:
+            key, crc = ("crc32", _crc_all(fh)) if full else ("sample_crc32", _crc_sample(fh, size))
+    except FileNotFoundError:
+        return f"{name} is missing"
+    except OSError as e:
+        return f"{name} cannot be read ({_os_reason(e)})"
+    if f"{crc:08x}" != record.get(key):
+        return f"{name} does not match its checksum (its content changed after it was written)"
+    return None
+
+
+def _expected_files(meta: dict) -> list[str]:
+    """Files every complete checkpoint of this meta has (the manifest must list them)."""
+    payload = "dcp/.metadata" if meta.get("fsdp") else "state.pt"
+    ranks = meta.get("world_size") if isinstance(meta.get("world_size"), int) else 1
+    return [payload, *(f"rank-{r:05d}.pt" for r in range(ranks))]
+
+
+def checkpoint_problem(ckpt: str | os.PathLike, *, full: bool = False) -> str | None:
+    """What makes ``ckpt`` unusable (one line), or None when it is intact. See the module
+    docstring for what the default check reads and what ``full=True`` adds."""
+    ckpt = Path(ckpt)
+    try:
+        meta = read_meta(ckpt)
+    except CheckpointError as e:
+        return str(e)
+    if meta.get("meta_crc32") != _meta_crc(meta):
+        return "meta.json does not match its checksum (edited or damaged)"
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        return "meta.json has no manifest of its files (not written by this version of vit_dist)"
+    unlisted = [name for name in _expected_files(meta) if name not in files]
+    if unlisted:
+        return f"its manifest does not list {unlisted[0]}"
+    for name in sorted(files):
+        problem = _check_file(ckpt, name, files[name], full=full)
+        if problem:
+            return problem
+    return None
+
+
+def verify_checkpoint(ckpt: str | os.PathLike, *, full: bool = False) -> dict:
+    """Raise CheckpointError naming the damage unless every file of ``ckpt`` matches its
+    manifest; returns its meta."""
+    problem = checkpoint_problem(ckpt, full=full)
+    if problem:
+        raise CheckpointError(f"{ckpt} is damaged: {problem}")
+    return read_meta(ckpt)
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` on CPU: never runs code. A missing file, a pickle that
+    would run code and a file torch cannot read are each a CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} cannot be loaded ({_one_line(e)}); loading never runs code from a checkpoint, "
+            f"so a file that would is refused"
+        ) from None
+
+
+def load_dcp(state: dict, directory: str | os.PathLike, **kwargs) -> None:
+    """``dcp.load`` into ``state`` in place, its failures (DCP raises them as BaseException) a
+    CheckpointError."""
+    try:
+        dcp.load(state, checkpoint_id=str(directory), **kwargs)
+    except (Exception, CheckpointException) as e:
+        raise CheckpointError(f"{directory} cannot be loaded ({_dcp_cause(e)})") from None
+
+
+def _dcp_cause(e: BaseException) -> str:
+    """The first underlying failure of a DCP error (it wraps one exception per failed rank)."""
+    if isinstance(e, CheckpointException) and e.failures:
+        rank, (cause, _) = min(e.failures.items())
+        return f"rank {rank}: {_one_line(cause)}"
+    return _one_line(e)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return _os_reason(e)
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+def _os_reason(e: OSError) -> str:
+    """``No space left on device [ENOSPC]: /path``: the OS reason of a failed write, one line."""
+    name = errno.errorcode.get(e.errno, "") if e.errno else ""
+    text = e.strerror or str(e) or type(e).__name__
+    return f"{text}{f' [{name}]' if name else ''}{f': {e.filename}' if e.filename else ''}"
 
 
 def _model_optim_state(model: nn.Module, optimizer, fsdp: bool):
@@ -140,57 +345,188 @@ def save_checkpoint(
     keep: int,
     best: bool = False,
 ) -> Path:
-    """Collective: every rank calls it. ``model`` is the unwrapped (or FSDP) module."""
+    """Collective: every rank calls it. ``model`` is the unwrapped (or FSDP) module; ``meta``
+    carries ``run_id``, the run lineage that pruning and ``best/`` go by. When any rank cannot
+    write (disk full, read-only, permissions) every rank raises the same CheckpointError."""
     root = checkpoint_root(output_dir)
     final = root / f"{_PREFIX}{step:08d}"
-    tmp = root / f"{_PREFIX}{step:08d}.tmp"
-    if env.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    barrier()
+    tmp = root / f"{final.name}.tmp"
+    _stop_if_failed(env, _attempt(_fresh_dir, tmp) if env.is_main else None, tmp, output_dir)
 
-    model_sd, optim_sd = _model_optim_state(model, optimizer, fsdp)
-    if fsdp:
-        state = {"model": model_sd, "optim": optim_sd}
-        if ema is not None:
-            state["ema"] = ema
-        dcp.save(state, checkpoint_id=str(tmp / "dcp"))
-    elif env.is_main:
-        state = {"model": model_sd, "optim": optim_sd}
-        if ema is not None:
-            state["ema"] = ema
-        _atomic_torch_save(state, tmp / "state.pt")
-    _atomic_torch_save({**rank_state, "rng": rng_state()}, tmp / f"rank-{env.rank:05d}.pt")
+    records, failure = {}, None
+    try:
+        _write_state(tmp, env, model=model, optimizer=optimizer, fsdp=fsdp, ema=ema)
+        _write_torch({**rank_state, "rng": rng_state()}, tmp / f"rank-{env.rank:05d}.pt")
+        records = _own_files(tmp, env, fsdp=fsdp)
+    except (OSError, CheckpointException) as e:
+        failure = f"rank {env.rank}: {_dcp_cause(e)}" if env.distributed else _dcp_cause(e)
     faults.maybe_kill("kill_in_save", step, env.rank)
-    barrier()  # every rank's files are in place
+    gathered = all_gather_object((records, failure))  # also: every rank's files are in place
+    failure = next((f for _, f in gathered if f), None)
+    _stop_if_failed(env, failure, tmp, output_dir)
 
     if env.is_main:
-        atomic.write_json(
-            tmp / "meta.json", {**meta, "step": step, "world_size": env.world_size, "fsdp": fsdp}, default=str
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if best:
-            best_dir = root / "best"
-            best_tmp = root / "best.tmp"
-            if best_tmp.exists():
-                shutil.rmtree(best_tmp)
-            shutil.copytree(final, best_tmp)
-            if best_dir.exists():
-                shutil.rmtree(best_dir)
-            os.replace(best_tmp, best_dir)
-        _prune(root, keep)
-    barrier()
+        manifest = {name: record for files, _ in gathered for name, record in files.items()}
+        full_meta = {**meta, "step": step, "world_size": env.world_size, "fsdp": fsdp, "files": manifest}
+        failure = _attempt(_publish_checkpoint, tmp, final, full_meta)
+    _stop_if_failed(env, failure, tmp, output_dir)
+
+    failure = None
+    if env.is_main:  # the checkpoint is saved: what fails from here leaves it in place
+        run_id = meta.get("run_id")
+        failure = _attempt(_update_best, root, final, run_id) if best else None
+        _prune(root, keep, run_id=run_id, written=final)
+    failure = broadcast_object(failure)
+    if failure:
+        raise CheckpointError(f"{final} was saved, but {root / BEST} could not be updated: {failure}")
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
-    for p in list_checkpoints(root.parent)[:-keep]:
+def _attempt(action, *args) -> str | None:
+    """Run ``action(*args)``; the OS reason (one line) when it fails with an OSError, else None."""
+    try:
+        action(*args)
+    except OSError as e:
+        return _os_reason(e)
+    return None
+
+
+def _fresh_dir(path: Path) -> None:
+    if path.exists():  # left by a save that was killed
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def _stop_if_failed(env: DistEnv, failure: str | None, tmp: Path, output_dir: str | os.PathLike) -> None:
+    """Collective. When rank 0 knows of a failure (``failure``), remove the partial save (when
+    the filesystem still allows it) and raise the same CheckpointError on every rank."""
+    message = None
+    if env.is_main and failure:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(output_dir)
+        kept = (
+            f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        )
+        message = (
+            f"could not write checkpoint {tmp}: {failure}; {kept} (free space or fix the directory, then "
+            f"resume with resume=auto)"
+        )
+    message = broadcast_object(message)
+    if message:
+        raise CheckpointError(message)
+
+
+def _write_state(tmp: Path, env: DistEnv, *, model: nn.Module, optimizer, fsdp: bool, ema) -> None:
+    """Model, optimizer and EMA: dcp/ from every rank (FSDP), or state.pt from rank 0."""
+    model_sd, optim_sd = _model_optim_state(model, optimizer, fsdp)
+    state = {"model": model_sd, "optim": optim_sd}
+    if ema is not None:
+        state["ema"] = ema
+    if fsdp:
+        dcp.save(state, checkpoint_id=str(tmp / "dcp"))
+    elif env.is_main:
+        _write_torch(state, tmp / "state.pt")
+
+
+def _own_files(tmp: Path, env: DistEnv, *, fsdp: bool) -> dict[str, dict]:
+    """fsync and describe the files this rank wrote (each rank reads back its own, from its
+    page cache, in parallel): its rank file, rank 0's state.pt, and of dcp/ the files DCP
+    names after this rank; rank 0 takes the others (DCP's .metadata)."""
+    names = [f"rank-{env.rank:05d}.pt"]
+    if fsdp:
+        for f in sorted(p for p in (tmp / "dcp").iterdir() if p.is_file()):
+            owner = _DCP_RANK_FILE.match(f.name)
+            if (int(owner[1]) == env.rank) if owner else env.is_main:
+                names.append(f"dcp/{f.name}")
+    elif env.is_main:
+        names.append("state.pt")
+    return {name: _file_record(tmp / name) for name in names}
+
+
+def _publish_checkpoint(tmp: Path, final: Path, meta: dict) -> None:
+    """meta.json (with its own checksum) last, every file and directory durable, then the rename."""
+    meta = json.loads(json.dumps(meta, default=str))  # as it reads back, for the checksum
+    meta["meta_crc32"] = _meta_crc(meta)
+    atomic.write_json(tmp / "meta.json", meta)
+    _fsync_tree(tmp, files=False)  # each file was fsynced by the rank that wrote it
+    _publish(tmp, final)
+
+
+def _fsync_tree(top: Path, *, files: bool) -> None:
+    """fsync every directory under ``top`` (their entries) and, with ``files``, every file."""
+    for dirpath, _, filenames in os.walk(top, topdown=False):
+        for name in filenames if files else ():
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        atomic.fsync_dir(dirpath)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Rename the complete ``staging`` directory to ``final``. An existing ``final`` is renamed
+    aside to ``<final>.old`` first and deleted only once the new one is in place, so that a kill
+    at any moment leaves one complete copy findable (``list_checkpoints`` and
+    ``resolve_checkpoint_dir`` read the ``.old`` while ``final`` is missing)."""
+    aside = final.with_name(final.name + _ASIDE)
+    if final.exists():
+        if aside.exists():  # left by a kill after the last publish's second rename
+            shutil.rmtree(aside)
+        os.replace(final, aside)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if aside.exists() and not final.exists():
+            os.replace(aside, final)  # put the old one back where it was
+        raise
+    atomic.fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _run_id_of(ckpt: Path) -> Any:
+    """The run lineage a checkpoint records (None when it records none or cannot be read)."""
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("run_id") if isinstance(meta, dict) else None
+
+
+def _update_best(root: Path, final: Path, run_id: Any) -> None:
+    """Copy ``final`` to best/, unless best/ holds a checkpoint of another run (or of no known
+    run): that one is the other run's, and stays."""
+    best = root / BEST
+    held = next((d for d in (best, root / f"{BEST}{_ASIDE}") if (d / "meta.json").is_file()), None)
+    if held is not None and (run_id is None or _run_id_of(held) != run_id):
+        log.warning(
+            "%s holds a checkpoint of another run (run_id %s): left as it is, not replaced by %s",
+            held,
+            _run_id_of(held),
+            final,
+        )
+        return
+    staging = root / f"{BEST}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(final, staging)
+        _fsync_tree(staging, files=True)
+        _publish(staging, best)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prune(root: Path, keep: int, *, run_id: Any, written: Path) -> None:
+    """Remove this run's checkpoints but its newest ``keep`` and the one just written (never
+    another run's, nor one that records no run), saves that were killed (``.tmp``), and old
+    copies (``.old``) whose replacement is complete."""
+    if run_id is not None:
+        ours = [p for p in list_checkpoints(root.parent) if _run_id_of(p) == run_id]
+        for p in ours[:-keep] if keep > 0 else []:
+            if p != written:
+                shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f"{_PREFIX}*.tmp"):
         shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(f"{_PREFIX}*.tmp"):  # left by a killed save
-        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f"{_PREFIX}*{_ASIDE}"):
+        if (p.with_name(p.name[: -len(_ASIDE)]) / "meta.json").is_file():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def check_compatible(
@@ -215,10 +551,17 @@ def check_compatible(
 
 
 def read_meta(ckpt: str | os.PathLike) -> dict:
+    """A checkpoint's meta.json (CheckpointError when it is missing or not a JSON object)."""
     path = Path(ckpt) / "meta.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt} is not a complete vit_dist checkpoint (no meta.json)")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError too
+        raise CheckpointError(f"{path} cannot be read ({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return meta
 
 
 def load_checkpoint(
@@ -244,10 +587,10 @@ def load_checkpoint(
         state = {"model": model_sd, "optim": optim_sd}
         if ema is not None:
             state["ema"] = ema
-        dcp.load(state, checkpoint_id=str(ckpt / "dcp"))  # reshards to this world size
+        load_dcp(state, ckpt / "dcp")  # reshards to this world size
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     else:
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        state = load_torch_file(ckpt / "state.pt")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -261,29 +604,64 @@ def load_checkpoint(
     rank_file = ckpt / f"rank-{env.rank:05d}.pt"
     rank_state = None
     if meta.get("world_size") == env.world_size and rank_file.is_file():
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+        rank_state = load_torch_file(rank_file)
     return meta, rank_state
 
 
-def resolve_resume(resume: str | None, output_dir: str | os.PathLike, env: DistEnv) -> Path | None:
-    """'auto' -> latest complete checkpoint in output_dir (or None); a path -> that checkpoint.
-    Rank 0 decides and broadcasts, so all ranks load the same one."""
+def resolve_resume(
+    resume: str | None, output_dir: str | os.PathLike, env: DistEnv, *, full: bool = False
+) -> Path | None:
+    """'auto' -> the newest intact checkpoint in output_dir, None when there is none (damaged
+    newer ones are skipped, with one warning naming them); a path -> that checkpoint, which must
+    be intact. Rank 0 decides (verifying: :func:`verify_checkpoint`, ``full`` as there) and
+    broadcasts, so all ranks load the same one; a CheckpointError is raised on every rank."""
     if not resume:
         return None
     choice = None
     if env.is_main:
-        if resume == "auto":
-            choice = latest_checkpoint(output_dir)
-        else:
-            p = Path(resume)
-            if p.is_dir() and p.name == CKPT_DIR:
-                p = latest_checkpoint(p.parent) or p
-            if not (p / "meta.json").is_file():
-                choice = f"ERROR:resume={resume}: not a complete checkpoint directory (no meta.json)"
-            else:
-                choice = p
-        choice = str(choice) if choice else None
+        try:
+            found = (
+                _newest_intact(output_dir, full=full) if resume == "auto" else _resume_path(resume, full=full)
+            )
+            choice = str(found) if found else None
+        except CheckpointError as e:
+            choice = f"ERROR:{e}"
     choice = broadcast_object(choice)
     if choice and choice.startswith("ERROR:"):
         raise CheckpointError(choice[len("ERROR:") :])
     return Path(choice) if choice else None
+
+
+def _newest_intact(output_dir: str | os.PathLike, *, full: bool) -> Path | None:
+    """The newest checkpoint that verifies; CheckpointError when there are some but none does
+    (starting afresh would silently throw the run away: that is the user's call)."""
+    damaged = []
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(ckpt, full=full)
+        if problem is None:
+            if damaged:
+                log.warning(
+                    "resume=auto: %s; resuming from %s, the newest intact checkpoint",
+                    "; ".join(damaged),
+                    ckpt,
+                )
+            return ckpt
+        damaged.append(f"{ckpt} is damaged ({problem})")
+    if damaged:
+        raise CheckpointError(
+            f"resume=auto: no intact checkpoint in {checkpoint_root(output_dir)} ({len(damaged)} damaged, the "
+            f"newest: {damaged[0]}); resume=PATH one you trust, or move them away to start afresh"
+        )
+    return None
+
+
+def _resume_path(resume: str, *, full: bool) -> Path:
+    p = Path(resume)
+    if p.is_dir() and p.name == CKPT_DIR:
+        p = latest_checkpoint(p.parent) or p
+    if not (p / "meta.json").is_file():
+        raise CheckpointError(f"resume={resume}: not a complete checkpoint directory (no meta.json)")
+    problem = checkpoint_problem(p, full=full)
+    if problem:
+        raise CheckpointError(f"resume={resume}: {p} is damaged: {problem}")
+    return p

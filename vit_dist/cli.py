@@ -1,14 +1,17 @@
 """Command-line plumbing shared by the entry points (train, evaluate, export, predict).
 
-User mistakes (bad config, missing shards, unusable checkpoint, out of memory) end the
-process with one clear line on rank 0 and a non-zero exit code (``vit_dist.errors``), never a
-traceback; all ranks exit, so no rank is left waiting in a collective. This module does not
+User mistakes (bad config, missing shards, unusable checkpoint, out of memory) and a file
+operation the system refuses (disk full, read-only file system, no permission: ``os error``,
+naming the path and the reason) end the process with one clear line on rank 0 and a non-zero
+exit code (``vit_dist.errors``), never a traceback; all ranks exit, so no rank is left waiting
+in a collective. Exit code 1 with a traceback is left for bugs. This module does not
 import torch: a config mistake is reported before torch loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -52,13 +55,52 @@ def _peer_lost(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)
 
 
+_ROOM = "free disk space, or point output_dir (or the path named) at a disk with room"
+_WRITABLE = "choose a writable location (e.g. another output_dir) or fix its permissions"
+# What to do about the OSErrors a run meets in practice, by errno (anything else: the reason only).
+_OS_HINTS = {
+    errno.ENOSPC: _ROOM,
+    errno.EDQUOT: _ROOM,
+    errno.EROFS: "the file system is read-only: " + _WRITABLE,
+    errno.EACCES: "permission denied: " + _WRITABLE,
+    errno.EPERM: "operation not permitted: " + _WRITABLE,
+    errno.ENOTDIR: "a component of the path is a file where a directory is needed",
+    errno.EISDIR: "the path is a directory where a file is needed",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path(s), the system's reason with its errno name, and what
+    to do, e.g. ``/runs/x/checkpoints/step-5: No space left on device (ENOSPC); free disk ...``.
+    A write to an already open file fails without a path; the line then says so."""
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    name = errno.errorcode.get(e.errno) if isinstance(e.errno, int) else None
+    line = f"{reason} ({name})" if name else reason
+    line = f"{' -> '.join(paths)}: {line}" if paths else f"{line} (the system did not name the file)"
+    hint = _OS_HINTS.get(e.errno)
+    return f"{line}; {hint}" if hint else line
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Host or device memory ran out: MemoryError, torch's CUDA OOM, or its CPU allocator failing
+    (``DefaultCPUAllocator: can't allocate memory``)."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def run_cli(main: Callable[[], int]) -> int:
     """Run ``main`` mapping known failure types to one line + an exit code."""
 
-    def fail(kind: str, e: BaseException, code: int) -> int:
+    def fail(kind: str, message: str, code: int) -> int:
         if _rank() == 0 or code not in (EXIT_CONFIG, EXIT_PREEMPTED):  # the same on every rank
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"{kind}: {msg}", file=sys.stderr, flush=True)
+            print(f"{kind}: {message}", file=sys.stderr, flush=True)
         return code
 
     try:
@@ -66,24 +108,22 @@ def run_cli(main: Callable[[], int]) -> int:
     except Exception as e:
         for types, kind, code in KINDS:
             if isinstance(e, types):
-                return fail(kind, e, code)
+                # FileNotFoundError keeps its own kind and wording (a path the user gave).
+                plain_os = isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+                return fail(kind, os_error_line(e) if plain_os else _first_line(e), code)
         if _peer_lost(e):
             return fail(
                 "distributed error",
-                RuntimeError(
-                    "another process of this job stopped (crashed, killed or out of memory): its "
-                    "log has the cause; this rank stops too. The last checkpoint is intact. "
-                    f"[{str(e).strip().splitlines()[0][:200]}]"
-                ),
+                "another process of this job stopped (crashed, killed or out of memory): its "
+                "log has the cause; this rank stops too. The last checkpoint is intact. "
+                f"[{str(e).strip().splitlines()[0][:200]}]",
                 EXIT_PEER,
             )
-        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
+        if _out_of_memory(e):
             return fail(
                 "out of memory",
-                RuntimeError(
-                    "lower train.batch_size (raise train.grad_accum to keep the global batch), set "
-                    "parallel.activation_checkpointing=true, or use parallel.strategy=fsdp / precision=bf16"
-                ),
+                "lower train.batch_size (raise train.grad_accum to keep the global batch), set "
+                "parallel.activation_checkpointing=true, or use parallel.strategy=fsdp / precision=bf16",
                 EXIT_OOM,
             )
         raise

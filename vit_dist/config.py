@@ -5,16 +5,24 @@
 Every key has a declared type, range and allowed values; everything is checked before any
 work starts. An unknown key fails with its name and the closest valid key; a bad value fails
 naming the key, the value and what is allowed. All failures are ``ConfigError`` (one line).
+Every number must be finite: nan and inf are refused for every float key, list item and model
+keyword (none has a use for them, and they pass every range check unnoticed). Every integer key
+is at most ``MAX_INT`` (10**12) unless its field's doc names a tighter bound, so a typo such as
+``train.steps=10**30`` fails here instead of deep inside a loop or an allocation.
 Override values are parsed as YAML scalars/lists (``3``, ``1e-3``, ``true``, ``[2,2,6,2]``).
 ``model.<kw>`` passes any model keyword through; those are checked against the model's
-constructor when the model is resolved. This module does not import torch.
+constructor when the model is resolved. A free keyword's value (``model.<kw>``,
+``distill.teacher_kwargs``) that YAML 1.1 keeps as a string although it is a number (``1e-3``,
+``nan``) is read as that number. This module does not import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,11 +35,19 @@ from .options import did_you_mean
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "parse_overrides"]
 
+# The upper bound of every integer key without a tighter one of its own: far above any real run,
+# far below where an int stops fitting an int64 tensor or an epoch length times a batch overflows.
+MAX_INT = 10**12
+# What YAML 1.1 leaves a string but a reader means as a float: an exponent without a dot or
+# without a sign (1e-3, 1.0e5), and spelled-out non-finite values (nan, inf, -Infinity).
+_YAML11_FLOAT = re.compile(r"[-+]?(?:(?:\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+|nan|inf|infinity)", re.IGNORECASE)
+
 
 def _field(
     default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, factory=None, doc: str = ""
 ):
-    """A config field with an optional numeric range [lo, hi] (lo exclusive when lo_open)."""
+    """A config field with an optional numeric range [lo, hi] (lo exclusive when lo_open); an
+    integer field without ``hi`` is bounded by ``MAX_INT``."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -53,24 +69,36 @@ class DataSection:
     train: str | list[str] | None = _field(None, doc="training shard spec")
     val: str | list[str] | None = _field(None, doc="validation shard spec")
     meta: str | None = _field(None, doc="directory holding dataset.json, for remote shards")
-    workers: int = _field(4, lo=0)
-    img_size: int = _field(224, lo=1)
-    num_classes: int | None = _field(None, lo=1, doc="default: from dataset.json")
-    in_chans: int = _field(3, lo=1)
+    workers: int = _field(4, lo=0, hi=256, doc="loader processes per rank (at most 256)")
+    img_size: int = _field(224, lo=1, hi=16384, doc="at most 16384")
+    num_classes: int | None = _field(None, lo=1, hi=10**7, doc="default: from dataset.json; at most 10**7")
+    in_chans: int = _field(3, lo=1, hi=1024, doc="at most 1024")
     mode: Literal["exact", "resampled"] = "exact"
     samples_per_epoch: int | None = _field(None, lo=1, doc="resampled mode: global samples per epoch")
-    shuffle_buffer: int = _field(1000, lo=0)
+    shuffle_buffer: int = _field(1000, lo=0, hi=10**7, doc="samples held per loader stream (at most 10**7)")
     pin_memory: bool = True
     normalize_on: Literal["auto", "worker", "device"] = _field(
         "auto", doc="where uint8 images become normalised floats; auto: device on CUDA, workers on CPU"
     )
-    prefetch: int = _field(2, lo=1)
+    prefetch: int = _field(2, lo=1, hi=1024, doc="batches prefetched per loader worker (at most 1024)")
     max_bad_fraction: float = _field(0.01, lo=0.0, hi=1.0)
+    max_image_pixels: int = _field(
+        89_478_485,
+        lo=1,
+        hi=89_478_485,
+        doc="an image whose header declares more pixels (width x height) is a bad sample, never decoded; "
+        "default and ceiling: PIL's own limit (about 270 MB of RGB per decode)",
+    )
+    max_sample_bytes: int = _field(
+        64 * 2**20,
+        lo=1,
+        doc="a sample with a tar member declaring more bytes is a bad sample, never read into memory",
+    )
     # augmentation (train); DeiT's ImageNet recipe by default
     scale: list[float] = _field(factory=lambda: [0.08, 1.0])
     ratio: list[float] = _field(factory=lambda: [0.75, 4 / 3])
     hflip: float = _field(0.5, lo=0.0, hi=1.0)
-    randaugment_ops: int = _field(2, lo=0)
+    randaugment_ops: int = _field(2, lo=0, hi=64, doc="at most 64")
     randaugment_magnitude: int = _field(9, lo=0, hi=30)
     trivial_augment: bool = False
     color_jitter: float = _field(0.0, lo=0.0)
@@ -86,11 +114,13 @@ class DataSection:
 
 @dataclass
 class TrainSection:
-    epochs: int | None = _field(None, lo=1)
-    steps: int | None = _field(None, lo=1, doc="optimizer steps; overrides epochs")
-    batch_size: int = _field(64, lo=1, doc="per device")
-    grad_accum: int = _field(1, lo=1)
-    seed: int = _field(0, lo=0)
+    epochs: int | None = _field(None, lo=1, hi=10**6, doc="at most 10**6")
+    steps: int | None = _field(None, lo=1, doc="optimizer steps; overrides epochs; at most 10**12")
+    batch_size: int = _field(
+        64, lo=1, hi=2**20, doc="per device, at most 2**20 (a larger batch than the data set is padded)"
+    )
+    grad_accum: int = _field(1, lo=1, hi=2**16, doc="at most 2**16")
+    seed: int = _field(0, lo=0, hi=2**32 - 1, doc="0 .. 2**32-1")
     label_smoothing: float = _field(0.1, lo=0.0, hi=1.0)
     max_skipped_steps: int = _field(20, lo=0, doc="stop after this many non-finite (skipped) steps")
     sync_debug: Literal["off", "warn", "error"] = _field(
@@ -148,7 +178,7 @@ class ParallelSection:
 @dataclass
 class EvalSection:
     every: int = _field(0, lo=0, doc="optimizer steps between evaluations; 0 = each epoch end")
-    batch_size: int | None = _field(None, lo=1, doc="default: train.batch_size")
+    batch_size: int | None = _field(None, lo=1, hi=2**20, doc="default: train.batch_size; at most 2**20")
 
 
 @dataclass
@@ -214,14 +244,16 @@ def _check_type(key: str, value: Any, tp) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        candidates = [a for a in args if a is not type(None)]
+        errors = []
+        for a in candidates:
             try:
                 return _check_type(key, value, a)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+            except ConfigError as e:
+                errors.append(e)
+        if len(candidates) == 1:  # X | None: X's own message says what is wrong (nan, a list item)
+            raise errors[0]
+        raise ConfigError(f"{key}: {_shown(value)} is not {_type_name(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -232,7 +264,9 @@ def _check_type(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
         return [_check_type(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if tp is Any or tp is dict:
+    if tp is dict:
+        return _free_value(key, value)
+    if tp is Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -240,7 +274,7 @@ def _check_type(key: str, value: Any, tp) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value)}{_digits_hint(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -248,12 +282,58 @@ def _check_type(key: str, value: Any, tp) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(key, value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _finite(key: str, value: int | float) -> float:
+    """``value`` as a float, or ConfigError when it is nan, inf or an int too large for a float.
+
+    nan compares false with everything, so it would pass any range check; inf passes every
+    lower bound. Neither has a meaning in any key, so both are refused by name.
+    """
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(f"{key}: {_shown(value)} is too large for a number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {value!r} is not a finite number (nan and inf are not allowed)")
+    return number
+
+
+def _digits_hint(value: Any) -> str:
+    """For ``1e7`` given to an integer key: how to write it (integer keys take digits only)."""
+    if not (isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip())):
+        return ""
+    number = float(value)
+    if not (math.isfinite(number) and number.is_integer() and abs(number) <= MAX_INT):
+        return ""  # no hint that leads straight into the next error
+    return f" (integer keys take digits: write {int(number)})"
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 400-digit typo stays a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
+def _free_value(key: str, value: Any) -> Any:
+    """A free keyword's value (``model.<kw>``, ``distill.teacher_kwargs``), checked where the
+    schema cannot: numbers YAML 1.1 leaves as strings become floats, and every float, also
+    inside lists and mappings, must be finite (these go straight to a constructor)."""
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, float):
+        return _finite(key, value)
+    if isinstance(value, (list, tuple)):
+        return [_free_value(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _free_value(f"{key}.{k}", v) for k, v in value.items()}
+    return value
 
 
 def _type_name(tp) -> str:
@@ -265,13 +345,17 @@ def _type_name(tp) -> str:
 
 
 def _check_range(key: str, value: Any, meta) -> None:
-    if value is None or isinstance(value, (list, str, bool)):
+    """``value`` within the field's [lo, hi]; an integer also within ``MAX_INT`` when the field
+    sets no ``hi`` (floats are finite already: ``_check_type``)."""
+    if value is None or isinstance(value, (list, str, bool, dict)):
         return
     lo, hi = meta.get("lo"), meta.get("hi")
+    if hi is None and isinstance(value, int):
+        hi = MAX_INT
     if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-        raise ConfigError(f"{key}: {value!r} must be {'>' if meta.get('lo_open') else '>='} {lo}")
+        raise ConfigError(f"{key}: {_shown(value)} must be {'>' if meta.get('lo_open') else '>='} {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{key}: {value!r} must be <= {hi}")
+        raise ConfigError(f"{key}: {_shown(value)} must be <= {hi}")
 
 
 def _build(cls, raw: dict, prefix: str):
@@ -282,7 +366,8 @@ def _build(cls, raw: dict, prefix: str):
     kwargs: dict[str, Any] = {}
     extra = {k: v for k, v in raw.items() if k not in names or k == "kwargs"}
     if cls is ModelSection:
-        kwargs["kwargs"] = extra  # free model keywords, checked against the model later
+        # free model keywords: names checked against the model later, numbers checked here
+        kwargs["kwargs"] = {k: _free_value(prefix + str(k), v) for k, v in extra.items()}
     elif extra:
         k = next(iter(extra))
         raise ConfigError(

@@ -2,12 +2,20 @@
 
 Every user-facing failure is one of these exception types with a one-line message; the entry
 points (``vit_dist.cli.run_cli``) print ``<kind>: <message>`` and exit with the code below.
+
+Exit codes (README.md lists the same): 0 done, 1 a bug (the one case with a traceback),
+2 config (``EXIT_CONFIG``), 3 data, 4 checkpoint, 5 out of memory, 6 training stopped,
+7 another rank of the job died, 8 os error (the system refused a file operation: disk full,
+read-only file system, permission, a file where a directory belongs; the line names the path),
+75 preempted (checkpoint saved).
+
 This module imports nothing, so a command can report a config mistake before torch loads.
 """
 
 from __future__ import annotations
 
 EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_OOM, EXIT_TRAINING, EXIT_PEER = 2, 3, 4, 5, 6, 7
+EXIT_OS = 8  # the system refused a file operation (disk full, read-only, permission, not a directory)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, requeue and resume with resume=auto
 
 
@@ -49,4 +57,7 @@ KINDS: tuple[tuple[tuple[type[BaseException], ...], str, int], ...] = (
     ((TrainingError, SyncInStep), "training stopped", EXIT_TRAINING),
     ((FileNotFoundError,), "file not found", EXIT_CONFIG),
     ((ValueError,), "config error", EXIT_CONFIG),  # model keyword errors and similar mistakes
+    # Any other OSError (ENOSPC, EROFS, EACCES, ENOTDIR, EISDIR, ...): the message names the path
+    # and the system's reason (``cli.os_error_line``).
+    ((OSError,), "os error", EXIT_OS),
 )

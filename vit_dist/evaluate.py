@@ -2,9 +2,10 @@
 
 Evaluates weights on ``data.val`` exactly once per sample across all processes (also under
 ``accelerate launch``) and writes ``eval.json`` (top1, top5, loss, num_samples) into
-``output_dir``. ``checkpoint=`` takes a training checkpoint directory (``.../checkpoints/
-step-N``, ``.../checkpoints/best``, or a run directory: its latest checkpoint), an exported
-weights file, or any timm-format file ``vit_dist.models.load_pretrained`` accepts.
+``output_dir``, which must not be a training run's directory (a run owns its directory).
+``checkpoint=`` takes a training checkpoint directory (``.../checkpoints/step-N``,
+``.../checkpoints/best``, or a run directory: its latest checkpoint), an exported weights
+file, or any timm-format file ``vit_dist.models.load_pretrained`` accepts.
 ``ema=true`` evaluates a training checkpoint's EMA weights.
 
 Every process holds the whole model (evaluation needs no gradients or optimizer state).
@@ -35,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(config_path, overrides)
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
+        from .rundir import existing_run  # deferred with torch (below)
+
+        held = existing_run(Path(cfg.output_dir))
+        if held:  # a run owns its directory: an evaluation must not overwrite its eval.json
+            raise ConfigError(
+                f"output_dir={cfg.output_dir} holds a training run ({held}): give the evaluation "
+                "its own output_dir=..."
+            )
         # torch and everything built on it load only once the command line and config are valid.
         from .data import build_loader, loader_config
         from .distributed import init_distributed, shutdown

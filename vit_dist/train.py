@@ -2,7 +2,8 @@
 
 Also under ``accelerate launch [flags] -m vit_dist.train ...`` (one process per device, DDP or
 FSDP from ``parallel.strategy``) and under ``srun`` via slurm/train.sbatch. Prints the run
-directory and the final held-out accuracy; exit codes are listed in ``vit_dist.cli``.
+directory and the final held-out accuracy; a finished run resumed with ``resume=auto`` prints
+its result again without training. Exit codes are listed in ``vit_dist.cli``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         check_model_kwargs(cfg.model.name, cfg.model.kwargs)
         env = init_distributed(need_group=cfg.parallel.strategy == "fsdp")
         try:
-            result = Trainer(cfg, env).fit()
+            trainer = Trainer(cfg, env)
+            result = trainer.fit()
             if env.is_main:
+                if trainer.already_complete:
+                    print(
+                        f"run already complete: it ended at step {trainer.step}; nothing to train, its files unchanged "
+                        "(a larger train.steps or train.epochs would extend it)",
+                        flush=True,
+                    )
                 print(f"run directory: {os.path.abspath(cfg.output_dir)}", flush=True)
                 print(summary_line(result), flush=True)
         finally:

@@ -17,6 +17,7 @@ batches.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -35,6 +36,7 @@ from .errors import Preempted, TrainingError
 from .evaluation import evaluate_model
 from .losses import classification_loss
 from .metrics import InputBoundAdvisor, RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
+from .metrics.runlog import FINAL_EVAL_FILE
 from .models import build_model, flops_per_image
 from .optim import (
     RunLength,
@@ -47,6 +49,7 @@ from .optim import (
 )
 from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
 from .preemption import PreemptionWatch
+from .rundir import claim_output_dir
 from .sync_debug import sync_guard
 from .testing import faults
 from .weights import export_checkpoint
@@ -59,17 +62,17 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.device = env.device
         self.out = Path(cfg.output_dir)
-        if env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.out / "config.yaml")
-        barrier()
+        # Before anything is written: this job's lock on output_dir, and the refusal of a new
+        # run into a directory that holds another (rundir). Nothing is written until the
+        # checkpoint to resume, if any, has been loaded and the run is known to have work left.
+        self.claim = claim_output_dir(self.out, env, resume=cfg.resume)
+        self.run_id = self.claim.run_id
 
         # Same seed on every rank for the model init (DDP and FSDP then start from identical
         # weights); per-rank seeds for everything random after that (drop path, mixup).
         torch.manual_seed(cfg.train.seed)
         self._build_data()
         self._build_model()
-        self._write_run_info()
         torch.manual_seed(cfg.train.seed * 1000 + 1 + env.rank)
         self._build_optimization()
 
@@ -81,8 +84,16 @@ class Trainer:
         self.skipped_steps = torch.zeros((), device=self.device)
         self.peak = peak_flops(self.device, DTYPES[cfg.precision])
         self._resume()
+        # Resumed at the step its end was recorded at: fit() reports the result and writes
+        # nothing (a longer train.steps / train.epochs makes total_steps larger: it trains on).
+        self.already_complete = self.step >= self.total_steps and self.claim.finished_step == self.step
+        if not self.already_complete:
+            self._start_writing()
         self.logger = RunLogger.for_run(
-            cfg, is_main=env.is_main, total_steps=self.total_steps, start_step=self.step
+            cfg,
+            is_main=env.is_main and not self.already_complete,
+            total_steps=self.total_steps,
+            start_step=self.step,
         )
         self.timer = StepTimer()
         self.input_advisor = InputBoundAdvisor(cfg.data.workers)
@@ -163,6 +174,14 @@ class Trainer:
         self.scaler = LossScaler(self.device, enabled=cfg.precision == "fp16")
         self.ema = ModelEma(core, cfg.ema.decay) if cfg.ema.decay > 0 else None
 
+    def _start_writing(self) -> None:
+        """The run's first files: run.json (a new run), config.yaml and run_info.json."""
+        if self.env.is_main:
+            self.claim.write_marker()
+            dump_config(self.cfg, self.out / "config.yaml")
+        self._write_run_info()
+        barrier()
+
     def _write_run_info(self) -> None:
         """run_info.json: how the run is laid out, including how many parameter elements each
         rank holds (under FSDP about 1/world_size of the total each)."""
@@ -208,6 +227,7 @@ class Trainer:
             "model_kwargs": getattr(self.plain_model, "model_kwargs", {}),
             "num_classes": self.num_classes,
             "config": self.cfg.to_dict(),
+            "run_id": self.run_id,  # the run that wrote it (rundir): pruning keeps to its own
         }
 
     def _job_data_counts(self) -> tuple[int, int]:
@@ -495,6 +515,8 @@ class Trainer:
         return every > 0 and self.step % every == 0
 
     def fit(self) -> dict:
+        if self.already_complete:
+            return self._completed_result()
         cfg = self.cfg
         self.preemption.install()
         if self.env.is_main and (self.out / "preempted.json").exists():
@@ -554,7 +576,19 @@ class Trainer:
         final = self.save(best=final_eval is not None and final_eval["top1"] >= self.best_top1)
         self._export(final)
         self.logger.finish(final_eval)
+        if self.env.is_main:
+            # Last: a run killed before this line is not finished, and a resume completes it.
+            self.claim.record_finished(self.step)
+        barrier()
+        self.claim.release()
         return final_eval or {}
+
+    def _completed_result(self) -> dict:
+        """The final evaluation of a run that had ended before this job (its eval.json; {}
+        without one). Nothing is trained or written."""
+        self.claim.release()
+        path = self.out / FINAL_EVAL_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def _export(self, final: Path) -> None:
         """Consolidated weights-only files for inference and fine-tuning (export/model.safetensors

@@ -2,8 +2,9 @@
 load, and the consolidated weights file that export writes.
 
 - :func:`load_weights`: a training checkpoint (DDP ``state.pt`` or FSDP ``dcp/``, read in one
-  process without collectives), its EMA, or any weights file ``models.load_pretrained`` reads,
-  into a plain model.
+  process without collectives; verified against its manifest first, see
+  ``checkpoint.verify_checkpoint``), its EMA, or any weights file ``models.load_pretrained``
+  reads, into a plain model. A missing path or a damaged checkpoint is a CheckpointError.
 - :func:`load_checkpoint_model`: rebuild a training checkpoint's model exactly as training
   built it (the resolved config in its ``meta.json``), with its weights.
 - :func:`load_export`: an exported ``.safetensors`` file and its sidecar ``.json``.
@@ -22,13 +23,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 from torch import nn
 
 from . import atomic
-from .checkpoint import CKPT_DIR, read_meta, resolve_checkpoint_dir
+from .checkpoint import (
+    CKPT_DIR,
+    load_dcp,
+    load_torch_file,
+    read_meta,
+    resolve_checkpoint_dir,
+    verify_checkpoint,
+)
 from .config import Config, config_from_dict
 from .data.meta import read_meta as read_dataset_meta
 from .data.spec import is_remote
@@ -44,10 +50,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, use_ema: bool = F
     """Load a training checkpoint (or a run directory: its latest) or a weights file into a
     plain model; returns a one-line description of what was loaded."""
     p = Path(path)
+    if not p.exists():
+        # Here, unlike model.pretrained (models.load_pretrained's FileNotFoundError), the path
+        # names a checkpoint: a missing one is a checkpoint error.
+        raise CheckpointError(f"checkpoint={path}: no such file or directory")
     if not p.is_dir():
         return str(load_pretrained(model, p))
     p = resolve_checkpoint_dir(p)
-    meta = read_meta(p)
+    meta = verify_checkpoint(p)
     key = "ema" if use_ema else "model"
     if meta.get("fsdp"):
         sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -57,11 +67,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, use_ema: bool = F
         with warnings.catch_warnings():
             # DCP notes that it loads without a process group: that is the point here.
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-            dcp.load(state, checkpoint_id=str(p / "dcp"), no_dist=True)
+            load_dcp(state, p / "dcp", no_dist=True)
         sd.update(state[key])
     else:
-        state = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
-        if key not in state:
+        state = load_torch_file(p / "state.pt")
+        if not isinstance(state, dict) or key not in state:
             raise CheckpointError(f"{p} has no {key} weights")
         sd = {**model.state_dict(), **state[key]} if use_ema else state[key]
     sd, _ = fit_state_dict(model, sd, str(p))

@@ -19,12 +19,27 @@ lets libjpeg decode at 1/2 or 1/4 scale. ``"auto"`` (the default) takes torchvis
 for that case. ``python -m vit_dist.data.bench`` compares the three; BENCHMARKS.md has the
 figures. Note: torchvision 0.29 deprecates its codecs in favour of TorchCodec; if they go
 away, ``"pil"`` is the drop-in fallback.
+
+Hostile and odd images, the same on every backend:
+
+* Size: before any pixel is decoded, :func:`check_image_size` reads the width and height from
+  the header alone (:func:`image_size`) and refuses an image of more than ``max_pixels``
+  (``data.max_image_pixels``) with a :class:`~vit_dist.errors.DataError`: a 634-byte JPEG can
+  declare 20000x20000 pixels, which a decoder would allocate (1.2 GB of RGB) before finding
+  the data missing. The loader counts such an image as a bad sample; predict reports it.
+* Modes: torchvision.io decodes JPEG and PNG only (CMYK and grayscale JPEG, palette,
+  grey+alpha, 1-bit and 16-bit PNG, read as RGB; 16-bit values are scaled to 8 bits); every
+  other format goes through PIL whichever backend is asked for (BMP, PPM, TIFF, GIF's first
+  frame, WebP), and :func:`to_rgb8` turns each PIL mode into 8-bit RGB with scaled, not
+  clipped, values. Alpha is dropped (the colour under it is kept), as torchvision's RGB
+  read does. A mode with no RGB conversion raises, which the loader counts as a bad sample.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -33,8 +48,25 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-# Every image stored by the shard writer is a JPEG; other formats take the generic path.
+from ..errors import DataError
+
+# Every image stored by the shard writer is a JPEG; PNG is the other format torchvision.io
+# decodes here. Anything else is decoded by PIL.
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG frame headers (SOF0-SOF15) carry the image size; 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC)
+# share the range but are not frame headers.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# A marker: 0xFF, any 0xFF fill bytes, the marker byte. Stray bytes before it, 0xFF 0x00 pairs
+# included, are skipped as libjpeg skips them (with a warning); the search runs in C, not in a
+# Python loop per byte, so a sample padded with junk stays cheap.
+_MARKER = re.compile(rb"\xff[\xff]*([^\xff\x00])")
+# PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS), the default and the ceiling
+# of data.max_image_pixels: PIL warns above it and refuses twice it, so a larger limit could not
+# be honoured by the PIL paths. At this size an RGB decode holds 270 MB.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# PIL modes holding 16-bit (or wider integer) samples: scaled by 255/65535 to 8 bits.
+_WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def rrc_params(
@@ -64,7 +96,112 @@ def rrc_params(
 
 
 def _to_tensor(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+    return torch.from_numpy(np.array(to_rgb8(im))).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the first frame header, walking the markers the way libjpeg does
+    (stray bytes and 0xFF fill skipped, standalone markers have no length; libjpeg refuses a
+    second frame header, so the first is the size it decodes)."""
+    i, n = 2, len(data)
+    while (found := _MARKER.search(data, i)) is not None:
+        marker, i = found[1][0], found.end()
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            continue
+        if marker in (0xD8, 0xD9, 0xDA) or i + 2 > n:  # SOI again, EOI, or a scan before any frame
+            break
+        if marker in _SOF_MARKERS:
+            if i + 7 > n:
+                break
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 3 : i + 5], "big")
+        i += int.from_bytes(data[i : i + 2], "big")
+    raise ValueError("JPEG without a frame header (SOF)")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the IHDR chunk, which the PNG format requires to come first."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ValueError("PNG without an IHDR header")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) that the image's header declares, without decoding a pixel.
+
+    JPEG (frame header) and PNG (IHDR), the formats torchvision.io decodes here, are parsed
+    here in microseconds; any other format by PIL's lazy ``Image.open``, which reads only the
+    header. Raises for bytes that are no image.
+    """
+    if data[:3] == _JPEG_MAGIC:
+        return _jpeg_size(data)
+    if data[:8] == _PNG_MAGIC:
+        return _png_size(data)
+    with warnings.catch_warnings():  # the size is checked against our limit by the caller
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise DataError(
+            f"image header declares {width}x{height} = {width * height} pixels, over "
+            f"data.max_image_pixels={max_pixels}; not decoded"
+        )
+
+
+def check_image_size(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header, after refusing (``DataError``) an image of more than
+    ``max_pixels`` pixels: every decode path calls this before decoding anything, so a tiny
+    file declaring a huge image never makes a decoder allocate it."""
+    width, height = image_size(data)
+    _check_pixels(width, height, max_pixels)
+    return width, height
+
+
+def _open_pil(data: bytes, max_pixels: int) -> Image.Image:
+    """PIL's lazy open (header only) of an image checked against ``max_pixels``, by our header
+    parse and by the header PIL itself read (its decoder allocates what PIL read)."""
+    check_image_size(data, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
+    _check_pixels(*im.size, max_pixels)
+    return im
+
+
+def _scale16_to_8(a: np.ndarray) -> np.ndarray:
+    """16-bit samples -> 8-bit, rounding v * 255 / 65535 (= v / 257); wider values are clipped first."""
+    return ((np.clip(a, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _float_to_8(a: np.ndarray) -> np.ndarray:
+    """Float samples -> 8-bit: an image within [0, 1] is the usual float convention (x 255),
+    anything larger is taken as 0..255 (PIL's convention for mode F); NaN becomes 0."""
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    if a.size and a.max() <= 1.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """Any PIL image -> mode ``RGB`` (8 bits per channel), values scaled to the 8-bit range.
+
+    PIL's own ``convert`` clips 16-bit and float samples to 0..255 (a 16-bit image comes out
+    almost white), so those modes are scaled here: ``I;16*`` and ``I`` as 16-bit (``I`` is
+    how PIL reads 16-bit grayscale, e.g. PNG or TIFF), ``F`` by :func:`_float_to_8`. Palette
+    images with transparency go through RGBA (PIL warns otherwise); alpha is dropped. Modes
+    PIL cannot convert raise ``ValueError``.
+    """
+    if im.mode == "RGB":
+        return im
+    if im.mode in _WIDE_INT_MODES:
+        return Image.fromarray(_scale16_to_8(np.asarray(im)), "L").convert("RGB")
+    if im.mode == "F":
+        return Image.fromarray(_float_to_8(np.asarray(im)), "L").convert("RGB")
+    if im.mode == "PA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
 
 
 def _pil_box_resize(im: Image.Image, box: tuple[int, int, int, int], out: tuple[int, int]) -> torch.Tensor:
@@ -77,7 +214,7 @@ def _pil_box_resize(im: Image.Image, box: tuple[int, int, int, int], out: tuple[
         reduce = 2 ** min(3, int(math.log2(factor)))
         im.draft("RGB", (math.ceil(width / reduce), math.ceil(height / reduce)))
     sx, sy = im.size[0] / width, im.size[1] / height  # the scale draft actually chose
-    im = im.convert("RGB")
+    im = to_rgb8(im)
     im = im.resize(
         (out[1], out[0]),
         Image.BILINEAR,
@@ -86,20 +223,25 @@ def _pil_box_resize(im: Image.Image, box: tuple[int, int, int, int], out: tuple[
     return _to_tensor(im)
 
 
+def _tv_decodes(data: bytes) -> bool:
+    """Whether the torchvision.io path takes these bytes (JPEG or PNG); PIL takes the rest."""
+    return data[:3] == _JPEG_MAGIC or data[:8] == _PNG_MAGIC
+
+
 def _tv_decode(data: bytes) -> torch.Tensor:
+    """JPEG or PNG bytes (already size-checked) -> (3, H, W) uint8 RGB."""
     buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     # torchvision 0.29 deprecates its codecs for TorchCodec (not a dependency); they work and
     # are the faster path here, so the per-call notice is silenced (a few microseconds).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         if data[:3] == _JPEG_MAGIC:
-            return decode_jpeg(buf, mode=ImageReadMode.RGB)
-        return decode_image(buf, mode=ImageReadMode.RGB)
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header, without decoding pixels."""
-    return Image.open(io.BytesIO(data)).size
+            img = decode_jpeg(buf, mode=ImageReadMode.RGB)
+        else:
+            img = decode_image(buf, mode=ImageReadMode.RGB)
+    if img.dtype == torch.uint16:  # 16-bit PNG: scale v * 255 / 65535 with rounding, as _scale16_to_8
+        img = ((img.to(torch.int32) + 128) // 257).to(torch.uint8)
+    return img
 
 
 def decode_random_resized_crop(
@@ -108,23 +250,30 @@ def decode_random_resized_crop(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     backend: str = "auto",
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """Decode + RandomResizedCrop to ``size`` x ``size``; returns (3, size, size) uint8.
 
     ``"auto"`` is ``"tv"``: decoding the whole JPEG with torchvision.io beats PIL draft here,
-    because a random crop is often large enough that draft can skip little.
+    because a random crop is often large enough that draft can skip little. An image of more
+    than ``max_pixels`` raises ``DataError`` before it is decoded.
     """
-    if backend == "pil":
-        im = Image.open(io.BytesIO(data))
+    if backend == "pil" or not _tv_decodes(data):
+        im = _open_pil(data, max_pixels)
         box = rrc_params(im.size[0], im.size[1], scale, ratio)
         return _pil_box_resize(im, box, (size, size))
+    check_image_size(data, max_pixels)
     img = _tv_decode(data)
     top, left, h, w = rrc_params(img.shape[-1], img.shape[-2], scale, ratio)
     return F.resized_crop(img, top, left, h, w, [size, size], antialias=True)
 
 
 def decode_resize_center_crop(
-    data: bytes, size: int, crop_pct: float = 0.875, backend: str = "auto"
+    data: bytes,
+    size: int,
+    crop_pct: float = 0.875,
+    backend: str = "auto",
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """Decode, resize the shorter side to ``size / crop_pct`` and take the central ``size`` crop.
 
@@ -132,13 +281,16 @@ def decode_resize_center_crop(
     keeps exactly that region) maps onto the ``size`` x ``size`` output. ``"auto"`` takes PIL
     draft when libjpeg can skip at least half the resolution (the box is >= 2x the output),
     where decoding at reduced scale saves more than PIL's slower decoder costs, and
-    ``torchvision.io`` otherwise.
+    ``torchvision.io`` otherwise (PIL for formats torchvision.io does not take here). An image
+    of more than ``max_pixels`` raises ``DataError`` before it is decoded.
     """
-    im = Image.open(io.BytesIO(data))  # header only: no pixels decoded yet
+    im = _open_pil(data, max_pixels)  # header only: no pixels decoded yet
     width, height = im.size
     side = min(width, height) * crop_pct  # the kept central square, in source pixels
     if backend == "auto":
         backend = "pil" if im.format == "JPEG" and side >= 2 * size else "tv"
+    if not _tv_decodes(data):
+        backend = "pil"
     box = (round((height - side) / 2), round((width - side) / 2), round(side), round(side))
     if backend == "pil":
         return _pil_box_resize(im, box, (size, size))

@@ -68,13 +68,15 @@ from .plan import (
     stream_seed,
 )
 from .spec import ShardList, resolve_shards, with_sizes
-from .tar_reader import BadSample, read_runs, read_slice
+from .tar_reader import DEFAULT_MAX_SAMPLE_BYTES, BadSample, read_runs, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
 from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
 
 log = logging.getLogger("vit_dist.data")
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
+# The members taken as a sample's image, first match wins. decode.py decodes each in training
+# and evaluation alike (JPEG and PNG through torchvision.io, the others through PIL).
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif")
 _PAD = object()  # a padding slot of an exact epoch (not a sample: not counted as seen)
 
 
@@ -108,6 +110,8 @@ class DataConfig:
     worker_timeout: float = 600.0
     max_bad_fraction: float = 0.01
     bad_min_seen: int = 1000
+    # A sample with a tar member declaring more bytes is bad, and never read (tar_reader.py).
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
 
     def __post_init__(self):
         if self.mode not in ("exact", "resampled"):
@@ -206,7 +210,12 @@ class ShardStream(IterableDataset):
             num_batches = plan.num_batches
             # A re-planned stream may hold scattered samples of a shard: one pass per shard.
             items = itertools.chain.from_iterable(
-                read_runs(self.shards.urls[shard], [(s.start, s.stop) for s in group])
+                read_runs(
+                    self.shards.urls[shard],
+                    [(s.start, s.stop) for s in group],
+                    max_bytes=c.max_sample_bytes,
+                    count=self.shards.sizes[shard],
+                )
                 for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard)
             )
         else:
@@ -214,7 +223,9 @@ class ShardStream(IterableDataset):
             picks = resampled_shards(
                 len(self.shards.urls), c.seed, epoch, self.rank, worker, self.shards.sizes, segment
             )
-            items = itertools.chain.from_iterable(read_slice(self.shards.urls[i]) for i in picks)
+            items = itertools.chain.from_iterable(
+                read_slice(self.shards.urls[i], max_bytes=c.max_sample_bytes) for i in picks
+            )
         # shuffle buffer
         if c.train:
             rng = random.Random(stream_seed("buffer", c.seed, epoch, self.rank, worker, segment))
@@ -230,7 +241,13 @@ class ShardStream(IterableDataset):
         yield from self._batches(decoded, worker)
 
     def _decode(self, item, aug_seed: int, position: int):
-        """-> (uint8 image, label, key, erase rect) or BadSample or _PAD; never raises for a bad sample."""
+        """-> (uint8 image, label, key, erase rect) or BadSample or _PAD; never raises for a bad sample.
+
+        Everything a sample goes through before collation runs under the guard: decode (an
+        image over ``max_image_pixels`` is refused from its header), augmentation and the check
+        that the result is a uint8 (3, S, S) image (``SampleTransform.uint8``), so one odd
+        image is a counted bad sample, never a failed batch.
+        """
         if item is _PAD or isinstance(item, BadSample):
             return item
         key = f"{item['__url__']}#{item['__key__']}"

@@ -59,6 +59,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import DataError
+from .counts import check_sizes
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK63 = (1 << 63) - 1
@@ -159,6 +160,7 @@ def exact_plan(
 ) -> list[StreamPlan]:
     """The streams of ``rank`` (one per worker) for an exact epoch, or for what is left of it
     after the segments in ``history``; see the module docstring."""
+    check_sizes(sizes)  # a negative or fractional count would cut the epoch wrongly, silently
     streams = world_size * num_workers
     if len(sizes) < streams:
         raise DataError(
@@ -325,6 +327,8 @@ def resampled_shards(
     rng = random.Random(stream_seed("resample", seed, epoch, rank, worker, segment))
     if sizes is not None and len(sizes) != num_shards:
         raise DataError(f"{len(sizes)} shard sizes for {num_shards} shards")
+    if sizes is not None:
+        check_sizes(sizes)  # negative weights would skew the draw silently
     if sizes is None or sum(sizes) <= 0:
         while True:
             yield rng.randrange(num_shards)

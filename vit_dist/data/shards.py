@@ -8,13 +8,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..errors import DataError
 from .meta import read_meta
 from .writers import write_shards
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: a finite number of ``kind`` that is at least 1 (0 px, 0-sample shards and
+    0 workers would write nothing)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not (math.isfinite(value) and value >= 1):
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -25,16 +43,24 @@ def main(argv: Iterable[str] | None = None) -> int:
     src.add_argument("--from-folder", metavar="DIR", help="ImageFolder tree (optionally train/ and val/)")
     src.add_argument("--from", dest="builtin", choices=["digits"], help="a bundled data set")
     p.add_argument("--out", required=True, help="output directory for the shards and dataset.json")
-    p.add_argument("--shard-samples", type=int, default=None, help="max samples per shard (default 1000)")
-    p.add_argument("--shard-bytes", type=float, default=None, help="max bytes per shard, e.g. 1e9")
-    p.add_argument("--resize", type=int, default=None, help="folders: shrink the shorter side to this")
-    p.add_argument("--img-size", type=int, default=32, help="digits: output side (default 32)")
+    p.add_argument(
+        "--shard-samples", type=_positive(int), default=None, help="max samples per shard (default 1000)"
+    )
+    p.add_argument("--shard-bytes", type=_positive(float), default=None, help="max bytes per shard, e.g. 1e9")
+    p.add_argument(
+        "--resize", type=_positive(int), default=None, help="folders: shrink the shorter side to this"
+    )
+    p.add_argument("--img-size", type=_positive(int), default=32, help="digits: output side (default 32)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
     p.add_argument(
-        "--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1), help="encoding processes"
+        "--workers", type=_positive(int), default=max(1, (os.cpu_count() or 1) - 1), help="encoding processes"
     )
     p.add_argument("--seed", type=int, default=0, help="sample shuffle (and digits split) seed")
-    p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the data set in --out: removes only the shards its dataset.json lists",
+    )
     args = p.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     shard_samples = args.shard_samples if args.shard_samples or args.shard_bytes else 1000

@@ -13,11 +13,21 @@ Accepted specs (a string, or a list of them; ``::`` also separates several in on
 
 Errors are raised here, at start-up, as :class:`DataError` naming the spec: a pattern that
 matches nothing, a missing path, a split absent from ``dataset.json``.
+
+Only a spec the user typed (config or command line) may be a URL or a ``pipe:`` command. A name
+read from a ``dataset.json`` or found by expanding a glob is data: it must be a regular file
+inside that directory (the glob's directory: its path up to the first wildcard), else the spec
+is refused with a :class:`DataError` naming the entry and the directory. Symlinks are followed
+only while they stay inside that directory (see ``meta.escape_problem``). Every local shard in a
+:class:`ShardList` is an absolute path, which the tar reader opens as a plain file: no file name,
+however odd (``pipe:touch x;.tar``, ``-``), is ever handed to an opener that could read it as a
+command or URL.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import tarfile
@@ -27,7 +37,7 @@ from pathlib import Path
 from webdataset.shardlists import expand_urls
 
 from ..errors import DataError
-from .meta import META_NAME, read_meta
+from .meta import META_NAME, escape_problem, read_meta, shard_file
 
 # "pipe:cmd", "s3://...", "https://..." but not "file:" (local) and not a Windows drive letter.
 _REMOTE = re.compile(r"^(?!file:)[A-Za-z][A-Za-z0-9+.\-]+:")
@@ -35,7 +45,10 @@ _REMOTE = re.compile(r"^(?!file:)[A-Za-z][A-Za-z0-9+.\-]+:")
 
 @dataclass(frozen=True)
 class ShardList:
-    """The resolved shards, in spec order. ``sizes[i]`` is the sample count of ``urls[i]``."""
+    """The resolved shards, in spec order. ``sizes[i]`` is the sample count of ``urls[i]``.
+
+    A local shard is an absolute path (opened as a plain file); anything else is a URL the user
+    typed (opened with webdataset's ``gopen``)."""
 
     urls: list[str]
     sizes: list[int] | None
@@ -96,11 +109,11 @@ def _resolve_one(part: str, split: str) -> ShardList:
             hits = sorted(glob.glob(pattern))
             if not hits:
                 raise DataError(f"shard pattern {pattern!r} (from spec {part!r}) matches no file")
-            paths.extend(hits)
+            paths.extend(_glob_hit(hit, pattern, part) for hit in hits)
         elif not os.path.isfile(pattern):
             raise DataError(f"shard {pattern!r} (from spec {part!r}) does not exist")
         else:
-            paths.append(pattern)
+            paths.append(os.path.abspath(pattern))
     sizes = classes = None
     parents = {str(Path(p).parent) for p in paths}
     if len(parents) == 1 and (Path(next(iter(parents))) / META_NAME).is_file():
@@ -112,6 +125,28 @@ def _resolve_one(part: str, split: str) -> ShardList:
     return ShardList(urls=paths, sizes=sizes, classes=classes, spec=part)
 
 
+def _glob_base(pattern: str) -> str:
+    """The directory a glob expands inside: its path up to the first component with a wildcard."""
+    parts = pattern.split("/")
+    fixed = itertools.takewhile(lambda p: not glob.has_magic(p), parts[:-1])
+    return "/".join(fixed) or ("/" if pattern.startswith("/") else ".")
+
+
+def _glob_hit(hit: str, pattern: str, part: str) -> str:
+    """The absolute path of ``hit``, a match of ``pattern``, once it is known to be a regular file
+    inside the glob's directory (a file's name is data, never a URL: see the module docstring)."""
+    base = _glob_base(pattern)
+    problem = escape_problem(base, os.path.relpath(hit, base))
+    if problem is None and not os.path.isfile(hit):
+        problem = "not a regular file"
+    if problem is not None:
+        raise DataError(
+            f"shard {hit!r} matched by {pattern!r} (from spec {part!r}) is not a file inside "
+            f"{os.path.abspath(base)} ({problem})"
+        )
+    return os.path.abspath(hit)
+
+
 def _from_directory(directory: Path, split: str) -> ShardList:
     meta = read_meta(directory)
     if split not in meta["splits"]:
@@ -121,10 +156,7 @@ def _from_directory(directory: Path, split: str) -> ShardList:
     shards = meta["splits"][split]["shards"]
     if not shards:
         raise DataError(f"split {split!r} of {directory} has no shards")
-    urls = [str(directory / s["name"]) for s in shards]
-    for u in urls:
-        if not os.path.isfile(u):
-            raise DataError(f"shard {u} listed in {directory / META_NAME} does not exist")
+    urls = [shard_file(directory, s.get("name") if isinstance(s, dict) else None) for s in shards]
     return ShardList(
         urls=urls, sizes=[int(s["num_samples"]) for s in shards], classes=meta["classes"], spec=str(directory)
     )

@@ -35,7 +35,8 @@ import torch
 from torchvision.transforms import v2
 
 from ..config import DataSection
-from .decode import decode_random_resized_crop, decode_resize_center_crop
+from ..errors import DataError
+from .decode import DEFAULT_MAX_IMAGE_PIXELS, decode_random_resized_crop, decode_resize_center_crop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,6 +61,8 @@ class AugmentConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     backend: str = DEFAULT_BACKEND  # "auto", "tv" or "pil", see decode.py
+    # An image whose header declares more pixels is refused before decoding (data.max_image_pixels).
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @classmethod
     def from_section(cls, section: DataSection) -> AugmentConfig:
@@ -98,14 +101,24 @@ class SampleTransform:
 
     def uint8(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """-> (uint8 image (3, S, S), erasing rectangle (top, left, height, width) or NO_ERASE)."""
-        c = self.cfg
+        c, limit = self.cfg, self.cfg.max_image_pixels
         if self.train:
-            img = decode_random_resized_crop(data, c.img_size, c.scale, c.ratio, backend=c.backend)
+            img = decode_random_resized_crop(
+                data, c.img_size, c.scale, c.ratio, backend=c.backend, max_pixels=limit
+            )
         else:
-            img = decode_resize_center_crop(data, c.img_size, c.crop_pct, backend=c.backend)
+            img = decode_resize_center_crop(data, c.img_size, c.crop_pct, backend=c.backend, max_pixels=limit)
         if self.post is not None:
             img = self.post(img)
+        self._check_output(img)
         return img, self._erase_rect(img)
+
+    def _check_output(self, img: torch.Tensor) -> None:
+        """Raise (a bad sample, in the loader) unless ``img`` is what a batch stacks: a sample of
+        another dtype or shape would otherwise fail the whole batch at collation."""
+        S = self.cfg.img_size
+        if img.dtype != torch.uint8 or tuple(img.shape) != (3, S, S):
+            raise DataError(f"decoded to {img.dtype} {tuple(img.shape)}, not uint8 (3, {S}, {S})")
 
     def _erase_rect(self, img: torch.Tensor) -> tuple[int, int, int, int]:
         # The RNG calls of v2.RandomErasing.forward (the p draw, then its make_params), so the

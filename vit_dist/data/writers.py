@@ -16,10 +16,16 @@ and/or ``--shard-bytes`` bytes. Encoding runs in ``--workers`` processes (order 
 the main process writes the tars. ``dataset.json`` (classes, samples per split and per shard)
 is written last.
 
-Atomicity: each shard is written to a hidden temp name and renamed when complete, and the
-index only appears after the last shard, so a killed writer leaves only complete shards and no
-``dataset.json`` (and its temp files are removed by the next run). Existing shards or an
-index in ``--out`` are an error unless ``--overwrite``.
+Atomicity: the shards are written into a hidden staging directory inside ``--out`` (same file
+system) and published at the end; ``dataset.json`` is the one switch between data sets, so a
+writer killed at any moment leaves ``--out`` with a complete data set: the old one (its index and
+every shard it lists) or the new one (see :func:`_publish`). What a killed writer leaves behind
+(the staging directory, temp files) is removed by the next run.
+
+Existing shards or an index in ``--out`` are an error unless ``--overwrite``, which removes only
+the shards the old ``dataset.json`` lists, and only names that are plain files inside ``--out``
+(``meta.index_name_problem``): other files there (``backup.tar``) are never touched, and a file
+at a name the new shards would take that the old index does not list is an error, not replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import tarfile
 import tempfile
@@ -38,11 +45,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import fsync_dir
 from ..errors import DataError
-from .meta import META_NAME, read_meta, write_meta
+from .decode import check_image_size, to_rgb8
+from .meta import META_NAME, index_name_problem, read_meta, write_meta
 
 log = logging.getLogger("vit_dist.data")
 
+# The staging directory of one run, inside --out; a hidden name no user file is expected to have.
+STAGING_PREFIX = ".vit_dist-staging-"
+# The temp names of an unfinished shard (_ShardSink) or index (atomic.atomic_path).
+_TEMP_FILE = re.compile(r"\.(?:\w+-\d{6}\.tar|dataset\.json)\.tmp-\d+")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif"}
 SPLIT_DIRS = ("train", "val", "test")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -61,6 +74,7 @@ def _encode(job: tuple) -> tuple[bytes | None, str]:
             )
             return _jpeg(im.convert("RGB"), quality), ""
         data = Path(payload).read_bytes()
+        check_image_size(data)  # the pixel limit training applies, checked before decoding
         im = Image.open(io.BytesIO(data))
         small = resize is None or min(im.size) <= resize
         if data[:3] == _JPEG_MAGIC and small:
@@ -70,8 +84,8 @@ def _encode(job: tuple) -> tuple[bytes | None, str]:
             scale = resize / min(im.size)
             out = (max(resize, round(im.size[0] * scale)), max(resize, round(im.size[1] * scale)))
             im.draft("RGB", out)  # JPEG: decode at reduced scale when possible
-            im = im.convert("RGB").resize(out, Image.BICUBIC, reducing_gap=3.0)
-        return _jpeg(im.convert("RGB"), quality), ""
+            im = to_rgb8(im).resize(out, Image.BICUBIC, reducing_gap=3.0)
+        return _jpeg(to_rgb8(im), quality), ""
     except Exception as e:  # unreadable source image: skipped and counted by the writer
         return None, f"{payload if kind != 'digit' else 'digit'}: {type(e).__name__}: {e}"
 
@@ -120,6 +134,8 @@ class _ShardSink:
 
     def _close(self) -> None:
         self._tar.close()
+        with open(self._tmp, "rb") as fh:  # on disk before the index that will list it
+            os.fsync(fh.fileno())
         final = self.out / self._name
         os.replace(self._tmp, final)  # atomic: a shard with its final name is complete
         self.shards.append(
@@ -180,17 +196,163 @@ def _digits(seed: int) -> tuple[list[str], dict[str, list[tuple[np.ndarray, int]
 # ---------------------------------------------------------------- driver
 
 
-def _prepare_out(out: Path, *, overwrite: bool) -> None:
+def _check_sizes(
+    *, img_size: int, resize: int | None, shard_samples: int | None, shard_bytes: int | None, workers: int
+) -> None:
+    """Refuse sizes that would write nothing useful (a 0 px image, a shard that can hold nothing)."""
+    if not shard_samples and not shard_bytes:
+        raise DataError("set shard_samples and/or shard_bytes (how big a shard may get)")
+    for name, value in (
+        ("img_size", img_size),
+        ("resize", resize),
+        ("shard_samples", shard_samples),
+        ("shard_bytes", shard_bytes),
+    ):
+        if value is not None and value <= 0:
+            raise DataError(f"{name} must be positive, got {value}")
+    if workers < 0:
+        raise DataError(f"workers must be 0 (encode in this process) or more, got {workers}")
+
+
+def _listed_shards(out: Path) -> set[str]:
+    """The files of ``out``'s current data set: the shards its ``dataset.json`` lists, the only
+    files an overwrite removes.
+
+    A listed name that is not a plain file inside ``out`` (``meta.index_name_problem``) or that
+    names the index itself is left alone, with a warning. An index written mid-publish (see
+    :func:`_publish`) lists its shards inside the staging directory; each also claims its final
+    name, which that publish may already have given it, and the index's ``replaces`` names the
+    files of the data set before it that the publish had still to remove.
+    """
+    if not (out / META_NAME).is_file():
+        return set()
+    try:
+        meta = read_meta(out)
+    except DataError as e:
+        log.warning("%s; no shard of it is removed", e)
+        return set()
+    splits = meta["splits"] if isinstance(meta["splits"], dict) else {}
+    listed = [
+        shard.get("name") if isinstance(shard, dict) else shard
+        for split in splits.values()
+        for shard in (split.get("shards") or [] if isinstance(split, dict) else [])
+    ]
+    listed += [n.split("/", 1)[1] for n in listed if isinstance(n, str) and n.startswith(STAGING_PREFIX)]
+    listed += meta["replaces"] if isinstance(meta.get("replaces"), list) else []
+    names = set()
+    for name in listed:
+        problem = "the index itself" if name == META_NAME else index_name_problem(out, name)
+        if problem is not None:
+            log.warning("not removing %r listed in %s: %s", name, out / META_NAME, problem)
+        else:
+            names.add(name)
+    return names
+
+
+def _remove_listed(out: Path, names: set[str]) -> None:
+    """Remove the old data set's files (``_listed_shards``); a symlink goes, never its target."""
+    for name in sorted(names):
+        path = out / name
+        if index_name_problem(out, name) is None and (path.is_symlink() or path.is_file()):
+            path.unlink()
+
+
+def _remove_leftovers(out: Path, *, keep: set[str]) -> None:
+    """Remove what killed writers left in ``out``: temp files of unfinished shards and indexes,
+    and staging directories except those holding a shard in ``keep`` (a live index lists it)."""
+    for entry in out.iterdir():
+        if entry.is_symlink():
+            continue
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
+            if not any(name.startswith(f"{entry.name}/") for name in keep):
+                shutil.rmtree(entry)
+        elif _TEMP_FILE.fullmatch(entry.name) and entry.is_file():
+            entry.unlink()
+
+
+def _prepare_out(out: Path, splits: list[str], *, overwrite: bool) -> set[str]:
+    """Check that ``out`` may take the new shards and clear killed writers' leftovers; -> the
+    old data set's files (``_listed_shards``), removed once the new data set is published."""
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob(".*.tmp-*"):  # leftovers of a killed writer: never complete
-        tmp.unlink()
-    existing = sorted(out.glob("*.tar")) + sorted(out.glob(META_NAME))
+    existing = sorted(p.name for p in out.glob("*.tar")) + sorted(p.name for p in out.glob(META_NAME))
     if existing and not overwrite:
         raise DataError(
-            f"{out} already holds shards ({existing[0].name}, ...): pass --overwrite to replace them"
+            f"{out} already holds shards ({existing[0]}, ...): pass --overwrite to replace the data set "
+            f"there (it removes only the shards a {META_NAME} there lists)"
         )
-    for f in existing:
-        f.unlink()
+    old = _listed_shards(out)
+    _remove_leftovers(out, keep=old)
+    ours = re.compile("(?:" + "|".join(map(re.escape, splits)) + r")-\d{6}\.tar")
+    clash = [name for name in existing if ours.fullmatch(name) and name not in old]
+    if clash:
+        raise DataError(
+            f"{out / clash[0]} is not listed by a {META_NAME} there but new shards may take its name: "
+            f"move it away or choose another --out (--overwrite only replaces listed shards)"
+        )
+    return old
+
+
+def _write_split(
+    items: list, jobs: list, sink: _ShardSink, pool, *, progress: bool
+) -> tuple[list[dict], int]:
+    """Encode ``jobs`` (in ``pool`` when there is one) into ``sink``; -> (its shards, skipped images)."""
+    encoded = pool.imap(_encode, jobs, chunksize=16) if pool else map(_encode, jobs)
+    skipped = 0
+    bar = tqdm(total=len(items), desc=f"{sink.split} shards", unit="img", disable=not progress)
+    for i, ((data, err), (_, label)) in enumerate(zip(encoded, items)):
+        bar.update()
+        if data is None:
+            skipped += 1
+            log.warning("skipping unreadable image %s", err)
+            continue
+        sink.add(f"{sink.split}_{i:08d}", data, label)
+    bar.close()
+    return sink.finish(), skipped
+
+
+def _staged_index(meta: dict, staging: str) -> dict:
+    """``meta`` with every shard name moved into the directory ``staging``."""
+    splits = {
+        split: {**s, "shards": [{**shard, "name": f"{staging}/{shard['name']}"} for shard in s["shards"]]}
+        for split, s in meta["splits"].items()
+    }
+    return {**meta, "splits": splits}
+
+
+def _give_final_name(staged: Path, final: Path) -> None:
+    """``final`` becomes a second name of the complete shard ``staged``: a hard link, or a copy on
+    file systems without them. Never replaces a file (``_prepare_out`` made sure the name is free)."""
+    try:
+        os.link(staged, final)
+    except FileExistsError:
+        raise DataError(f"{final} appeared while the shards were being written: move it away") from None
+    except OSError:  # no hard links on this file system (some network or FUSE mounts): copy
+        with open(staged, "rb") as src, open(final, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+
+
+def _publish(out: Path, staging: Path, meta: dict, old: set[str]) -> None:
+    """Swap the data set written in ``staging`` in for the old one (``old``: its files).
+
+    Every step leaves ``out`` with a complete data set, so a writer killed at any moment leaves
+    one (the old until step 1 ends, the new from then on):
+
+    1. the index lists the new shards where they are, inside ``staging``: the switch (its
+       ``replaces`` names the old data set's files, so a run after a kill still removes them);
+    2. the old data set's files are removed;
+    3. each new shard gets its final name too (a link: the index still lists the staged file);
+    4. the index lists the final names; the staging directory goes.
+    """
+    write_meta(out, {**_staged_index(meta, staging.name), "replaces": sorted(old)})
+    _remove_listed(out, old)
+    names = [shard["name"] for s in meta["splits"].values() for shard in s["shards"]]
+    for name in names:
+        _give_final_name(staging / name, out / name)
+    fsync_dir(out)
+    write_meta(out, meta)
+    _remove_leftovers(out, keep=set(names))
 
 
 def write_shards(
@@ -212,44 +374,42 @@ def write_shards(
     ``img_size`` applies to digits only; ``resize`` (shorter side) to folders. Returns ``out``.
     """
     out = Path(out)
-    if not shard_samples and not shard_bytes:
-        raise DataError("set shard_samples and/or shard_bytes (how big a shard may get)")
+    _check_sizes(
+        img_size=img_size,
+        resize=resize,
+        shard_samples=shard_samples,
+        shard_bytes=shard_bytes,
+        workers=workers,
+    )
     if source == "digits":
         classes, splits = _digits(seed)
         jobs_of = lambda items: [("digit", a, img_size, quality) for a, _ in items]
     else:
         classes, splits = _scan_folder(Path(source))
         jobs_of = lambda items: [("file", p, resize, quality) for p, _ in items]
-    _prepare_out(out, overwrite=overwrite)
+    old = _prepare_out(out, list(splits), overwrite=overwrite)
     meta = {"source": source, "classes": classes, "image_size": img_size if source == "digits" else resize}
     meta["splits"] = {}
+    staging = out / f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+    staging.mkdir()  # honours the umask (mkdtemp's is 0700): readers go through it mid-publish
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
         for split, items in splits.items():
             random.Random(f"{seed}/{split}").shuffle(items)
-            sink = _ShardSink(out, split, shard_samples, shard_bytes)
-            jobs = jobs_of(items)
-            encoded = pool.imap(_encode, jobs, chunksize=16) if pool else map(_encode, jobs)
-            skipped = 0
-            bar = tqdm(total=len(items), desc=f"{split} shards", unit="img", disable=not progress)
-            for i, ((data, err), (_, label)) in enumerate(zip(encoded, items)):
-                bar.update()
-                if data is None:
-                    skipped += 1
-                    log.warning("skipping unreadable image %s", err)
-                    continue
-                sink.add(f"{split}_{i:08d}", data, label)
-            bar.close()
-            shards = sink.finish()
+            sink = _ShardSink(staging, split, shard_samples, shard_bytes)
+            shards, skipped = _write_split(items, jobs_of(items), sink, pool, progress=progress)
             meta["splits"][split] = {
                 "num_samples": sum(s["num_samples"] for s in shards),
                 "skipped": skipped,
                 "shards": shards,
             }
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # no index lists it yet; the old data set stays
+        raise
     finally:
         if pool is not None:
             pool.terminate()
-    write_meta(out, meta)  # last: its presence means every shard above is complete
+    _publish(out, staging, meta, old)
     return out
 
 
