@@ -19,7 +19,7 @@ import torch
 from helpers import assert_ok, read_jsonl, run_evaluate, run_train
 from torch import nn
 
-from vit_dist import atomic
+from vit_dist import atomic, manifest
 from vit_dist import checkpoint as ck
 from vit_dist.distributed import DistEnv
 from vit_dist.errors import CheckpointError
@@ -60,8 +60,8 @@ def _save(out, step, *, run_id="run-a", keep=10, best=False, model=None, env=ENV
 def _reseal(ckpt: Path, name: str) -> None:
     """Make the manifest agree with a replaced file, as someone who knows the format could."""
     meta = json.loads((ckpt / "meta.json").read_text())
-    meta["files"][name] = ck._file_record(ckpt / name)
-    meta["meta_crc32"] = ck._meta_crc(meta)
+    meta["files"][name] = manifest.file_record(ckpt / name)
+    meta["meta_crc32"] = manifest.meta_crc(meta)
     (ckpt / "meta.json").write_text(json.dumps(meta))
 
 
@@ -92,7 +92,7 @@ def test_manifest_lists_every_file_with_its_size_and_the_checkpoint_verifies(tmp
     for name, record in files.items():
         assert record["size"] == (ckpt / name).stat().st_size
         assert len(record["crc32"]) == 8 and len(record["sample_crc32"]) == 8
-    assert meta["meta_crc32"] == ck._meta_crc(meta)
+    assert meta["meta_crc32"] == manifest.meta_crc(meta)
     assert ck.verify_checkpoint(ckpt)["step"] == 3
     assert ck.verify_checkpoint(ckpt, full=True)["run_id"] == "run-a"
 
@@ -140,7 +140,7 @@ def test_damage_is_detected_by_the_default_check(tmp_path, damage, expected):
     # A 1024-wide layer: state.pt (weights + AdamW moments) is ~12 MiB, a file the default
     # check samples rather than reads whole.
     ckpt = _save(tmp_path, 4, model=_model(1024))
-    assert (ckpt / "state.pt").stat().st_size > 4 * ck._SAMPLE_BLOCK * ck._SAMPLE_BLOCKS
+    assert (ckpt / "state.pt").stat().st_size > 4 * manifest._SAMPLE_BLOCK * manifest._SAMPLE_BLOCKS
     damage(ckpt)
     with pytest.raises(CheckpointError, match="is damaged: ") as e:
         ck.verify_checkpoint(ckpt)
@@ -151,7 +151,7 @@ def test_a_flipped_byte_inside_a_large_file_takes_the_full_check(tmp_path):
     """The documented trade-off: the default check samples large files; full=True reads all."""
     ckpt = _save(tmp_path, 4, model=_model(1024))
     size = (ckpt / "state.pt").stat().st_size
-    sampled = ck._sample_ranges(size)
+    sampled = manifest._sample_ranges(size)
     # A byte between the first two sampled blocks.
     _flip_byte(ckpt / "state.pt", sampled[0][1] + (sampled[1][0] - sampled[0][1]) // 2)
     assert ck.checkpoint_problem(ckpt) is None
@@ -162,7 +162,7 @@ def test_a_checkpoint_without_a_manifest_is_not_trusted(tmp_path):
     ckpt = _save(tmp_path, 2)
     meta = ck.read_meta(ckpt)
     del meta["files"]
-    meta["meta_crc32"] = ck._meta_crc(meta)
+    meta["meta_crc32"] = manifest.meta_crc(meta)
     (ckpt / "meta.json").write_text(json.dumps(meta))
     assert "no manifest" in ck.checkpoint_problem(ckpt)
 

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "vit_dist.ema": 2,
     "vit_dist.optim": 2,
     "vit_dist.checkpoint": 2,
+    "vit_dist.manifest": 2,
     "vit_dist.rundir": 2,
     "vit_dist.weights": 2,
     "vit_dist.distill": 2,

@@ -18,6 +18,7 @@ components
     amp, losses, optim, ema   precision and loss scaling; losses; optimizer and lr schedule; EMA
     parallel     compile / activation checkpointing / FSDP2 or DDP, applied from outside
     checkpoint   atomic, resumable checkpoints and their compatibility checks
+    manifest     what each checkpoint file was when written (sizes, CRC-32s) and the check
     rundir       a run owns its output_dir: the job's lock, no new run over an old one, run.json
     weights      loading weights from checkpoints and exports; writing the export
     distill      the frozen teacher and the distillation losses

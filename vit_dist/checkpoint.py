@@ -28,21 +28,10 @@ Lineage: the last ``keep`` checkpoints of the run that writes (``meta["run_id"]`
 checkpoints of other runs, or without a ``run_id``, are never pruned, nor is the one just
 written. The best (by eval top-1) is kept as ``best/`` (a copy), replaced only by its own run.
 
-Verification (:func:`verify_checkpoint`) stays cheap for multi-GB checkpoints. At save time each
-file is read back once from the page cache (it was just written) for its CRC-32 -- CRC rather
-than a cryptographic hash because it guards against damage, not tampering (loading never runs
-code anyway), and it is several times faster, which matters on the save's critical path.
-The manifest records per file its size, the CRC-32 of the whole file and the CRC-32 of a
-sample: the whole file when it is at most 2 MiB (rank files, small state files), else 8 blocks
-of 256 KiB spread evenly from the first byte to the last (``_sample_ranges``). meta.json holds
-a CRC-32 of its own content. The default check (resume, evaluate, export, a teacher) stats
-every file and reads only the samples: at most 2 MiB per file whatever its size, so it
-catches a missing, truncated or emptied file, a zero-filled or garbled tail or head (what a
-power loss leaves) and any change to a small file or to meta.json, but not a flipped byte in
-the middle of a large file. ``full=True`` reads every byte and compares the whole-file CRC: it
-catches that too, at the cost of reading the whole checkpoint. ``resume=auto`` skips damaged
-checkpoints (one warning naming them) for the newest intact one; a checkpoint named by path
-must be intact.
+Verification (:func:`verify_checkpoint`) compares every file with the manifest in meta.json
+(``vit_dist.manifest`` says what it records and why the default check stays cheap for
+multi-GB checkpoints). ``resume=auto`` skips damaged checkpoints (one warning naming them) for
+the newest intact one; a checkpoint named by path must be intact.
 
 Loading never executes code: ``torch.load(weights_only=True)`` and DCP; a file it refuses (a
 pickle with code) or cannot read is a CheckpointError, never a traceback.
@@ -50,14 +39,12 @@ pickle with code) or cannot read is a CheckpointError, never a traceback.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import random
 import re
 import shutil
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +58,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from . import atomic
 from .distributed import DistEnv, all_gather_object, broadcast_object
 from .errors import CheckpointError
+from .manifest import check_file, expected_files, file_record, meta_crc, os_reason
 from .testing import faults
 
 log = logging.getLogger(__name__)
@@ -82,9 +70,6 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _ASIDE = ".old"  # the previous copy of a directory being replaced, between the two renames
 _ASIDE_DIR = re.compile(r"^step-(\d+)\.old$")
 _DCP_RANK_FILE = re.compile(r"^__(\d+)_")  # DCP names each rank's files __<rank>_<n>.distcp
-_SAMPLE_BLOCK = 256 << 10
-_SAMPLE_BLOCKS = 8  # per file: the first and last block and 6 spread between them
-_READ_CHUNK = 8 << 20
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
@@ -175,79 +160,6 @@ def _write_torch(obj, path: Path) -> None:
         torch.save(obj, fh)
 
 
-# ---------------------------------------------------------------- manifest and verification
-
-
-def _crc_all(fh) -> int:
-    """CRC-32 of an open file from its start to its end."""
-    fh.seek(0)
-    buf = bytearray(_READ_CHUNK)
-    view = memoryview(buf)
-    crc = 0
-    while n := fh.readinto(buf):
-        crc = zlib.crc32(view[:n], crc)
-    return crc
-
-
-def _sample_ranges(size: int) -> list[tuple[int, int]]:
-    """(offset, length) of the blocks the cheap check reads: the whole of a small file, else
-    ``_SAMPLE_BLOCKS`` blocks spread evenly from the first byte to the last."""
-    if size <= _SAMPLE_BLOCK * _SAMPLE_BLOCKS:
-        return [(0, size)]
-    last = size - _SAMPLE_BLOCK
-    return [(last * i // (_SAMPLE_BLOCKS - 1), _SAMPLE_BLOCK) for i in range(_SAMPLE_BLOCKS)]
-
-
-def _crc_sample(fh, size: int) -> int:
-    crc = 0
-    for offset, length in _sample_ranges(size):
-        fh.seek(offset)
-        crc = zlib.crc32(fh.read(length), crc)
-    return crc
-
-
-def _file_record(path: Path) -> dict:
-    """Make ``path`` durable (fsync) and describe it for the manifest: its size, the CRC-32 of
-    all of it and of its sample, read back from the page cache right after writing."""
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-        size = os.fstat(fh.fileno()).st_size
-        return {"size": size, "crc32": f"{_crc_all(fh):08x}", "sample_crc32": f"{_crc_sample(fh, size):08x}"}
-
-
-def _meta_crc(meta: dict) -> str:
-    """CRC-32 of meta.json's content but this checksum (keys sorted, as JSON reads it back)."""
-    body = {k: v for k, v in meta.items() if k != "meta_crc32"}
-    return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode()):08x}"
-
-
-def _check_file(ckpt: Path, name: str, record: dict, *, full: bool) -> str | None:
-    """What is wrong with one file of the manifest, or None when it matches."""
-    if not isinstance(record, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
-        return f"its manifest entry for {name!r} is malformed"
-    path = ckpt / name
-    try:
-        size = path.stat().st_size
-        if size != record.get("size"):
-            return f"{name} is {size} bytes, {record.get('size')} were written (truncated or overwritten)"
-        with open(path, "rb") as fh:
-            key, crc = ("crc32", _crc_all(fh)) if full else ("sample_crc32", _crc_sample(fh, size))
-    except FileNotFoundError:
-        return f"{name} is missing"
-    except OSError as e:
-        return f"{name} cannot be read ({_os_reason(e)})"
-    if f"{crc:08x}" != record.get(key):
-        return f"{name} does not match its checksum (its content changed after it was written)"
-    return None
-
-
-def _expected_files(meta: dict) -> list[str]:
-    """Files every complete checkpoint of this meta has (the manifest must list them)."""
-    payload = "dcp/.metadata" if meta.get("fsdp") else "state.pt"
-    ranks = meta.get("world_size") if isinstance(meta.get("world_size"), int) else 1
-    return [payload, *(f"rank-{r:05d}.pt" for r in range(ranks))]
-
-
 def checkpoint_problem(ckpt: str | os.PathLike, *, full: bool = False) -> str | None:
     """What makes ``ckpt`` unusable (one line), or None when it is intact. See the module
     docstring for what the default check reads and what ``full=True`` adds."""
@@ -256,16 +168,16 @@ def checkpoint_problem(ckpt: str | os.PathLike, *, full: bool = False) -> str | 
         meta = read_meta(ckpt)
     except CheckpointError as e:
         return str(e)
-    if meta.get("meta_crc32") != _meta_crc(meta):
+    if meta.get("meta_crc32") != meta_crc(meta):
         return "meta.json does not match its checksum (edited or damaged)"
     files = meta.get("files")
     if not isinstance(files, dict):
         return "meta.json has no manifest of its files (not written by this version of vit_dist)"
-    unlisted = [name for name in _expected_files(meta) if name not in files]
+    unlisted = [name for name in expected_files(meta) if name not in files]
     if unlisted:
         return f"its manifest does not list {unlisted[0]}"
     for name in sorted(files):
-        problem = _check_file(ckpt, name, files[name], full=full)
+        problem = check_file(ckpt, name, files[name], full=full)
         if problem:
             return problem
     return None
@@ -313,16 +225,9 @@ def _dcp_cause(e: BaseException) -> str:
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError):
-        return _os_reason(e)
+        return os_reason(e)
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
     return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
-
-
-def _os_reason(e: OSError) -> str:
-    """``No space left on device [ENOSPC]: /path``: the OS reason of a failed write, one line."""
-    name = errno.errorcode.get(e.errno, "") if e.errno else ""
-    text = e.strerror or str(e) or type(e).__name__
-    return f"{text}{f' [{name}]' if name else ''}{f': {e.filename}' if e.filename else ''}"
 
 
 def _model_optim_state(model: nn.Module, optimizer, fsdp: bool):
@@ -387,7 +292,7 @@ def _attempt(action, *args) -> str | None:
     try:
         action(*args)
     except OSError as e:
-        return _os_reason(e)
+        return os_reason(e)
     return None
 
 
@@ -440,13 +345,13 @@ def _own_files(tmp: Path, env: DistEnv, *, fsdp: bool) -> dict[str, dict]:
                 names.append(f"dcp/{f.name}")
     elif env.is_main:
         names.append("state.pt")
-    return {name: _file_record(tmp / name) for name in names}
+    return {name: file_record(tmp / name) for name in names}
 
 
 def _publish_checkpoint(tmp: Path, final: Path, meta: dict) -> None:
     """meta.json (with its own checksum) last, every file and directory durable, then the rename."""
     meta = json.loads(json.dumps(meta, default=str))  # as it reads back, for the checksum
-    meta["meta_crc32"] = _meta_crc(meta)
+    meta["meta_crc32"] = meta_crc(meta)
     atomic.write_json(tmp / "meta.json", meta)
     _fsync_tree(tmp, files=False)  # each file was fsynced by the rank that wrote it
     _publish(tmp, final)
