@@ -155,7 +155,7 @@ def _tuplify(x):
 def _write_torch(obj, path: Path) -> None:
     """``torch.save`` through a Python file, so that a failed write raises the OSError it is
     (disk full, read-only, permissions); torch's own file writer reports it as a RuntimeError
-    without the reason. Durability is :func:`_file_record`'s job."""
+    without the reason. Durability is :func:`manifest.file_record`'s job."""
     with open(path, "wb") as fh:
         torch.save(obj, fh)
 
