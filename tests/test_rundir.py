@@ -114,6 +114,16 @@ def test_an_evaluation_does_not_write_into_a_run_dir(digits_data_dir, finished_r
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["num_samples"] == 360
 
 
+def test_a_used_dir_whose_checkpoint_is_set_aside_is_described(tmp_path):
+    # A save killed between its two renames leaves only step-N.old: still this run's checkpoint.
+    from vit_dist.rundir import existing_run
+
+    aside = tmp_path / "checkpoints" / "step-00000010.old"
+    aside.mkdir(parents=True)
+    (aside / "meta.json").write_text("{}")
+    assert existing_run(tmp_path) == "last checkpoint step 10; checkpoints/"
+
+
 def test_only_a_resume_of_its_own_run_may_use_a_used_dir(tmp_path):
     """The claim alone (one process): a used directory takes resume=auto or one of its own
     checkpoints and keeps its run id; a new run, or one started from another directory's

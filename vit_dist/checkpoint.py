@@ -96,6 +96,14 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint that ``list_checkpoints`` returns (``step-N`` or ``step-N.old``)."""
+    match = _STEP_DIR.match(path.name) or _ASIDE_DIR.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a checkpoint")
+    return int(match[1])
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1] if ckpts else None

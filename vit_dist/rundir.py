@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic
-from .checkpoint import CKPT_DIR, latest_checkpoint
+from .checkpoint import CKPT_DIR, checkpoint_step, latest_checkpoint
 from .distributed import DistEnv, broadcast_object
 from .errors import ConfigError
 
@@ -197,7 +197,7 @@ def existing_run(out: Path) -> str | None:
     if not files and not has_ckpts:
         return None
     latest = latest_checkpoint(out)
-    what = f"last checkpoint step {int(latest.name.split('-')[-1])}" if latest else "no complete checkpoint"
+    what = f"last checkpoint step {checkpoint_step(latest)}" if latest else "no complete checkpoint"
     if has_ckpts:
         files.append(f"{CKPT_DIR}/")
     return f"{what}; {', '.join(files)}"
