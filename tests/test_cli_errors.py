@@ -74,6 +74,26 @@ def test_bad_numbers_exit_2_with_one_line(digits_data_dir, tmp_path, override, k
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+@pytest.mark.parametrize(
+    "words,line",
+    [
+        (["--optim.lrr", "1"], "config error: unknown option '--optim.lrr' (did you mean '--optim.lr'?)"),
+        (["--optim.lr", "-1"], "config error: optim.lr: -1.0 must be > 0.0"),  # not taken for a flag
+        (
+            ["--optim.lr"],
+            "config error: --optim.lr needs a value: --optim.lr VALUE, --optim.lr=VALUE or optim.lr=VALUE",
+        ),
+        (["--train.batch_size=1e7"], "config error: train.batch_size: expected an integer, got '1e7'"),
+    ],
+)
+def test_dashed_keys_are_checked_like_overrides(digits_data_dir, tmp_path, words, line):
+    """``--key value`` / ``--key=value`` (argparse's habit) meet the same checks as key=value."""
+    proc = _train(digits_data_dir, tmp_path / "run", *words)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr[-3000:]
+    assert _the_error_line(proc, "config error").startswith(line)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_yaml11_float_for_a_model_keyword_trains(digits_data_dir, tmp_path):
     # model.drop_path_rate=1e-3 reached the model as the string '1e-3' (a TypeError traceback).
     proc = _train(digits_data_dir, tmp_path / "run", "model.drop_path_rate=1e-3", "train.steps=1")

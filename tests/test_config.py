@@ -84,7 +84,8 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_shipped_config_is_valid(path):
     cfg = load_config(path)
     check_model_kwargs(cfg.model.name, cfg.model.kwargs)
-    header = path.read_text().splitlines()[:12]
+    lines = path.read_text().splitlines()
+    header = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]
     assert any(
         "python -m vit_dist" in line or "accelerate launch" in line or "demo.sh" in line for line in header
     )

@@ -76,6 +76,32 @@ def test_resampled_mode_yields_the_set_epoch_length(make_data_shards):
     assert sum(int(b["valid"].sum()) for batches in per_rank for b in batches) == 96
 
 
+@pytest.mark.parametrize("indexed", [False, True])
+def test_resampled_draws_start_at_a_random_sample_and_wrap_round(make_data_shards, indexed, caplog):
+    """An epoch shorter than a shard must not always read the shards' first samples: each draw
+    starts at a random sample (plan.resampled_start) and wraps round to the shard's start."""
+    from vit_dist.data.index import index_shard
+
+    shards = make_data_shards([60, 60])
+    if indexed:
+        for tar in sorted(shards.glob("*.tar")):
+            index_shard(str(tar))
+    with caplog.at_level(logging.INFO, logger="vit_dist.data"):
+        loader = ShardLoader(_cfg(shards, mode="resampled", samples_per_epoch=8, workers=0, shuffle_buffer=0))
+    hint = "2 of 2 shards have no usable index, so each draw of one streams through it"
+    assert (hint in caplog.text) != indexed
+    seen = set()
+    for epoch in range(6):
+        keys = _valid_keys(_epoch(loader, epoch))
+        assert len(keys) == 8
+        shard, first = (int(x) for x in keys[0][1:].split("_"))
+        # one draw: 8 consecutive samples of one shard from a random start, wrapping at 60
+        assert keys == [f"s{shard}_{(first + j) % 60}" for j in range(8)]
+        seen.update(keys)
+    assert max(int(k.split("_")[1]) for k in seen) >= 8  # not only the first 8 of each shard
+    assert len(seen) > 8
+
+
 @pytest.mark.parametrize("workers,mode", [(0, "exact"), (2, "exact"), (2, "resampled")])
 def test_resume_mid_epoch_yields_exactly_the_remaining_batches(make_data_shards, workers, mode):
     shards = make_data_shards(UNEVEN)
@@ -242,8 +268,6 @@ def test_spec_errors_are_clear_at_start_up(make_data_shards, tmp_path):
         resolve_shards(str(tmp_path / "empty"))
     with pytest.raises(DataError, match="no split 'val'"):
         resolve_shards(str(shards), split="val")
-    with pytest.raises(DataError, match="3 shards cannot feed 2 ranks x 2 loader workers"):
-        ShardLoader(_cfg(shards), rank=0, world_size=2)
     with pytest.raises(DataError, match="need per-shard sample counts"):
         ShardLoader(_cfg("pipe:cat " + str(shards / "train-{000000..000002}.tar"), workers=0))
 
@@ -457,3 +481,35 @@ def test_replan_of_an_epoch_tail_smaller_than_the_streams_skips_it(make_data_sha
         and "fewer than the 4 streams, so they are skipped" in caplog.text
     )
     assert [lo.batches_left() for lo in second] == [0, 0] and [list(lo) for lo in second] == [[], []]
+
+
+def test_no_more_loader_streams_than_a_rank_has_batches(make_data_shards, caplog):
+    """16 workers on 62 samples per rank (8 batches of 8) would make 16 streams of ~4 samples,
+    each padded to a batch: half the epoch padding. The loader runs 8 workers, one batch each."""
+    from vit_dist.data.pipeline import fit_workers
+
+    shards = make_data_shards(UNEVEN)
+    with caplog.at_level(logging.INFO, logger="vit_dist.data"):
+        loaders = [ShardLoader(_cfg(shards, workers=16), rank=r, world_size=2) for r in range(2)]
+    assert [lo.cfg.workers for lo in loaders] == [8, 8] and [len(lo) for lo in loaders] == [8, 8]
+    assert "(data.workers=16 capped: a rank has 8 batch(es))" in caplog.text
+    assert fit_workers(UNEVEN, None, 2, 4, 8, train=True) == (4, "")  # enough batches: untouched
+    assert fit_workers(UNEVEN, None, 2, 0, 8, train=True) == (0, "")  # the main process stays
+    assert fit_workers([10, 10], [False, False], 1, 8, 1, train=False)[0] == 2  # eval, no index: shards
+    assert fit_workers([10, 10], [True, True], 1, 8, 1, train=False)[0] == 8  # eval, indexed: re-split
+
+
+def test_a_resampled_streams_buffer_holds_at_most_what_it_emits(make_data_shards, monkeypatch):
+    """8 samples an epoch through a 1,000-sample buffer would read 1,008 samples (17 shards of
+    60) to use 8; the buffer is capped at what the stream emits, so one draw is read."""
+    shards = make_data_shards([60, 60])
+    loader = ShardLoader(_cfg(shards, mode="resampled", samples_per_epoch=8, workers=0, shuffle_buffer=1000))
+    draws = []
+    read_from = type(loader.dataset)._read_from
+    monkeypatch.setattr(
+        type(loader.dataset),
+        "_read_from",
+        lambda self, i, starts: draws.append(i) or read_from(self, i, starts),
+    )
+    assert len(_valid_keys(_epoch(loader, 0))) == 8
+    assert len(draws) == 1

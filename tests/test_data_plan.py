@@ -66,11 +66,54 @@ def test_shard_order_depends_on_seed_and_epoch_only():
     assert sorted(order(0, 1)) == list(range(20))
 
 
-def test_too_few_shards_for_streams_is_a_clear_error():
-    with pytest.raises(DataError, match=r"3 shards cannot feed 2 ranks x 2 loader workers"):
+@pytest.mark.parametrize(
+    "sizes,world,workers", [([10, 10, 10], 2, 2), ([7, 5], 2, 3), ([50000 // 2] * 2, 8, 8)]
+)
+def test_fewer_shards_than_streams_split_the_shards_between_streams(sizes, world, workers):
+    plans = [
         exact_plan(
-            [10, 10, 10], seed=0, epoch=0, rank=0, world_size=2, num_workers=2, batch_size=4, shuffle=True
+            sizes, seed=0, epoch=1, rank=r, world_size=world, num_workers=workers, batch_size=4, shuffle=True
         )
+        for r in range(world)
+    ]
+    got = [x for rank_plans in plans for x in _samples(rank_plans)]
+    assert sorted(got) == [(s, i) for s, n in enumerate(sizes) for i in range(n)]  # once each
+    assert len({p.num_batches for rank_plans in plans for p in rank_plans}) == 1
+    lengths = [p.num_samples for rank_plans in plans for p in rank_plans]
+    assert max(lengths) - min(lengths) <= 1 and min(lengths) > 0
+
+
+def test_fewer_samples_than_streams_pads_evaluation_and_refuses_training():
+    kw = dict(seed=0, epoch=0, world_size=2, num_workers=3, batch_size=4)
+    plans = [p for r in range(2) for p in exact_plan([2, 1], rank=r, shuffle=False, **kw)]
+    assert sorted(x for p in plans for x in _samples([p])) == [(0, 0), (0, 1), (1, 0)]
+    assert {p.num_batches for p in plans} == {1} and sorted(p.num_samples for p in plans) == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+    ]
+    with pytest.raises(
+        DataError, match=r"3 samples cannot give each of 2 ranks x 3 loader workers = 6 streams"
+    ):
+        exact_plan([2, 1], rank=0, shuffle=True, **kw)
+
+
+def test_read_amplification_counts_streaming_through_unless_seekable():
+    from vit_dist.data.plan import read_amplification
+
+    plans = [
+        p
+        for r in range(2)
+        for p in exact_plan(
+            [100], seed=0, epoch=0, rank=r, world_size=2, num_workers=2, batch_size=4, shuffle=False
+        )
+    ]
+    # 4 streams of one shard: without an index they read 25, 50, 75 and 100 samples' bytes
+    assert read_amplification(plans, [False], [10.0]) == (2500.0, 1000.0)
+    assert read_amplification(plans, [True], [10.0]) == (1000.0, 1000.0)
 
 
 def test_consumed_per_worker_mirrors_round_robin():

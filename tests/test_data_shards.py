@@ -145,8 +145,10 @@ def _assert_one_complete_data_set(out) -> int:
 
 
 def _assert_clean(out) -> None:
-    """Only the index, the shards it lists under their final names and the user's files remain."""
-    listed = {s["name"] for split in read_meta(out)["splits"].values() for s in split["shards"]}
+    """Only the index, the shards it lists (and their byte-offset indexes) under their final names
+    and the user's files remain."""
+    shards = [s for split in read_meta(out)["splits"].values() for s in split["shards"]]
+    listed = {s["name"] for s in shards} | {s["index"] for s in shards}
     assert all("/" not in name for name in listed)
     assert {p.name for p in out.iterdir()} == listed | set(UNRELATED) | {"dataset.json"}
 

@@ -55,6 +55,64 @@ def test_decode_backends_agree(photo_jpeg):
     assert (crop_tv.float() - crop_pil.float()).abs().mean() < 12  # same box from the same seed
 
 
+@pytest.mark.parametrize("backend", ["tv", "pil"])
+def test_bicubic_interpolation_is_torchvisions_bicubic(photo_jpeg, backend):
+    """data.interpolation=bicubic (what timm's and DeiT's weights were trained with) reaches both
+    decoders: the eval crop equals torchvision's bicubic Resize+CenterCrop, not the bilinear one."""
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    full = decode_jpeg(torch.frombuffer(bytearray(photo_jpeg), dtype=torch.uint8))
+    h, w = full.shape[1:]
+    side = min(h, w) * 0.5  # decode_resize_center_crop's box at crop_pct=0.5
+    box = (round((h - side) / 2), round((w - side) / 2), round(side), round(side))
+    ref = {
+        m: F.resized_crop(full, *box, [64, 64], interpolation=mode, antialias=True).float()
+        for m, mode in (("bilinear", InterpolationMode.BILINEAR), ("bicubic", InterpolationMode.BICUBIC))
+    }
+    kw = dict(crop_pct=0.5, backend=backend)
+    bicubic = decode_resize_center_crop(photo_jpeg, 64, interpolation="bicubic", **kw).float()
+    bilinear = decode_resize_center_crop(photo_jpeg, 64, interpolation="bilinear", **kw).float()
+    assert not torch.equal(bicubic, bilinear)
+    err = {m: (bicubic - r).abs().mean().item() for m, r in ref.items()}
+    assert err["bicubic"] < err["bilinear"], err
+    if backend == "tv":
+        assert err["bicubic"] < 1.0, err  # the same operation, up to the box's rounding
+    t = SampleTransform(
+        AugmentConfig(img_size=48, interpolation="bicubic", backend=backend, hflip=0.0, randaugment_ops=0),
+        train=True,
+    )
+    torch.manual_seed(3)
+    crop = decode_random_resized_crop(photo_jpeg, 48, backend=backend, interpolation="bicubic")
+    torch.manual_seed(3)
+    assert torch.equal(t.uint8(photo_jpeg)[0], crop)  # the train crop too
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        decode_resize_center_crop(photo_jpeg, 64, interpolation="lanczos")
+
+
+def test_interpolation_key_and_resize_filter_of_weights():
+    from vit_dist.config import ConfigError, load_config
+    from vit_dist.predict import resize_filter
+
+    assert (
+        AugmentConfig.from_section(
+            load_config(None, ["data.interpolation=bicubic", "train.steps=1"]).data
+        ).interpolation
+        == "bicubic"
+    )
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_config(None, ["data.interpolation=lanczos", "train.steps=1"])
+    assert resize_filter(None) == "bilinear"  # exports from before the key existed
+    assert resize_filter("bicubic") == "bicubic"
+    assert resize_filter("lanczos") == "bilinear"
+    from vit_dist.predict import Preprocess
+
+    info = {"img_size": 32, "crop_pct": 0.9, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    assert Preprocess(info).default.cfg.interpolation == Preprocess(info).pil.cfg.interpolation == "bicubic"
+    assert Preprocess({**info, "interpolation": None}).default.cfg.interpolation == "bilinear"
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -1,4 +1,5 @@
-"""Launch anywhere: the accelerate config files (launch/accelerate/), two `accelerate launch`
+"""Launch anywhere: the accelerate config files (launch/accelerate/), accelerate's own flags
+(--mixed_precision, --use_fsdp, --dynamo_backend: vit_dist.launch_env), two `accelerate launch`
 machines on loopback, and slurm/train_cpu.sbatch (-> train.sbatch -> node.sh) on a real 2-node
 SLURM cluster started on this machine (tests/slurm_cluster.py): a 2-node run, and preemption
 by real scheduler actions (`scancel --signal=USR1`, `scontrol requeue`) that must checkpoint,
@@ -17,6 +18,9 @@ import pytest
 import yaml
 from helpers import env, free_port, read_jsonl, run_process
 from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
+
+from vit_dist.errors import ConfigError
+from vit_dist.launch_env import KEYS, load_run_config, unused_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_cpu.yaml"  # 2-process CPU smoke config (tiny ViT, 30 steps)
@@ -131,6 +135,187 @@ def test_two_machines_on_loopback_form_one_process_group(digits_data_dir, tmp_pa
     assert codes == [0, 0], logs
     assert_run(out, world_size=2, last_step=20, context=logs)
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run"
+
+
+# ---------------------------------------------------------------------------- accelerate's own flags
+
+FREE_SMOKE = {
+    k: v for k, v in yaml.safe_load(SMOKE.read_text()).items() if k not in ("precision", "parallel")
+}
+
+
+def _load(tmp_path, environ: dict, overrides=(), cfg: dict | None = None, keys=KEYS):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(FREE_SMOKE if cfg is None else cfg))
+    return load_run_config(path, list(overrides), environ, keys)
+
+
+def test_accelerate_flags_fill_what_the_config_leaves_unset(tmp_path):
+    cfg, sources = _load(tmp_path, {})
+    assert (cfg.precision, cfg.parallel.strategy, cfg.parallel.compile) == ("fp32", "ddp", False)
+    assert set(sources.values()) == {"default"}
+    # What `accelerate launch` sets when no flag is given asks for nothing.
+    quiet = {
+        "ACCELERATE_MIXED_PRECISION": "no",
+        "ACCELERATE_DYNAMO_BACKEND": "NO",
+        "ACCELERATE_USE_CPU": "True",
+    }
+    assert _load(tmp_path, quiet)[0] == cfg
+    environ = {
+        "ACCELERATE_MIXED_PRECISION": "bf16",
+        "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR",
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_RESHARD_AFTER_FORWARD": "false",
+        "FSDP_ACTIVATION_CHECKPOINTING": "true",
+    }
+    cfg, sources = _load(tmp_path, environ)
+    p = cfg.parallel
+    assert (cfg.precision, p.strategy, p.compile, p.reshard_after_forward, p.activation_checkpointing) == (
+        "bf16",
+        "fsdp",
+        True,
+        False,
+        True,
+    )
+    assert sources["precision"] == "accelerate --mixed_precision bf16 (ACCELERATE_MIXED_PRECISION=bf16)"
+    assert sources["parallel.strategy"] == "accelerate --use_fsdp (ACCELERATE_USE_FSDP=true)"
+    assert (
+        sources["parallel.compile"]
+        == "accelerate --dynamo_backend inductor (ACCELERATE_DYNAMO_BACKEND=INDUCTOR)"
+    )
+    # The FSDP sub-flags mean nothing without --use_fsdp.
+    cfg, _ = _load(tmp_path, {"FSDP_RESHARD_AFTER_FORWARD": "false", "FSDP_ACTIVATION_CHECKPOINTING": "true"})
+    assert cfg.parallel.reshard_after_forward and not cfg.parallel.activation_checkpointing
+    # evaluate takes precision only.
+    cfg, sources = _load(tmp_path, environ, keys=("precision",))
+    assert (cfg.precision, cfg.parallel.strategy, list(sources)) == ("bf16", "ddp", ["precision"])
+
+
+def test_accelerate_flags_against_the_config(tmp_path):
+    bf16 = {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    # Set in the YAML or as an override and different: one line naming both.
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, bf16, cfg={**FREE_SMOKE, "precision": "fp16"})
+    assert str(e.value) == (
+        f"precision: the config sets fp16 (in {tmp_path / 'c.yaml'}) but accelerate --mixed_precision bf16 "
+        "(ACCELERATE_MIXED_PRECISION=bf16) asks for bf16; make them agree or drop one"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"parallel.strategy: the config sets ddp \(on the command line\) but accelerate --use_fsdp",
+    ):
+        _load(tmp_path, {"ACCELERATE_USE_FSDP": "true"}, ["parallel.strategy=ddp"])
+    with pytest.raises(
+        ConfigError, match=r"parallel.compile: the config sets false .* --dynamo_backend inductor"
+    ):
+        _load(tmp_path, {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, ["parallel.compile=false"])
+    # The same value: fine, both named as the source; the override wins over the YAML.
+    cfg, sources = _load(tmp_path, bf16, ["precision=bf16"], cfg={**FREE_SMOKE, "precision": "fp32"})
+    assert cfg.precision == "bf16" and sources["precision"].startswith(
+        "override (and accelerate --mixed_precision"
+    )
+    # A value the config refuses is reported as such, before any comparison.
+    with pytest.raises(ConfigError, match=r"precision: 'fp64' is not one of"):
+        _load(tmp_path, bf16, ["precision=fp64"])
+
+
+@pytest.mark.parametrize(
+    "environ,words",
+    [
+        (
+            {"ACCELERATE_MIXED_PRECISION": "fp8"},
+            "--mixed_precision fp8 (ACCELERATE_MIXED_PRECISION=fp8): vit_dist trains in fp32, bf16 or fp16",
+        ),
+        (
+            {"ACCELERATE_DYNAMO_BACKEND": "AOT_EAGER"},
+            "--dynamo_backend aot_eager (ACCELERATE_DYNAMO_BACKEND=AOT_EAGER): vit_dist compiles each block with inductor only",
+        ),
+        ({"ACCELERATE_USE_FSDP": "maybe"}, "ACCELERATE_USE_FSDP='maybe': expected true or false"),
+    ],
+)
+def test_what_vit_dist_cannot_do_is_a_config_error(tmp_path, environ, words):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, environ)
+    assert words in str(e.value)
+
+
+def test_unused_accelerate_settings_are_named():
+    environ = {
+        "ACCELERATE_DYNAMO_MODE": "max-autotune",
+        "ACCELERATE_DYNAMO_USE_FULLGRAPH": "False",
+        "FSDP_OFFLOAD_PARAMS": "true",
+    }
+    assert unused_settings(environ) == ["ACCELERATE_DYNAMO_MODE=max-autotune", "FSDP_OFFLOAD_PARAMS=true"]
+    assert unused_settings({"ACCELERATE_DYNAMO_MODE": "default", "FSDP_OFFLOAD_PARAMS": "false"}) == []
+
+
+def _accelerate(
+    tmp_path, flags: list[str], config: Path, *words: str, **extra_env
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """A real `accelerate launch FLAGS -m vit_dist.train` of a 4-step run (one process)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", *flags]
+    cmd += ["-m", "vit_dist.train", "--config", str(config), "train.steps=4", "eval.every=1000"]
+    cmd += ["checkpoint.every=1000", "logging.wandb=false", "data.workers=0", f"output_dir={out}", *words]
+    return run_process(cmd, 300, env=env(**extra_env)), out
+
+
+def _free_config(tmp_path, digits: Path) -> Path:
+    path = tmp_path / "free.yaml"  # the smoke config without precision and parallel.*
+    path.write_text(
+        yaml.safe_dump(
+            {**FREE_SMOKE, "data": {**FREE_SMOKE["data"], "train": str(digits), "val": str(digits)}}
+        )
+    )
+    return path
+
+
+def test_accelerate_mixed_precision_trains_in_bf16(digits_data_dir, tmp_path):
+    flags = ["--cpu", "--num_processes", "1", "--mixed_precision", "bf16"]
+    proc, out = _accelerate(tmp_path, flags, _free_config(tmp_path, digits_data_dir))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["precision"] == "bf16" and info["strategy"] == "ddp", info
+    assert (
+        info["settings_from"]["precision"]
+        == "accelerate --mixed_precision bf16 (ACCELERATE_MIXED_PRECISION=bf16)"
+    )
+    assert "compute torch.bfloat16" in proc.stdout, proc.stdout[-3000:]
+    assert "precision from accelerate --mixed_precision bf16" in proc.stdout
+
+
+def test_accelerate_flags_that_contradict_the_config_stop_before_any_work(digits_data_dir, tmp_path):
+    """smoke_cpu.yaml sets precision: fp32; `--dynamo_backend inductor` against an explicit
+    parallel.compile=false (a real launch that needs no compiler: it stops first)."""
+    flags = ["--cpu", "--num_processes", "1", "--mixed_precision", "bf16"]
+    proc, out = _accelerate(tmp_path, flags, SMOKE, *_data(digits_data_dir))
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error")]
+    assert proc.returncode != 0 and lines == [
+        f"config error: precision: the config sets fp32 (in {SMOKE}) but accelerate --mixed_precision bf16 "
+        "(ACCELERATE_MIXED_PRECISION=bf16) asks for bf16; make them agree or drop one"
+    ], proc.stderr[-3000:]
+    assert not out.exists()
+    flags = ["--cpu", "--num_processes", "1", "--dynamo_backend", "inductor"]
+    proc, out = _accelerate(
+        tmp_path, flags, _free_config(tmp_path, digits_data_dir), "parallel.compile=false"
+    )
+    assert (
+        "config error: parallel.compile: the config sets false (on the command line) but accelerate "
+        in proc.stderr
+    )
+    assert (
+        "--dynamo_backend inductor (ACCELERATE_DYNAMO_BACKEND=INDUCTOR)" in proc.stderr and not out.exists()
+    )
+
+
+def test_accelerate_use_fsdp_shards(digits_data_dir, tmp_path):
+    """`--use_fsdp` (accelerate's torchrun path; one CPU process: FSDP2 over a group of one)."""
+    flags = ["--use_fsdp", "--num_processes", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc, out = _accelerate(tmp_path, flags, _free_config(tmp_path, digits_data_dir), ACCELERATE_USE_CPU="1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert (info["strategy"], info["sharded"], info["world_size"]) == ("fsdp", True, 1), info
+    assert info["settings_from"]["parallel.strategy"] == "accelerate --use_fsdp (ACCELERATE_USE_FSDP=true)"
 
 
 # ---------------------------------------------------------------------------- a real SLURM cluster

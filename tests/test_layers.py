@@ -22,7 +22,10 @@ LAYERS: dict[str, int] = {
     "vit_dist.errors": 0,
     "vit_dist.options": 0,
     "vit_dist.atomic": 0,
+    "vit_dist.hub": 0,  # hf-hub: references; config checks their syntax (huggingface_hub is imported late)
     "vit_dist.config": 0,
+    "vit_dist.config_help": 0,
+    "vit_dist.launch_env": 0,
     # foundations
     "vit_dist.models": 1,
     "vit_dist.data": 1,
@@ -55,6 +58,7 @@ LAYERS: dict[str, int] = {
     "vit_dist.models.__main__": 4,
     "vit_dist.data.bench": 4,
     "vit_dist.data.shards": 4,
+    "vit_dist.data.plan.__main__": 4,
 }
 ENTRY_LAYER = 4
 

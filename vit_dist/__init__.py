@@ -8,9 +8,13 @@ base (no torch)
     errors       every user-facing exception type and the exit code it ends a command with
     options      booleans, ``key=value`` command options, did-you-mean
     atomic       temp-file-then-rename writes
+    hub          ``hf-hub:ORG/NAME[@REVISION]`` weights through the Hugging Face hub cache
     config       the validated run config: schema, YAML + dotted overrides
+    config_help  the ``--help`` reference of every config key and command option, from the schema
+    launch_env   accelerate launch's own flags (mixed precision, FSDP, dynamo) as config keys
 foundations
-    models/      plain ``nn.Module`` ViT / DeiT / Swin, registry, timm weight loading
+    models/      plain ``nn.Module`` ViT / DeiT / Swin, registry, timm weight loading, any timm
+                 model as ``timm:<name>`` (optional extra), what a block is
     data/        shard writers, shard specs, epoch plans, tar reading, decode, the loader
     distributed  process-group start-up and the few collectives
     testing/     test-only fault injection

@@ -14,21 +14,130 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from .errors import EXIT_CONFIG, EXIT_OOM, EXIT_PEER, EXIT_PREEMPTED, KINDS
+from .config_help import Key, config_keys, render_config_help, render_keys
+from .errors import EXIT_CONFIG, EXIT_OOM, EXIT_PEER, EXIT_PREEMPTED, KINDS, ConfigError
+from .options import FALSE_WORDS, TRUE_WORDS, did_you_mean
+
+_HELP = ("-h", "--help")
+_OPTION_WORD = re.compile(r"[A-Za-z_][\w.]*=")  # a "key=value" word (options.split_options)
 
 
-def parse_args(prog: str, argv: list[str] | None) -> tuple[str | None, list[str]]:
-    p = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one line and exit code 2, like every config mistake."""
+
+    def error(self, message: str):
+        _usage_error(f"{message} (see {self.prog} --help)")
+
+
+def _usage_error(message: str):
+    if _rank() == 0:  # the same on every rank of a launch
+        print(f"config error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def undash(
+    argv: Sequence[str], keys: Sequence[Key], *, valued_flags: Sequence[str] = (), free: Sequence[str] = ()
+) -> list[str]:
+    """argparse's habit, ``--optim.lr 1e-3`` and ``--optim.lr=1e-3``, -> ``optim.lr=1e-3``.
+
+    ``keys``: the keys a dashed word may name (ConfigError with the closest one otherwise);
+    ``free``: prefixes of free keys (``model.``). A bare ``--key`` of a true/false key means true
+    (the next word is its value only when it is a true/false word); any other key takes the next
+    word as its value, also a negative number (``--optim.lr -1`` reaches validation), and one
+    that is missing (nothing follows, or another option does) is a ConfigError.
+    ``valued_flags``: the parser's own options that take a value (``--config``): kept, with it.
+    """
+    by_name = {k.key: k for k in keys if "<" not in k.key}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":  # everything after it is positional
+            out += argv[i - 1 :]
+            break
+        if word in valued_flags and i < len(argv):
+            out += [word, argv[i]]
+            i += 1
+            continue
+        if not word.startswith("--") or word.split("=", 1)[0] in valued_flags:  # not a key
+            out.append(word)
+            continue
+        name, eq, value = word[2:].partition("=")
+        if name not in by_name and not any(name.startswith(p) and len(name) > len(p) for p in free):
+            known = [f"--{n}" for n in by_name] + [f for f in valued_flags if f.startswith("--")]
+            raise ConfigError(f"unknown option '--{name}'{did_you_mean('--' + name, known)}")
+        if not eq:
+            following = argv[i] if i < len(argv) else None
+            if name in by_name and by_name[name].is_bool:
+                value = "true"
+                if following is not None and following.strip().lower() in (*TRUE_WORDS, *FALSE_WORDS):
+                    value, i = following, i + 1
+            elif (
+                following is None
+                or (following.startswith("-") and not _is_number(following))
+                or (_OPTION_WORD.match(following) and not os.path.exists(following))
+            ):
+                raise ConfigError(f"--{name} needs a value: --{name} VALUE, --{name}=VALUE or {name}=VALUE")
+            else:
+                value, i = following, i + 1
+        out.append(f"{name}={value}")
+    return out
+
+
+def parse_args(
+    prog: str,
+    argv: list[str] | None,
+    *,
+    options: Sequence[Key] = (),
+    config: bool = True,
+    description: str = "Train a model.",
+    words: str = "[key=value ...]",
+    words_help: str = "the keys listed below, as key=value",
+) -> tuple[str | None, list[str]]:
+    """The command line of an entry point: ``(--config path or None, the other words)``, where
+    each dashed option became ``key=value``. ``--help`` lists ``options`` (the command's own
+    ``key=value`` options) and, with ``config``, every config key (``vit_dist.config_help``)."""
+    sections = []
+    if options:
+        name = prog.split(".")[-1]
+        sections.append(f"{name} options (key=value, --key value or --key=value):\n{render_keys(options)}")
+    if config:
+        sections.append(render_config_help())
+    p = _Parser(
         prog=prog,
-        description="key=value overrides use dotted config keys, e.g. train.epochs=3 optim.lr=1e-3",
+        usage=f"{prog} [-h]{' [--config FILE]' if config else ''} {words}",
+        description=description,
+        epilog="\n\n".join(sections),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-    return args.config, args.overrides
+    if config:
+        p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("words", nargs="*", metavar="WORD", help=words_help)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(w in _HELP for w in argv):
+        p.parse_args(["--help"])  # prints the reference and exits 0
+    keys, flags, free = list(options), (), ()
+    if config:  # the config's keys, the free model keywords, and --config FILE
+        keys, flags, free = [*keys, *config_keys()], ("--config", "-c"), ("model.",)
+    try:
+        argv = undash(argv, keys, valued_flags=flags, free=free)
+    except ConfigError as e:
+        _usage_error(str(e))
+    args = p.parse_intermixed_args(argv)
+    return getattr(args, "config", None), args.words
 
 
 def _rank() -> int:

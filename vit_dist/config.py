@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .hub import is_hub_ref, parse_ref
 from .options import did_you_mean
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "parse_overrides"]
@@ -57,11 +58,20 @@ def _field(
 @dataclass
 class ModelSection:
     name: str = _field(
-        "vit", doc="registered name (python -m vit_dist.models list) or family vit|deit_distilled|swin"
+        "vit",
+        doc="registered name (python -m vit_dist.models list), family vit|deit_distilled|swin, "
+        "or timm:<name> for any timm model (pip install vit_dist[timm])",
     )
-    pretrained: str | None = _field(None, doc="timm-format weights to start from")
+    pretrained: str | None = _field(
+        None, doc="timm-format weights to start from: a file or hf-hub:ORG/NAME[@REVISION]"
+    )
     # Any other key under `model:` is a model keyword (img_size, depth, drop_path_rate, ...).
-    kwargs: dict = _field(factory=dict)
+    kwargs: dict = _field(
+        factory=dict,
+        doc="any other key under model: is a keyword of the model's constructor (model.depth=6, "
+        "model.drop_path_rate=0.1, model.depths=[2,2,6,2]), checked against it before any work (a wrong "
+        "name says the closest); see python -m vit_dist.models list / check NAME key=value",
+    )
 
 
 @dataclass
@@ -70,18 +80,22 @@ class DataSection:
     val: str | list[str] | None = _field(None, doc="validation shard spec")
     meta: str | None = _field(None, doc="directory holding dataset.json, for remote shards")
     workers: int = _field(4, lo=0, hi=256, doc="loader processes per rank (at most 256)")
-    img_size: int = _field(224, lo=1, hi=16384, doc="at most 16384")
+    img_size: int = _field(224, lo=1, hi=16384, doc="square model input side in pixels; at most 16384")
     num_classes: int | None = _field(None, lo=1, hi=10**7, doc="default: from dataset.json; at most 10**7")
-    in_chans: int = _field(3, lo=1, hi=1024, doc="at most 1024")
-    mode: Literal["exact", "resampled"] = "exact"
+    in_chans: int = _field(3, lo=1, hi=1024, doc="image channels the model takes; at most 1024")
+    mode: Literal["exact", "resampled"] = _field(
+        "exact", doc="exact: every sample once per epoch; resampled: shards drawn with replacement"
+    )
     samples_per_epoch: int | None = _field(None, lo=1, doc="resampled mode: global samples per epoch")
     shuffle_buffer: int = _field(1000, lo=0, hi=10**7, doc="samples held per loader stream (at most 10**7)")
-    pin_memory: bool = True
+    pin_memory: bool = _field(True, doc="pin host batches for the copy to a CUDA device (no effect on CPU)")
     normalize_on: Literal["auto", "worker", "device"] = _field(
         "auto", doc="where uint8 images become normalised floats; auto: device on CUDA, workers on CPU"
     )
     prefetch: int = _field(2, lo=1, hi=1024, doc="batches prefetched per loader worker (at most 1024)")
-    max_bad_fraction: float = _field(0.01, lo=0.0, hi=1.0)
+    max_bad_fraction: float = _field(
+        0.01, lo=0.0, hi=1.0, doc="stop when more than this fraction of the samples read is unusable"
+    )
     max_image_pixels: int = _field(
         89_478_485,
         lo=1,
@@ -95,21 +109,31 @@ class DataSection:
         doc="a sample with a tar member declaring more bytes is a bad sample, never read into memory",
     )
     # augmentation (train); DeiT's ImageNet recipe by default
-    scale: list[float] = _field(factory=lambda: [0.08, 1.0])
-    ratio: list[float] = _field(factory=lambda: [0.75, 4 / 3])
-    hflip: float = _field(0.5, lo=0.0, hi=1.0)
-    randaugment_ops: int = _field(2, lo=0, hi=64, doc="at most 64")
-    randaugment_magnitude: int = _field(9, lo=0, hi=30)
-    trivial_augment: bool = False
-    color_jitter: float = _field(0.0, lo=0.0)
-    random_erasing: float = _field(0.25, lo=0.0, hi=1.0)
+    scale: list[float] = _field(factory=lambda: [0.08, 1.0], doc="random resized crop: area range [min, max]")
+    ratio: list[float] = _field(
+        factory=lambda: [0.75, 4 / 3], doc="random resized crop: aspect ratio range [min, max]"
+    )
+    hflip: float = _field(0.5, lo=0.0, hi=1.0, doc="probability of a horizontal flip")
+    randaugment_ops: int = _field(2, lo=0, hi=64, doc="RandAugment ops per image (0 = off); at most 64")
+    randaugment_magnitude: int = _field(9, lo=0, hi=30, doc="RandAugment magnitude")
+    trivial_augment: bool = _field(False, doc="TrivialAugmentWide instead of RandAugment")
+    color_jitter: float = _field(
+        0.0, lo=0.0, doc="brightness = contrast = saturation jitter strength; 0 = off"
+    )
+    random_erasing: float = _field(0.25, lo=0.0, hi=1.0, doc="probability of random erasing")
     mixup: float = _field(0.8, lo=0.0, doc="Beta(a, a) for mixup; 0 = off")
     cutmix: float = _field(1.0, lo=0.0, doc="Beta(a, a) for cutmix; 0 = off")
-    mixup_prob: float = _field(1.0, lo=0.0, hi=1.0)
-    switch_prob: float = _field(0.5, lo=0.0, hi=1.0)
-    crop_pct: float = _field(0.875, lo=0.0, hi=1.0, lo_open=True)
-    mean: list[float] = _field(factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = _field(factory=lambda: [0.229, 0.224, 0.225])
+    mixup_prob: float = _field(1.0, lo=0.0, hi=1.0, doc="probability that a batch is mixed at all")
+    switch_prob: float = _field(0.5, lo=0.0, hi=1.0, doc="with both on: probability of cutmix over mixup")
+    crop_pct: float = _field(
+        0.875, lo=0.0, hi=1.0, lo_open=True, doc="eval: resize to img_size / crop_pct, center crop img_size"
+    )
+    interpolation: Literal["bilinear", "bicubic"] = _field(
+        "bilinear",
+        doc="resize filter of the train crop and the eval resize; timm's and DeiT's weights used bicubic",
+    )
+    mean: list[float] = _field(factory=lambda: [0.485, 0.456, 0.406], doc="per-channel normalisation mean")
+    std: list[float] = _field(factory=lambda: [0.229, 0.224, 0.225], doc="per-channel normalisation std")
 
 
 @dataclass
@@ -119,9 +143,9 @@ class TrainSection:
     batch_size: int = _field(
         64, lo=1, hi=2**20, doc="per device, at most 2**20 (a larger batch than the data set is padded)"
     )
-    grad_accum: int = _field(1, lo=1, hi=2**16, doc="at most 2**16")
+    grad_accum: int = _field(1, lo=1, hi=2**16, doc="micro-batches per optimizer step; at most 2**16")
     seed: int = _field(0, lo=0, hi=2**32 - 1, doc="0 .. 2**32-1")
-    label_smoothing: float = _field(0.1, lo=0.0, hi=1.0)
+    label_smoothing: float = _field(0.1, lo=0.0, hi=1.0, doc="label smoothing of the cross-entropy")
     max_skipped_steps: int = _field(20, lo=0, doc="stop after this many non-finite (skipped) steps")
     sync_debug: Literal["off", "warn", "error"] = _field(
         "off", doc="CUDA: warn or stop when a train step makes the host wait for the GPU (from step 3)"
@@ -130,14 +154,14 @@ class TrainSection:
 
 @dataclass
 class OptimSection:
-    lr: float = _field(5e-4, lo=0.0, lo_open=True)
+    lr: float = _field(5e-4, lo=0.0, lo_open=True, doc="peak AdamW learning rate (after warmup)")
     base_batch_size: int | None = _field(None, lo=1, doc="scale lr by global_batch / base_batch_size")
-    weight_decay: float = _field(0.05, lo=0.0)
-    betas: list[float] = _field(factory=lambda: [0.9, 0.999])
-    eps: float = _field(1e-8, lo=0.0, lo_open=True)
-    warmup_epochs: float = _field(0.0, lo=0.0)
+    weight_decay: float = _field(0.05, lo=0.0, doc="AdamW weight decay (not on norms, biases, embeddings)")
+    betas: list[float] = _field(factory=lambda: [0.9, 0.999], doc="AdamW betas [beta1, beta2]")
+    eps: float = _field(1e-8, lo=0.0, lo_open=True, doc="AdamW epsilon")
+    warmup_epochs: float = _field(0.0, lo=0.0, doc="linear warmup length in epochs (may be fractional)")
     warmup_steps: int | None = _field(None, lo=0, doc="overrides warmup_epochs")
-    min_lr: float = _field(1e-6, lo=0.0)
+    min_lr: float = _field(1e-6, lo=0.0, doc="the cosine schedule's final learning rate")
     clip_grad: float | None = _field(None, lo=0.0, lo_open=True, doc="max global grad norm; null = off")
     layer_decay: float | None = _field(
         None, lo=0.0, hi=1.0, lo_open=True, doc="layer-wise lr decay (fine-tuning)"
@@ -152,11 +176,15 @@ class EmaSection:
 
 @dataclass
 class DistillSection:
-    type: Literal["none", "soft", "hard"] = "none"
-    teacher: str | None = _field(
-        None, doc="registry or torchvision model name (optional for a vit_dist checkpoint)"
+    type: Literal["none", "soft", "hard"] = _field(
+        "none", doc="knowledge distillation from a teacher; none = off"
     )
-    teacher_weights: str | None = _field(None, doc="weights file or a vit_dist checkpoint / run directory")
+    teacher: str | None = _field(
+        None, doc="registry, timm:<name> or torchvision model name (optional for a vit_dist checkpoint)"
+    )
+    teacher_weights: str | None = _field(
+        None, doc="weights file, vit_dist checkpoint / run directory, or hf-hub:ORG/NAME[@REVISION]"
+    )
     teacher_kwargs: dict = _field(factory=dict, doc="extra keywords for building the teacher")
     alpha: float = _field(0.5, lo=0.0, hi=1.0, doc="soft: weight of the KL term")
     tau: float = _field(1.0, lo=0.0, lo_open=True, doc="soft: temperature")
@@ -169,10 +197,17 @@ class DistillSection:
 
 @dataclass
 class ParallelSection:
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    compile: bool = False
-    activation_checkpointing: bool = False
-    reshard_after_forward: bool = True
+    strategy: Literal["ddp", "fsdp"] = _field(
+        "ddp",
+        doc="ddp: replicated weights; fsdp: FSDP2 fully_shard per block and on the root; "
+        "unset: fsdp under accelerate launch --use_fsdp",
+    )
+    compile: bool = _field(
+        False,
+        doc="torch.compile each block (inductor); unset: true under accelerate --dynamo_backend inductor",
+    )
+    activation_checkpointing: bool = _field(False, doc="recompute each block's activations in backward")
+    reshard_after_forward: bool = _field(True, doc="fsdp: free gathered weights after forward (less memory)")
 
 
 @dataclass
@@ -183,15 +218,22 @@ class EvalSection:
 
 @dataclass
 class LoggingSection:
-    every: int = _field(10, lo=1)
-    wandb: bool = True
-    project: str = "vit_dist"
-    entity: str | None = None
-    name: str | None = None
+    every: int = _field(10, lo=1, doc="optimizer steps between logged metrics")
+    wandb: bool = _field(True, doc="log to Weights & Biases")
+    project: str = _field("vit_dist", doc="W&B project")
+    entity: str | None = _field(None, doc="W&B entity (team or user); default: W&B's")
+    name: str | None = _field(None, doc="W&B run name; default: W&B's")
     mode: Literal["auto", "offline", "online"] = _field(
         "auto", doc="auto: online only with a key and a network"
     )
-    progress: Literal["auto", "bar", "lines"] = "auto"
+    progress: Literal["auto", "bar", "lines"] = _field(
+        "auto", doc="progress display; auto: a bar on a terminal, else one line per logged step"
+    )
+    system_metrics: bool = _field(True, doc="W&B system charts (GPU utilisation, memory, power; CPU, disk)")
+    system_metrics_interval: float = _field(
+        15.0, lo=1.0, hi=3600.0, doc="seconds between W&B system-metric samples"
+    )
+    tensorboard: bool = _field(False, doc="also write TensorBoard events to output_dir/tensorboard")
 
 
 @dataclass
@@ -212,9 +254,11 @@ class Config:
     eval: EvalSection = _field(factory=EvalSection)
     logging: LoggingSection = _field(factory=LoggingSection)
     checkpoint: CheckpointSection = _field(factory=CheckpointSection)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = _field(
+        "fp32", doc="autocast dtype (fp16 adds a loss scaler); unset: accelerate launch's --mixed_precision"
+    )
     resume: str | None = _field(None, doc="'auto' (latest in output_dir, else fresh) or a checkpoint path")
-    output_dir: str = "runs/default"
+    output_dir: str = _field("runs/default", doc="the run directory (a run owns it)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -401,6 +445,12 @@ def _check_consistency(cfg: Config) -> None:
     d = cfg.distill
     if d.type != "none" and not (d.teacher or d.teacher_weights):
         raise ConfigError(f"distill.type={d.type} needs distill.teacher and/or distill.teacher_weights")
+    for key, ref in (
+        ("model.pretrained", cfg.model.pretrained),
+        ("distill.teacher_weights", d.teacher_weights),
+    ):
+        if is_hub_ref(ref):
+            parse_ref(ref, key)  # the syntax only: the hub itself is asked when the weights load
     for name in ("teacher_mean", "teacher_std"):
         v = getattr(d, name)
         if v is not None and len(v) != len(cfg.data.mean):

@@ -1,11 +1,14 @@
 """Knowledge distillation with a frozen teacher (DeiT, Touvron et al. 2021).
 
 The teacher
-    A registry model (``distill.teacher: vit_base_patch16_224``) or a torchvision
-    classification model (``regnet_y_16gf``, ``resnet50``); weights from a local file (timm
-    format, a torchvision state dict, a vit_dist export) or a vit_dist checkpoint / run
+    A registry model (``distill.teacher: vit_base_patch16_224``), any timm classifier
+    (``timm:regnety_160``, with timm installed) or a torchvision classification model (``regnet_y_16gf``, ``resnet50``); weights from a local file (timm
+    format, a torchvision state dict, a vit_dist export), a vit_dist checkpoint / run
     directory, whose ``meta.json`` also tells the architecture (then ``distill.teacher`` may be
-    left unset). It is frozen: eval mode, ``requires_grad=False``, run under ``no_grad`` and the
+    left unset), or a timm model on the Hugging Face hub (``hf-hub:ORG/NAME[@REVISION]``),
+    whose ``config.json`` tells the architecture and the input statistics (the default of
+    ``distill.teacher_mean/std``). The teacher's classifier must predict the data's classes: one
+    of another size is an error, never a random head. It is frozen: eval mode, ``requires_grad=False``, run under ``no_grad`` and the
     student's autocast, on exactly the student's (mixup / cutmix-ed) batch, re-normalised when
     its input statistics (``distill.teacher_mean/std``) differ from the student's.
 
@@ -39,11 +42,12 @@ from .checkpoint import read_meta, resolve_checkpoint_dir
 from .config import Config
 from .distributed import DistEnv
 from .errors import CheckpointError
+from .hub import is_hub_ref
 from .losses import cross_entropy
 from .models import create_model, list_families, list_models, load_pretrained
 from .models.pretrained import read_state_dict
 from .parallel import shard_frozen
-from .weights import load_weights
+from .weights import hub_model_spec, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -109,29 +113,56 @@ def _sidecar(path: Path) -> dict | None:
     return json.loads(side.read_text()) if side.is_file() else None
 
 
+def _hub_sidecar(ref: str, num_classes: int) -> dict:
+    """What an export sidecar would say about a hub teacher, from its ``config.json``."""
+    name, kwargs, hc = hub_model_spec(ref, "distill.teacher_weights")
+    if hc.num_classes != num_classes:
+        raise CheckpointError(
+            f"distill.teacher_weights={ref}: the teacher predicts {hc.num_classes} classes, the data "
+            f"has {num_classes}; a teacher must predict the student's classes (fine-tune it first)"
+        )
+    kwargs.pop("img_size")  # the teacher sees the student's batch: its own size is adapted
+    return {"model_name": name, "model_kwargs": kwargs, "mean": list(hc.mean), "std": list(hc.std)}
+
+
 def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple[nn.Module, str]:
-    """The frozen teacher (on CPU, fp32) and a one-line description of where it came from."""
-    weights = Path(dcfg.teacher_weights) if dcfg.teacher_weights else None
+    """The frozen teacher (on CPU, fp32) and a one-line description of where it came from; a
+    hub teacher carries its input statistics as ``model.input_stats`` (mean, std)."""
+    hub = is_hub_ref(dcfg.teacher_weights)
+    weights = Path(dcfg.teacher_weights) if dcfg.teacher_weights and not hub else None
     if weights is not None and not weights.exists():
         raise FileNotFoundError(f"distill.teacher_weights not found: {weights}")
     if weights is not None and weights.is_dir():
         model, source = _teacher_from_checkpoint(weights)
     else:
-        side = _sidecar(weights) if weights is not None else None
+        if hub:  # weights: the reference itself, which load_pretrained resolves
+            side, weights = _hub_sidecar(dcfg.teacher_weights, num_classes), dcfg.teacher_weights
+        else:
+            side = _sidecar(weights) if weights is not None else None
         name = dcfg.teacher or (side or {}).get("model_name")
         if not name:
-            raise ValueError("distill.teacher is not set (a registry or torchvision model name)")
+            raise ValueError("distill.teacher is not set (a registry, timm:<name> or torchvision model name)")
         kwargs = dict((side or {}).get("model_kwargs") or {}) if side and not dcfg.teacher else {}
         kwargs.update(dcfg.teacher_kwargs)
-        if name in list_models() or name in list_families():
+        if name in list_models() or name in list_families() or name.startswith("timm:"):
             kwargs.setdefault("num_classes", num_classes)
             kwargs.setdefault("img_size", img_size)
             kwargs.setdefault("in_chans", in_chans)
             model = create_model(name, **kwargs)
-            source = (
-                str(load_pretrained(model, weights, verbose=False))
-                if weights
-                else "random init (no weights!)"
+            source = "random init (no weights!)"
+            if weights:
+                report = load_pretrained(model, weights, verbose=False)
+                if report.head_reinitialised:  # a random classifier would teach noise
+                    raise CheckpointError(
+                        f"distill.teacher_weights={dcfg.teacher_weights}: {'; '.join(report.notes)}; "
+                        "a teacher must predict the student's classes"
+                    )
+                source = str(report)
+            if hub:
+                model.input_stats = (side["mean"], side["std"])
+        elif hub:
+            raise CheckpointError(
+                f"distill.teacher={name!r} is not a vit_dist model: hf-hub: teacher weights need one"
             )
         elif name in _torchvision_names():
             import torchvision.models as tvm  # only a torchvision teacher needs it
@@ -150,7 +181,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
                 source = f"torchvision {name} weights from {weights}"
         else:
             raise ValueError(
-                f"distill.teacher={name!r} is neither a vit_dist model nor a torchvision classifier"
+                f"distill.teacher={name!r} is neither a vit_dist model, timm:<name> nor a torchvision classifier"
             )
     if weights is None:
         log.warning("distill: the teacher %s has no weights (distill.teacher_weights unset)", dcfg.teacher)
@@ -183,7 +214,9 @@ def frozen_teacher(cfg: Config, num_classes: int, env: DistEnv, *, fsdp: bool) -
     ``distill.shard_teacher_above_gb``, sharded (see the module docstring)."""
     d, distill = cfg.data, cfg.distill
     model, source = build_teacher(distill, num_classes, d.img_size, d.in_chans)
-    renorm = Renormalize(d.mean, d.std, distill.teacher_mean or d.mean, distill.teacher_std or d.std)
+    # A hub teacher's own statistics (its config.json) unless distill.teacher_mean/std say otherwise.
+    mean, std = getattr(model, "input_stats", (d.mean, d.std))
+    renorm = Renormalize(d.mean, d.std, distill.teacher_mean or mean, distill.teacher_std or std)
     teacher = FrozenTeacher(model, renorm).to(env.device)
     gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     sharded = fsdp and gb > distill.shard_teacher_above_gb

@@ -5,7 +5,8 @@ Evaluates weights on ``data.val`` exactly once per sample across all processes (
 ``output_dir``, which must not be a training run's directory (a run owns its directory).
 ``checkpoint=`` takes a training checkpoint directory (``.../checkpoints/step-N``,
 ``.../checkpoints/best``, or a run directory: its latest checkpoint), an exported weights
-file, or any timm-format file ``vit_dist.models.load_pretrained`` accepts.
+file, or any timm-format file ``vit_dist.models.load_pretrained`` accepts, also on the Hugging
+Face hub (``hf-hub:ORG/NAME[@REVISION]``, see ``vit_dist.hub``; loaded into ``model.name``).
 ``ema=true`` evaluates a training checkpoint's EMA weights.
 
 Every process holds the whole model (evaluation needs no gradients or optimizer state).
@@ -19,21 +20,45 @@ from pathlib import Path
 
 from . import atomic
 from .cli import parse_args, run_cli, setup_logging
-from .config import load_config
+from .config_help import Key
 from .errors import ConfigError
+from .launch_env import load_run_config
 from .options import parse_bool, split_options
+
+# The command's own options (``--help`` lists them, then every config key).
+OPTIONS = (
+    Key(
+        "checkpoint",
+        "path",
+        doc="required: a checkpoint directory (.../checkpoints/step-N, .../checkpoints/best), a run "
+        "directory (its latest checkpoint), an exported weights file, any timm-format weights file, "
+        "or hf-hub:ORG/NAME[@REVISION]",
+    ),
+    Key("ema", "bool", "false", "evaluate a training checkpoint's EMA weights", is_bool=True),
+)
+DESCRIPTION = """Evaluate weights on data.val (exactly once per sample across processes, also under
+accelerate launch, whose --mixed_precision sets precision where the config leaves it unset) and
+write eval.json into output_dir (not a training run's directory):
+  python -m vit_dist.evaluate --config configs/X.yaml checkpoint=PATH [ema=true] [key=value ...]"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    config_path, words = parse_args("python -m vit_dist.evaluate", argv)
+    config_path, words = parse_args(
+        "python -m vit_dist.evaluate",
+        argv,
+        options=OPTIONS,
+        description=DESCRIPTION,
+        words="checkpoint=PATH [ema=true] [key=value ...]",
+    )
     setup_logging()
 
     def _run() -> int:
-        opts, overrides = split_options(words, ("checkpoint", "ema"), others="overrides")
+        opts, overrides = split_options(words, tuple(o.key for o in OPTIONS), others="overrides")
         if not opts.get("checkpoint"):
             raise ConfigError("evaluate needs checkpoint=PATH (a checkpoint directory or a weights file)")
         use_ema = parse_bool("ema", opts.get("ema", "false"))
-        cfg = load_config(config_path, overrides)
+        # accelerate's --mixed_precision is honoured (launch_env); the parallel keys do not apply.
+        cfg, _ = load_run_config(config_path, overrides, keys=("precision",))
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
         from .rundir import existing_run  # deferred with torch (below)

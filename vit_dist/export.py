@@ -22,26 +22,45 @@ checkpoint's ``meta.json`` (``vit_dist.weights``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from .cli import run_cli
+from .cli import parse_args, run_cli
+from .config_help import Key
 from .errors import ConfigError
 from .options import parse_bool, split_options
 
+# The command's options (``--help`` lists them).
+OPTIONS = (
+    Key(
+        "checkpoint",
+        "path",
+        doc="required: a checkpoint directory (.../checkpoints/step-N, .../checkpoints/best), a "
+        ".../checkpoints directory or a run directory (their latest complete checkpoint); DDP or FSDP",
+    ),
+    Key(
+        "out",
+        "path",
+        "<run dir>/export/model.safetensors",
+        "the .safetensors file to write; its .json sidecar (model, classes, preprocessing) goes beside it",
+    ),
+    Key("ema", "bool", "false", "export the EMA weights (default file model_ema.safetensors)", is_bool=True),
+)
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m vit_dist.export",
-        description="Export a training checkpoint to a weights-only .safetensors file plus a sidecar "
+    _, items = parse_args(
+        "python -m vit_dist.export",
+        argv,
+        options=OPTIONS,
+        config=False,
+        description="Export a training checkpoint to a weights-only .safetensors file plus a sidecar\n"
         ".json (model, classes, preprocessing).",
+        words="checkpoint=PATH [out=FILE] [ema=true]",
     )
-    p.add_argument("options", nargs="*", metavar="checkpoint=PATH [out=FILE] [ema=true]")
-    items = p.parse_args(argv).options
 
     def _run() -> int:
-        opts, _ = split_options(items, ("checkpoint", "out", "ema"))
+        opts, _ = split_options(items, tuple(o.key for o in OPTIONS))
         if not opts.get("checkpoint"):
             raise ConfigError("export needs checkpoint=PATH (a checkpoint or run directory)")
         ema = parse_bool("ema", opts.get("ema", "false"))

@@ -2,11 +2,14 @@
 
 - AdamW (fused where the device supports it); weight decay only on weight matrices: norms,
   biases, position embeddings, class/distillation tokens and Swin's relative-position tables
-  are exempt (the model names the last ones in ``no_weight_decay()``).
+  are exempt (the model names the last ones in ``no_weight_decay()``: a name component, a name
+  ending or, as timm writes some, a shell-style pattern such as ``pos_embed.*``).
 - Layer-wise lr decay (BEiT / MAE fine-tuning): layer id 0 for everything before the first
   transformer block (patch embedding, tokens), i + 1 for block i, and L + 1 for what follows the
   last block (final norm, head); parameters between blocks (Swin's patch merging) take the id of
-  the next block. Group lr = lr * decay ** (L + 1 - id).
+  the next block. Group lr = lr * decay ** (L + 1 - id). A model with its own ``layer_ids()``
+  (timm models: timm's ``group_matcher``, the grouping of ``timm.optim.param_groups_layer_decay``)
+  assigns the ids itself.
 - Per-step schedule: linear warmup from 0, then cosine to ``min_lr`` (:class:`Schedule`).
 Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.``.
 """
@@ -14,6 +17,7 @@ Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import math
 
@@ -24,7 +28,11 @@ from .models.pretrained import clean_param_name
 
 
 def layer_ids(model: nn.Module, blocks: list[nn.Module]) -> tuple[dict[str, int], int]:
-    """Map parameter name -> layer id (see module docstring); returns (ids, num_layers + 2)."""
+    """Map parameter name -> layer id (see module docstring); returns (ids, num_layers + 2), or
+    the model's own ``layer_ids()`` where it has one that answers."""
+    own = getattr(model, "layer_ids", None)
+    if callable(own) and (result := own()) is not None:
+        return result
     block_of: dict[int, int] = {}
     for i, blk in enumerate(blocks):
         for p in blk.parameters():
@@ -61,7 +69,9 @@ def param_groups(
         if not p.requires_grad:
             continue
         short = clean_param_name(name)
-        no_decay = p.ndim <= 1 or any(k in short.split(".") or short.endswith(k) for k in keywords)
+        no_decay = p.ndim <= 1 or any(
+            k in short.split(".") or short.endswith(k) or fnmatch.fnmatchcase(short, k) for k in keywords
+        )
         lid = ids.get(name, 0)
         key = (lid, no_decay)
         if key not in groups:

@@ -8,8 +8,12 @@ The order is fixed and written down once, as torchtitan does it:
        (low-precision compute copies of fp32 master weights, fp32 gradient reduction)
        -- or DDP for ``strategy=ddp`` (when there is more than one process).
 
-Models only expose ``transformer_blocks()``; they never import this module. Parameter names are
-unchanged by steps 1-3 (FSDP2 keeps them; DDP prefixes ``module.``, see ``unwrap``).
+"Per block" means the model's blocks as ``models.blocks.model_blocks`` finds them: our models
+name theirs (``transformer_blocks()``); any other model, timm's included, gets the structural
+rule written there (the children of the innermost lists of same-class, model-defined modules:
+timm's ``blocks.*``, ``layers.*.blocks.*``, ``stages.*.blocks.*``). What lies outside the blocks
+is sharded with the root. Models never import this module. Parameter names are unchanged by
+steps 1-3 (FSDP2 keeps them; DDP prefixes ``module.``, see ``unwrap``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .amp import DTYPES
 from .config import ParallelSection
 from .distributed import DistEnv
+from .models.blocks import model_blocks
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ def shard_frozen(module: nn.Module, env: DistEnv, precision: str) -> None:
 def parallelize(model: nn.Module, env: DistEnv, section: ParallelSection, *, precision: str) -> nn.Module:
     """Steps 1-3 above as ``parallel.*`` asks, on a model already on ``env.device``. Returns the
     model to train."""
-    blocks = model.transformer_blocks()
+    blocks = model_blocks(model)
     if section.activation_checkpointing:
         apply_activation_checkpointing(blocks)
     if section.compile:
@@ -102,7 +107,10 @@ def parallelize(model: nn.Module, env: DistEnv, section: ParallelSection, *, pre
         return DistributedDataParallel(
             model,
             device_ids=[env.device.index] if env.device.type == "cuda" else None,
-            broadcast_buffers=False,  # no running statistics; Swin's masks are identical everywhere
+            # Our models have no running statistics (Swin's masks are identical everywhere);
+            # a model with batch norm (timm's ResNet, EfficientNet) gets rank 0's statistics on
+            # every rank, DDP's default, so all ranks evaluate and checkpoint the same model.
+            broadcast_buffers=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
         )
     return model
 

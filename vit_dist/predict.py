@@ -9,8 +9,10 @@ Classifies image files and prints, per image, the ``topk`` classes with their pr
 ``checkpoint=`` is either a training checkpoint (a checkpoint directory, a ``checkpoints/``
 directory or a run directory; the model and preprocessing come from its ``meta.json``,
 ``ema=true`` takes its EMA weights) or an exported ``.safetensors`` file with its sidecar
-``.json`` beside it (``python -m vit_dist.export``). Class names come from the training data's
-``dataset.json``; without one the class index is printed.
+``.json`` beside it (``python -m vit_dist.export``), or ``hf-hub:ORG/NAME[@REVISION]``: a timm
+model on the Hugging Face hub, whose ``config.json`` gives the architecture, preprocessing and
+(when it has ``label_names``) the class names (``vit_dist.hub``). Class names come from the
+training data's ``dataset.json``; without one the class index is printed.
 
 Each image gets the evaluation transform of training (resize the shorter side to
 ``img_size / crop_pct``, center crop ``img_size``, normalise with the saved mean/std), so a
@@ -21,22 +23,39 @@ the exit code is then non-zero (3, as for data errors). Runs on the CPU.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import parse_args, run_cli
+from .config_help import Key
 from .errors import EXIT_DATA, ConfigError
 from .options import parse_bool, split_options
 
-_KEYS = ("checkpoint", "topk", "ema")
+# The command's options (``--help`` lists them); every other word is an image file.
+OPTIONS = (
+    Key(
+        "checkpoint",
+        "path",
+        doc="required: a training checkpoint (a checkpoint, checkpoints/ or run directory), an exported "
+        ".safetensors with its .json beside it, or hf-hub:ORG/NAME[@REVISION]",
+    ),
+    Key("topk", "int", "5", "how many classes to print per image", ">= 1"),
+    Key("ema", "bool", "false", "a training checkpoint's EMA weights", is_bool=True),
+)
+_KEYS = tuple(o.key for o in OPTIONS)
 
 
 def load_model(path: str, *, ema: bool = False):
     """``(model in eval mode, info)`` from a training checkpoint or an exported weights file;
     ``info`` has the export sidecar's keys (model_name, classes, img_size, mean, std, ...)."""
-    from .weights import load_checkpoint_model, load_export  # torch: after the options are checked
+    # torch: only after the options are checked
+    from .hub import is_hub_ref
+    from .weights import load_checkpoint_model, load_export, load_hub_model
 
+    if is_hub_ref(path):
+        if ema:
+            raise ConfigError("ema=true applies to training checkpoints, not hf-hub: weights")
+        return load_hub_model(path)
     p = Path(path)
     if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():  # the sidecar was named
         p = p.with_suffix(".safetensors")
@@ -45,6 +64,21 @@ def load_model(path: str, *, ema: bool = False):
     if ema and p.is_file():
         raise ConfigError("ema=true applies to training checkpoints; export with ema=true instead")
     return load_export(p)
+
+
+def resize_filter(name: str | None) -> str:
+    """The weights' resize filter (an export or a hub ``pretrained_cfg``), if ours has it:
+    exports from before ``data.interpolation`` existed were made with bilinear; a filter we do
+    not implement (lanczos, nearest, random) falls back to bilinear with a warning."""
+    if name is None:
+        return "bilinear"
+    if name in ("bilinear", "bicubic"):
+        return name
+    print(
+        f"warning: the weights ask for {name!r} resizing, which vit_dist does not do; using bilinear",
+        file=sys.stderr,
+    )
+    return "bilinear"
 
 
 class Preprocess:
@@ -56,6 +90,7 @@ class Preprocess:
         aug = dict(
             img_size=int(info["img_size"]),
             crop_pct=float(info["crop_pct"]),
+            interpolation=resize_filter(info.get("interpolation")),
             mean=tuple(info["mean"]),
             std=tuple(info["std"]),
         )
@@ -111,13 +146,16 @@ def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m vit_dist.predict",
-        description="Print the top classes of image files, from a training checkpoint or an exported "
-        ".safetensors file (with its .json).",
+    _, items = parse_args(
+        "python -m vit_dist.predict",
+        argv,
+        options=OPTIONS,
+        config=False,
+        description="Print the top classes of image files (IMAGE: any file PIL reads), from a training\n"
+        "checkpoint, an exported .safetensors file (with its .json) or a hf-hub: model.",
+        words="checkpoint=PATH IMAGE [IMAGE ...] [topk=5] [ema=true]",
+        words_help="the options below, as key=value, and the image files",
     )
-    p.add_argument("args", nargs="*", metavar="checkpoint=PATH IMAGE [IMAGE ...] [topk=5] [ema=true]")
-    items = p.parse_args(argv).args
 
     def _run() -> int:
         opts, images = split_options(items, _KEYS, others="files")

@@ -35,7 +35,15 @@ from .ema import ModelEma
 from .errors import Preempted, TrainingError
 from .evaluation import evaluate_model
 from .losses import classification_loss
-from .metrics import InputBoundAdvisor, RunLogger, StepTimer, max_memory_mb, mfu, peak_flops
+from .metrics import (
+    InputBoundAdvisor,
+    RunLogger,
+    StepTimer,
+    check_tensorboard,
+    max_memory_mb,
+    mfu,
+    peak_flops,
+)
 from .metrics.runlog import FINAL_EVAL_FILE
 from .models import build_model, flops_per_image
 from .optim import (
@@ -58,10 +66,15 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, cfg: Config, env: DistEnv):
+    def __init__(self, cfg: Config, env: DistEnv, settings_from: dict[str, str] | None = None):
         self.cfg, self.env = cfg, env
+        # Where precision and the parallel keys came from (config, default or accelerate's
+        # flags: launch_env), for run_info.json.
+        self.settings_from = dict(settings_from or {})
         self.device = env.device
         self.out = Path(cfg.output_dir)
+        if cfg.logging.tensorboard:
+            check_tensorboard()  # every rank, before any work: one ConfigError line if it is missing
         # Before anything is written: this job's lock on output_dir, and the refusal of a new
         # run into a directory that holds another (rundir). Nothing is written until the
         # checkpoint to resume, if any, has been loaded and the run is known to have work left.
@@ -199,6 +212,7 @@ class Trainer:
                 "params_local_per_rank": per_rank,
                 "flops_per_image": self.flops_per_image,
                 "num_classes": self.num_classes,
+                "settings_from": self.settings_from,
             }
             atomic.write_json(self.out / "run_info.json", info)
 

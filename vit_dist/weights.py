@@ -8,6 +8,9 @@ load, and the consolidated weights file that export writes.
 - :func:`load_checkpoint_model`: rebuild a training checkpoint's model exactly as training
   built it (the resolved config in its ``meta.json``), with its weights.
 - :func:`load_export`: an exported ``.safetensors`` file and its sidecar ``.json``.
+- :func:`load_hub_model`: ``hf-hub:ORG/NAME[@REVISION]`` with nothing else: the model from
+  its ``config.json`` (``architecture`` -> our registry name, ``num_classes``, ``model_args``),
+  preprocessing and class names from it too (:func:`hub_model_spec`), the weights strictly.
 - :func:`write_weights` / :func:`export_checkpoint`: the export itself, a weights-only
   ``.safetensors`` with timm parameter names plus a sidecar JSON (model name and keywords,
   classes, preprocessing, step, source), each written atomically.
@@ -39,8 +42,11 @@ from .config import Config, config_from_dict
 from .data.meta import read_meta as read_dataset_meta
 from .data.spec import is_remote
 from .errors import CheckpointError, ConfigError, DataError
-from .models import build_model, create_model, load_pretrained
+from .hub import HubModelConfig, is_hub_ref, parse_ref, read_config
+from .models import build_model, check_model_kwargs, create_model, list_models, load_pretrained
 from .models.pretrained import clean_param_name, fit_state_dict
+from .models.timm_models import PREFIX as TIMM_PREFIX
+from .models.timm_models import list_timm_models, timm_installed
 
 EXPORT_FORMAT = "vit_dist.export/1"
 _SIDECAR_KEYS = ("img_size", "mean", "std", "crop_pct")
@@ -48,7 +54,11 @@ _SIDECAR_KEYS = ("img_size", "mean", "std", "crop_pct")
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, use_ema: bool = False) -> str:
     """Load a training checkpoint (or a run directory: its latest) or a weights file into a
-    plain model; returns a one-line description of what was loaded."""
+    plain model; returns a one-line description of what was loaded. ``hf-hub:`` references
+    load as the weights file they resolve to."""
+    if is_hub_ref(path):
+        parse_ref(str(path), "checkpoint")  # a malformed reference names the option
+        return str(load_pretrained(model, str(path)))
     p = Path(path)
     if not p.exists():
         # Here, unlike model.pretrained (models.load_pretrained's FileNotFoundError), the path
@@ -147,6 +157,7 @@ def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tupl
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
         "crop_pct": cfg.data.crop_pct,
+        "interpolation": cfg.data.interpolation,
         "step": int(meta["step"]),
         "ema": ema,
         "source": str(checkpoint_dir.resolve()),
@@ -193,6 +204,69 @@ def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     model.eval()
     info.setdefault("num_classes", getattr(model, "num_classes", None))
     info.setdefault("classes", None)
+    return model, info
+
+
+def hub_model_spec(ref: str, key: str = "checkpoint") -> tuple[str, dict, HubModelConfig]:
+    """``(model name, model keywords, config)`` of the model a hub repository's ``config.json``
+    describes: its ``architecture`` is one of our registered models (timm's names), or else,
+    with timm installed, timm's own (``timm:<architecture>``); built with the repository's
+    ``num_classes``, input size, channels, global pooling and ``model_args``. Anything else is
+    one CheckpointError naming what we have."""
+    hub_ref = parse_ref(ref, key)
+    hc = read_config(hub_ref)
+    # A name may carry timm's pretrained tag (vit_base_patch16_224.augreg_in21k): not ours.
+    name = hc.architecture.split(".")[0]
+    if name not in list_models():
+        if timm_installed() and list_timm_models(name) == [name]:
+            name = f"{TIMM_PREFIX}{name}"
+        else:
+            raise CheckpointError(
+                f"{hub_ref}: architecture {hc.architecture!r} is neither a vit_dist model nor "
+                f"{'a timm one' if timm_installed() else 'buildable without timm (pip install vit_dist[timm])'}; "
+                f"we have: {', '.join(list_models())}"
+            )
+    kwargs = dict(hc.model_args)
+    kwargs.update(num_classes=hc.num_classes, img_size=hc.img_size, in_chans=hc.in_chans)
+    if hc.global_pool is not None:
+        kwargs["global_pool"] = hc.global_pool
+    try:
+        check_model_kwargs(name, kwargs)
+    except ValueError as e:
+        raise CheckpointError(f"{hub_ref}: config.json does not fit vit_dist's {name} ({e})") from None
+    return name, kwargs, hc
+
+
+def load_hub_model(ref: str) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, info)`` from ``hf-hub:ORG/NAME[@REVISION]`` alone (predict): the
+    model, preprocessing and class names from the repository's ``config.json``; its weights
+    must fit exactly (a classifier of another size is an error here, not re-initialised)."""
+    name, kwargs, hc = hub_model_spec(ref)
+    try:
+        model = create_model(name, **kwargs)
+    except ValueError as e:  # a keyword value the model refuses (e.g. a global_pool it lacks)
+        raise CheckpointError(f"{ref}: config.json does not fit vit_dist's {name} ({e})") from None
+    report = load_pretrained(model, ref, verbose=False)
+    if report.head_reinitialised:
+        raise CheckpointError(
+            f"{report.path}: the weights do not fit config.json ({'; '.join(report.notes)})"
+        )
+    model.eval()
+    info = {
+        "format": EXPORT_FORMAT,
+        "model_name": name,
+        "model_kwargs": _jsonable(model.model_kwargs),
+        "num_classes": hc.num_classes,
+        "classes": hc.label_names,
+        "img_size": hc.img_size,
+        "mean": list(hc.mean),
+        "std": list(hc.std),
+        "crop_pct": hc.crop_pct,
+        "interpolation": hc.interpolation,
+        "step": None,
+        "ema": False,
+        "source": report.path,
+    }
     return model, info
 
 

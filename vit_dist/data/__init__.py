@@ -3,10 +3,12 @@
 Modules, one job each:
 
 * ``writers``     ImageFolder / digits -> shards + ``dataset.json``; ``ensure_digits_shards``
-* ``shards``      ``python -m vit_dist.data.shards``: the writers' command line
+* ``shards``      ``python -m vit_dist.data.shards``: the writers' command line (and ``--index``)
+* ``index``       per-shard byte-offset index (``<shard>.idx``) so a stream seeks to its slice
 * ``meta``        the ``dataset.json`` index beside the shards
 * ``spec``        shard specs (paths, braces, globs, directories, URLs) -> shard list
-* ``plan``        deterministic per-(rank, worker) epoch plans; the resumable position
+* ``plan``        deterministic per-(rank, worker) epoch plans; the resumable position;
+                  ``python -m vit_dist.data.plan``: the planner (``plan/simulate.py``)
 * ``tar_reader``  tar -> raw samples, bad shards turned into counted placeholders
 * ``decode``      image bytes -> tensors, crops fused into decoding
 * ``transforms``  train/eval transforms, Mixup/CutMix with label smoothing

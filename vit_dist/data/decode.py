@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DataError
@@ -204,7 +205,20 @@ def to_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _pil_box_resize(im: Image.Image, box: tuple[int, int, int, int], out: tuple[int, int]) -> torch.Tensor:
+# data.interpolation -> the PIL filter and the torchvision mode of the same resize.
+_PIL_FILTER = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+_TV_MODE = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
+def _filters(interpolation: str) -> tuple[int, InterpolationMode]:
+    if interpolation not in _PIL_FILTER:
+        raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTER)}, got {interpolation!r}")
+    return _PIL_FILTER[interpolation], _TV_MODE[interpolation]
+
+
+def _pil_box_resize(
+    im: Image.Image, box: tuple[int, int, int, int], out: tuple[int, int], interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Crop ``box`` = (top, left, h, w) in full-size coordinates and resize to ``out`` = (h, w),
     letting libjpeg downscale by up to 8x first while the box keeps >= ``out`` pixels."""
     width, height = im.size
@@ -217,7 +231,7 @@ def _pil_box_resize(im: Image.Image, box: tuple[int, int, int, int], out: tuple[
     im = to_rgb8(im)
     im = im.resize(
         (out[1], out[0]),
-        Image.BILINEAR,
+        _filters(interpolation)[0],
         box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy),
     )
     return _to_tensor(im)
@@ -251,6 +265,7 @@ def decode_random_resized_crop(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     backend: str = "auto",
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """Decode + RandomResizedCrop to ``size`` x ``size``; returns (3, size, size) uint8.
 
@@ -261,11 +276,12 @@ def decode_random_resized_crop(
     if backend == "pil" or not _tv_decodes(data):
         im = _open_pil(data, max_pixels)
         box = rrc_params(im.size[0], im.size[1], scale, ratio)
-        return _pil_box_resize(im, box, (size, size))
+        return _pil_box_resize(im, box, (size, size), interpolation)
+    mode = _filters(interpolation)[1]
     check_image_size(data, max_pixels)
     img = _tv_decode(data)
     top, left, h, w = rrc_params(img.shape[-1], img.shape[-2], scale, ratio)
-    return F.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+    return F.resized_crop(img, top, left, h, w, [size, size], interpolation=mode, antialias=True)
 
 
 def decode_resize_center_crop(
@@ -274,6 +290,7 @@ def decode_resize_center_crop(
     crop_pct: float = 0.875,
     backend: str = "auto",
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """Decode, resize the shorter side to ``size / crop_pct`` and take the central ``size`` crop.
 
@@ -292,6 +309,7 @@ def decode_resize_center_crop(
     if not _tv_decodes(data):
         backend = "pil"
     box = (round((height - side) / 2), round((width - side) / 2), round(side), round(side))
+    mode = _filters(interpolation)[1]
     if backend == "pil":
-        return _pil_box_resize(im, box, (size, size))
-    return F.resized_crop(_tv_decode(data), *box, [size, size], antialias=True)
+        return _pil_box_resize(im, box, (size, size), interpolation)
+    return F.resized_crop(_tv_decode(data), *box, [size, size], interpolation=mode, antialias=True)

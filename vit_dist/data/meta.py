@@ -11,7 +11,11 @@ Layout::
      "image_size": 32,
      "splits": {"train": {"num_samples": 1437,
                           "shards": [{"name": "train-000000.tar", "num_samples": 32,
-                                      "num_bytes": 40960}, ...]}}}
+                                      "num_bytes": 40960, "index": "train-000000.tar.idx"},
+                                     ...]}}}
+
+``index`` (optional) names the shard's byte-offset index (``index.py``), a file in the same
+directory validated like a shard name; without it the loader looks for ``<shard>.idx``.
 
 Shard names are data, never commands: a name listed here is a file inside the directory that
 holds the index (:func:`shard_file` enforces it), so a ``dataset.json`` from elsewhere cannot make
@@ -19,7 +23,7 @@ a reader run a ``pipe:`` command, fetch a URL, or open a file outside its direct
 the user typed may be a URL (``spec.py``).
 
 While the writer swaps a new data set in, the index briefly lists its shards inside a hidden
-staging directory (``.vit_dist-staging-*/train-000000.tar``) and carries ``"replaces"``: the
+staging directory (``.vit_dist-staging-*/train-000000.tar``, indexes likewise) and carries ``"replaces"``: the
 previous data set's files still to be removed (``writers._publish``).
 """
 

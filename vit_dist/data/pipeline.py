@@ -6,6 +6,7 @@ Stages, in the order :meth:`ShardStream.__iter__` applies them (one stream per l
     -> deterministic shard shuffle seeded by (seed, epoch)          plan.py
     -> explicit split by rank (contiguous, so also by node)          plan.py
     -> explicit split by loader worker                               plan.py
+    -> seek to the slice by the shard's byte-offset index            index.py
     -> tar to samples (bad shards become counted placeholders)       tar_reader.py
     -> shuffle buffer seeded by (seed, epoch, rank, worker)          shuffle_buffer()
     -> masked padding up to the epoch's common batch count           (exact mode)
@@ -28,6 +29,12 @@ samples, order and augmentation as the uninterrupted run. Loaded with another wo
 worker count, batch size or shuffle buffer, it re-plans the epoch's unseen samples for the
 new settings instead, so every sample is still seen once (see ``plan.py``).
 
+Start-up (exact mode, rank 0, one line): samples, shards, how many are indexed, the streams,
+and the epoch's read amplification (bytes read / bytes of the split): 1.0 when every stream
+seeks to its slice, more when streams sharing an unindexed shard stream through its start.
+A loader never runs more streams than a rank has batches, and an evaluation loader also fits
+its streams to the validation set's shards (:func:`fit_workers`).
+
 Bad samples: each batch carries its worker's running counts; :class:`ShardLoader` sums them
 into ``bad_samples`` / ``samples_seen`` for this rank (the trainer sums them over ranks).
 The limit, ``bad > max_bad_fraction * max(seen, bad_min_seen)``, is on the whole
@@ -45,6 +52,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,21 +63,24 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import Config, DataSection
 from ..errors import DataError
+from .index import load_offsets, read_header, usable_index
 from .plan import (
     Segment,
     consumed_per_worker,
     derive_seed,
     exact_plan,
     plan_left,
+    read_amplification,
     resampled_batches,
     resampled_left,
     resampled_shards,
+    resampled_start,
     sample_seed,
     shuffle_buffer,
     stream_seed,
 )
 from .spec import ShardList, resolve_shards, with_sizes
-from .tar_reader import DEFAULT_MAX_SAMPLE_BYTES, BadSample, read_runs, read_slice
+from .tar_reader import DEFAULT_MAX_SAMPLE_BYTES, BadSample, is_http, read_runs, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
 from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
 
@@ -199,6 +211,43 @@ class ShardStream(IterableDataset):
             history=history,
         )
 
+    def _read(self, shard: int, runs: list[tuple[int, int]]) -> Iterator:
+        """The samples ``runs`` of shard ``shard``: seeking by its index when it has a usable one
+        and can seek (a local file, an http(s) URL), else streaming through it (``pipe:``, ...)."""
+        url, n, indexes = self.shards.urls[shard], self.shards.sizes[shard], self.shards.indexes
+        index = indexes[shard] if indexes else None
+        offsets = shard_bytes = None
+        if index is not None and (os.path.isabs(url) or is_http(url)):
+            offsets = load_offsets(index, url, n)
+            if offsets is not None and is_http(url):  # each range answer is checked against it
+                try:
+                    shard_bytes = read_header(index)[1]
+                except DataError:  # replaced since it was read: stream through this time
+                    offsets = None
+        return read_runs(
+            url, runs, max_bytes=self.cfg.max_sample_bytes, count=n, offsets=offsets, shard_bytes=shard_bytes
+        )
+
+    def _buffer(self, num_batches: int) -> int:
+        """The stream's shuffle buffer. A resampled stream holds at most what it emits in the
+        epoch: at many streams (ImageNet-21k at 4,096 ranks x 8 workers emits 448 samples per
+        stream) a full buffer of 1,000 would read twice what the stream uses, every epoch. An
+        exact stream reads only its own slice, so its buffer costs no extra reading."""
+        c = self.cfg
+        return c.shuffle_buffer if c.mode == "exact" else min(c.shuffle_buffer, num_batches * c.batch_size)
+
+    def _read_from(self, shard: int, starts: random.Random) -> Iterator:
+        """A resampled draw: the whole shard from a random sample on, then its start up to that
+        sample (:func:`plan.resampled_start`). A shard of unknown size is read from its start."""
+        sizes = self.shards.sizes
+        n = sizes[shard] if sizes else None
+        k = resampled_start(starts, n)
+        if not k:
+            if n is None:
+                return read_slice(self.shards.urls[shard], max_bytes=self.cfg.max_sample_bytes)
+            return self._read(shard, [(0, None)])
+        return itertools.chain(self._read(shard, [(k, None)]), self._read(shard, [(0, k)]))
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = ((info.id if info is not None else 0) + self.worker_offset) % self.num_streams
@@ -210,12 +259,7 @@ class ShardStream(IterableDataset):
             num_batches = plan.num_batches
             # A re-planned stream may hold scattered samples of a shard: one pass per shard.
             items = itertools.chain.from_iterable(
-                read_runs(
-                    self.shards.urls[shard],
-                    [(s.start, s.stop) for s in group],
-                    max_bytes=c.max_sample_bytes,
-                    count=self.shards.sizes[shard],
-                )
+                self._read(shard, [(s.start, s.stop) for s in group])
                 for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard)
             )
         else:
@@ -223,13 +267,12 @@ class ShardStream(IterableDataset):
             picks = resampled_shards(
                 len(self.shards.urls), c.seed, epoch, self.rank, worker, self.shards.sizes, segment
             )
-            items = itertools.chain.from_iterable(
-                read_slice(self.shards.urls[i], max_bytes=c.max_sample_bytes) for i in picks
-            )
+            starts = random.Random(stream_seed("start", c.seed, epoch, self.rank, worker, segment))
+            items = itertools.chain.from_iterable(self._read_from(i, starts) for i in picks)
         # shuffle buffer
         if c.train:
             rng = random.Random(stream_seed("buffer", c.seed, epoch, self.rank, worker, segment))
-            items = shuffle_buffer(items, c.shuffle_buffer, rng)
+            items = shuffle_buffer(items, self._buffer(num_batches), rng)
         # masked padding so every stream has num_batches full batches; then cut the epoch there
         items = itertools.islice(itertools.chain(items, itertools.repeat(_PAD)), num_batches * B)
         # resume: skip consumed batches without decoding them
@@ -337,6 +380,16 @@ class ShardLoader:
             raise DataError(f"number of classes unknown for {shards.spec}: set num_classes (no dataset.json)")
         self.num_classes = num_classes
         self.shards = shards
+        # Every rank decides the evaluation streams from the same files, so the same way.
+        seekable = seekable_shards(shards) if cfg.mode == "exact" and (rank == 0 or not cfg.train) else None
+        capped = None
+        if cfg.mode == "exact":
+            workers, why = fit_workers(
+                shards.sizes, seekable, world_size, cfg.workers, cfg.batch_size, train=cfg.train
+            )
+            if workers != cfg.workers:
+                capped, cfg = (cfg.workers, why), dataclasses.replace(cfg, workers=workers)
+                self.cfg = cfg
         self.dataset = ShardStream(shards, cfg, rank, world_size, num_classes)
         self.epoch = 0
         self._history: tuple[Segment, ...] = ()  # earlier segments of self.epoch (re-plan)
@@ -345,7 +398,66 @@ class ShardLoader:
         self.bad_samples = 0  # this rank, cumulative over the run
         self.samples_seen = 0
         self.last_bad_reason = ""
-        self.dataset.batches_per_worker(0)  # start-up check: raises now if shards < streams
+        self.dataset.batches_per_worker(0)  # start-up check: raises now if the plan cannot be made
+        if rank == 0 and seekable is not None:
+            self._report(seekable, capped)
+        elif rank == 0 and cfg.mode == "resampled" and shards.sizes is not None:
+            unindexed = len(shards.urls) - sum(seekable_shards(shards))
+            if unindexed:  # each draw starts at a random sample: without an index, read up to it
+                log.info(
+                    "data: %s split, resampled: %d of %d shards have no usable index, so each draw of one "
+                    "streams through it up to its random start sample (python -m vit_dist.data.plan "
+                    "--mode resampled shows the read amplification); index them to seek instead: "
+                    "python -m vit_dist.data.shards --index DIR",
+                    cfg.split,
+                    unindexed,
+                    len(shards.urls),
+                )
+
+    def _report(self, seekable: list[bool], capped: tuple[int, str] | None) -> None:
+        """One start-up line (rank 0): streams, seekable shards and the read amplification of an
+        epoch: bytes read / bytes of the split (1.0 when every stream seeks to its samples)."""
+        c, shards, W = self.cfg, self.shards, self.dataset.num_streams
+        plans = [
+            p
+            for r in range(self.world_size)
+            for p in exact_plan(
+                shards.sizes,
+                seed=c.seed,
+                epoch=0,
+                rank=r,
+                world_size=self.world_size,
+                num_workers=W,
+                batch_size=c.batch_size,
+                shuffle=c.train,
+            )
+        ]
+        per_sample = [
+            os.path.getsize(u) / n if os.path.isabs(u) and n and os.path.isfile(u) else 1.0
+            for u, n in zip(shards.urls, shards.sizes)
+        ]
+        read, split = read_amplification(plans, seekable, per_sample)
+        amplification = read / split if split else 1.0
+        cap = f" (data.workers={capped[0]} capped: {capped[1]})" if capped is not None else ""
+        hint = (
+            "; index the shards to seek instead: python -m vit_dist.data.shards --index DIR"
+            if amplification > 1.01 and not all(seekable)
+            else ""
+        )
+        log.info(
+            "data: %s split: %d samples in %d shards (%d indexed), %d ranks x %d loader workers = %d "
+            "streams%s; read amplification %.2f (bytes read / bytes of the split)%s",
+            c.split,
+            sum(shards.sizes),
+            len(shards.sizes),
+            sum(seekable),
+            self.world_size,
+            W,
+            self.world_size * W,
+            cap,
+            amplification,
+            hint,
+        )
 
     def images(self, batch: dict, device: torch.device | str) -> torch.Tensor:
         """The batch's normalised float32 images on ``device`` (non-blocking copy from pinned
@@ -497,6 +609,59 @@ class ShardLoader:
                 f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last on rank "
                 f"{self.rank}: {self.last_bad_reason or 'none'})"
             )
+
+
+def seekable_shards(shards: ShardList) -> list[bool]:
+    """Which shards a stream can seek in: local files with an index that fits them
+    (``index.usable_index``) and http(s) URLs with one (by Range requests, assuming the server
+    supports them: one that does not is one warning, then read through). Other URLs (``pipe:``,
+    ``s3://`` through ``gopen``) never can."""
+    indexes = shards.indexes or [None] * len(shards.urls)
+    return [
+        (os.path.isabs(url) or is_http(url)) and usable_index(index, url, n) is None
+        for url, index, n in zip(shards.urls, indexes, shards.sizes)
+    ]
+
+
+def fit_workers(
+    sizes: list[int],
+    seekable: list[bool] | None,
+    world_size: int,
+    workers: int,
+    batch_size: int,
+    *,
+    train: bool,
+) -> tuple[int, str]:
+    """Loader workers per rank for an exact epoch over shards of ``sizes`` samples, and why
+    fewer than ``workers`` (empty: not capped).
+
+    * Never more streams than a rank has batches: every stream pads its last batch, so a
+      stream with less than a batch of its own is mostly padding (ImageNet-1k's 50,000
+      validation images at 512 ranks x 8 workers would be 8 batches of 90 % padding per rank
+      instead of 1), and a worker beyond the rank's batch count adds no parallelism.
+    * Evaluation without an index on every shard: streams sharing a shard would each read it
+      from its start, so the streams are also capped at the shards (at least one worker: with
+      fewer shards than ranks some reading is shared however it is cut). With an index any
+      number of streams costs no extra reading, and training keeps its workers (its start-up
+      line reports the read amplification instead).
+
+    ``workers=0`` (the main process) stays 0.
+    """
+    if workers == 0:
+        return 0, ""
+    per_rank = math.ceil(sum(sizes) / world_size)
+    fit, why = (
+        max(1, math.ceil(per_rank / batch_size)),
+        f"a rank has {math.ceil(per_rank / batch_size)} batch(es)",
+    )
+    if not train and seekable is not None and not all(seekable):
+        by_shards = max(1, len(sizes) // world_size)
+        if by_shards < fit:
+            fit, why = (
+                by_shards,
+                "without an index on every shard, streams sharing a shard each read it from its start",
+            )
+    return (workers, "") if fit >= workers else (fit, why)
 
 
 def _settings(seg: Segment) -> str:

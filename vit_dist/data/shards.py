@@ -1,7 +1,11 @@
-"""``python -m vit_dist.data.shards --from-folder DIR | --from digits --out OUT``: write shards.
+"""``python -m vit_dist.data.shards --from-folder DIR | --from digits --out OUT``: write shards;
+``python -m vit_dist.data.shards --index DIR``: index shards written by other tools.
 
 The command line of the shard writers (``vit_dist.data.writers``, whose docstring describes the
-sources, the shard layout and why a killed writer leaves only complete shards).
+sources, the shard layout and why a killed writer leaves only complete shards). ``--index``
+writes the byte-offset index (``index.py``) beside each shard of DIR without rewriting any,
+so streams seek to their samples (``writers.index_shards`` says which shards and what
+``dataset.json`` it leaves).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from ..errors import DataError
 from .meta import read_meta
-from .writers import write_shards
+from .writers import index_shards, write_shards
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
@@ -42,7 +46,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-folder", metavar="DIR", help="ImageFolder tree (optionally train/ and val/)")
     src.add_argument("--from", dest="builtin", choices=["digits"], help="a bundled data set")
-    p.add_argument("--out", required=True, help="output directory for the shards and dataset.json")
+    src.add_argument(
+        "--index",
+        metavar="DIR",
+        help="write <shard>.idx beside each shard of DIR (those its dataset.json lists, else its *.tar, "
+        "then also writing a dataset.json)",
+    )
+    p.add_argument("--out", help="output directory for the shards and dataset.json")
+    p.add_argument("--split", help="--index without a dataset.json: put every shard in this split")
     p.add_argument(
         "--shard-samples", type=_positive(int), default=None, help="max samples per shard (default 1000)"
     )
@@ -63,6 +74,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     args = p.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.index:
+        return _index(args.index, args.split)
+    if not args.out:
+        p.error("--out is required with --from-folder / --from")
     shard_samples = args.shard_samples if args.shard_samples or args.shard_bytes else 1000
     try:
         out = write_shards(
@@ -85,6 +100,21 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(
             f"{split}: {s['num_samples']} samples in {len(s['shards'])} shards ({s['skipped']} skipped) -> {out}"
         )
+    return 0
+
+
+def _index(directory: str, split: str | None) -> int:
+    try:
+        meta = index_shards(directory, split=split)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, s in meta["splits"].items():
+        print(f"{name}: {s['num_samples']} samples in {len(s['shards'])} shards indexed -> {directory}")
+    print(
+        f"classes: {len(meta['classes'])}"
+        + ("" if meta["classes"] else " (unknown: set num_classes to train)")
+    )
     return 0
 
 

@@ -9,7 +9,9 @@ Accepted specs (a string, or a list of them; ``::`` also separates several in on
   (only when exact mode asks) from reading the tar headers;
 * any URL webdataset's ``gopen`` can open (``pipe:aws s3 cp s3://b/train-000001.tar -``,
   ``http(s)://``, ``gs://`` ...), with brace patterns. Remote shards cannot be checked or
-  counted at start-up, so exact mode needs a ``dataset.json`` (``meta=``) for them.
+  counted at start-up, so exact mode needs a ``dataset.json`` (``meta=``) for them. An
+  ``http(s)://`` shard whose index (``index.py``) lies in that ``meta`` directory is read by
+  HTTP Range requests, so streams sharing it seek; other URLs are read from their start.
 
 Errors are raised here, at start-up, as :class:`DataError` naming the spec: a pattern that
 matches nothing, a missing path, a split absent from ``dataset.json``.
@@ -37,7 +39,9 @@ from pathlib import Path
 from webdataset.shardlists import expand_urls
 
 from ..errors import DataError
-from .meta import META_NAME, escape_problem, read_meta, shard_file
+from .index import INDEX_SUFFIX
+from .meta import META_NAME, escape_problem, index_name_problem, read_meta, shard_file
+from .tar_reader import is_http
 
 # "pipe:cmd", "s3://...", "https://..." but not "file:" (local) and not a Windows drive letter.
 _REMOTE = re.compile(r"^(?!file:)[A-Za-z][A-Za-z0-9+.\-]+:")
@@ -54,6 +58,10 @@ class ShardList:
     sizes: list[int] | None
     classes: list[str] | None
     spec: str
+    # indexes[i]: the byte-offset index (index.py) of shard urls[i], when there is one: for a local
+    # shard dataset.json's "index" entry, else the sidecar <shard>.idx; for an http(s) shard the
+    # one in the meta= directory; None for other URLs (pipe:, s3:// ... cannot seek).
+    indexes: list[str | None] | None = None
 
     @property
     def num_samples(self) -> int | None:
@@ -77,6 +85,7 @@ def resolve_shards(
     urls = [u for sl in lists for u in sl.urls]
     classes = next((sl.classes for sl in lists if sl.classes is not None), None)
     sizes = None if any(sl.sizes is None for sl in lists) else [n for sl in lists for n in sl.sizes]
+    indexes = [i for sl in lists for i in (sl.indexes or [None] * len(sl.urls))]
     if meta is not None:
         index = read_meta(meta)
         by_name = {s["name"]: s["num_samples"] for sp in index["splits"].values() for s in sp["shards"]}
@@ -85,7 +94,15 @@ def resolve_shards(
             raise DataError(f"{Path(meta) / META_NAME} has no sample count for shard {missing[0]}")
         sizes = [by_name[_basename(u)] for u in urls]
         classes = classes or index["classes"]
-    return ShardList(urls=urls, sizes=sizes, classes=classes, spec=str(spec))
+        # An http(s) shard can be read by byte ranges: its index lies in the meta directory.
+        listed = {s["name"]: s.get("index") for sp in index["splits"].values() for s in sp["shards"]}
+        indexes = [
+            index_file(os.path.join(os.path.abspath(meta), _basename(u)), listed[_basename(u)], meta)
+            if is_http(u)
+            else i
+            for u, i in zip(urls, indexes)
+        ]
+    return ShardList(urls=urls, sizes=sizes, classes=classes, spec=str(spec), indexes=indexes)
 
 
 def _basename(url: str) -> str:
@@ -122,7 +139,32 @@ def _resolve_one(part: str, split: str) -> ShardList:
         if all(Path(p).name in by_name for p in paths):
             sizes = [by_name[Path(p).name] for p in paths]
         classes = meta["classes"]
-    return ShardList(urls=paths, sizes=sizes, classes=classes, spec=part)
+    return ShardList(
+        urls=paths, sizes=sizes, classes=classes, spec=part, indexes=[index_file(p) for p in paths]
+    )
+
+
+def index_file(path: str, name: str | None = None, directory: str | os.PathLike | None = None) -> str | None:
+    """The index of the shard at local ``path`` (an http(s) shard: where it would lie in the meta
+    directory): the file ``name`` that ``directory``'s dataset.json lists for it, else
+    ``<shard>.idx`` beside it when that is a file. A listed name must stay
+    inside ``directory`` like a shard name (``meta.index_name_problem``); the loader checks the
+    index itself before using it (``index.load_offsets``)."""
+    if name is not None:
+        directory = os.path.abspath(directory)
+        problem = index_name_problem(directory, name)
+        if problem is not None:
+            raise DataError(
+                f"{os.path.join(directory, META_NAME)} lists index {name!r}, which is not a file inside "
+                f"{directory} ({problem}): list plain relative file names only"
+            )
+        return os.path.join(directory, name)
+    sidecar, parent = path + INDEX_SUFFIX, os.path.dirname(path)
+    return (
+        sidecar
+        if escape_problem(parent, os.path.basename(sidecar)) is None and os.path.isfile(sidecar)
+        else None
+    )
 
 
 def _glob_base(pattern: str) -> str:
@@ -158,7 +200,11 @@ def _from_directory(directory: Path, split: str) -> ShardList:
         raise DataError(f"split {split!r} of {directory} has no shards")
     urls = [shard_file(directory, s.get("name") if isinstance(s, dict) else None) for s in shards]
     return ShardList(
-        urls=urls, sizes=[int(s["num_samples"]) for s in shards], classes=meta["classes"], spec=str(directory)
+        urls=urls,
+        sizes=[int(s["num_samples"]) for s in shards],
+        classes=meta["classes"],
+        spec=str(directory),
+        indexes=[index_file(u, s.get("index"), directory) for u, s in zip(urls, shards)],
     )
 
 
@@ -185,7 +231,8 @@ def with_sizes(shards: ShardList) -> ShardList:
             f"exact epochs need per-shard sample counts and remote shard {remote[0]} has none: pass the "
             f"dataset.json directory as meta=..., or use mode='resampled'"
         )
-    return ShardList(shards.urls, [count_tar_samples(u) for u in shards.urls], shards.classes, shards.spec)
+    sizes = [count_tar_samples(u) for u in shards.urls]
+    return ShardList(shards.urls, sizes, shards.classes, shards.spec, shards.indexes)
 
 
 def _sample_key(name: str) -> str:

@@ -58,6 +58,7 @@ class AugmentConfig:
     color_jitter: float = 0.0  # brightness = contrast = saturation strength; 0 = off
     random_erasing: float = 0.25
     crop_pct: float = 0.875
+    interpolation: str = "bilinear"  # "bilinear" or "bicubic": the crop's / resize's filter
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     backend: str = DEFAULT_BACKEND  # "auto", "tv" or "pil", see decode.py
@@ -104,10 +105,23 @@ class SampleTransform:
         c, limit = self.cfg, self.cfg.max_image_pixels
         if self.train:
             img = decode_random_resized_crop(
-                data, c.img_size, c.scale, c.ratio, backend=c.backend, max_pixels=limit
+                data,
+                c.img_size,
+                c.scale,
+                c.ratio,
+                backend=c.backend,
+                max_pixels=limit,
+                interpolation=c.interpolation,
             )
         else:
-            img = decode_resize_center_crop(data, c.img_size, c.crop_pct, backend=c.backend, max_pixels=limit)
+            img = decode_resize_center_crop(
+                data,
+                c.img_size,
+                c.crop_pct,
+                backend=c.backend,
+                max_pixels=limit,
+                interpolation=c.interpolation,
+            )
         if self.post is not None:
             img = self.post(img)
         self._check_output(img)

@@ -13,8 +13,9 @@ training reads); any other format is re-encoded as JPEG. Samples are shuffled wi
 before sharding, since the training pipeline only shuffles shards and within a buffer: a shard
 per class would make every batch one class. Shards close at ``--shard-samples`` samples
 and/or ``--shard-bytes`` bytes. Encoding runs in ``--workers`` processes (order preserved);
-the main process writes the tars. ``dataset.json`` (classes, samples per split and per shard)
-is written last.
+the main process writes the tars, each with its byte-offset index ``<shard>.idx`` beside it
+(``index.py``: lets a stream seek to the first sample of its slice). ``dataset.json`` (classes,
+samples per split and per shard, each shard's index) is written last.
 
 Atomicity: the shards are written into a hidden staging directory inside ``--out`` (same file
 system) and published at the end; ``dataset.json`` is the one switch between data sets, so a
@@ -24,12 +25,14 @@ every shard it lists) or the new one (see :func:`_publish`). What a killed write
 
 Existing shards or an index in ``--out`` are an error unless ``--overwrite``, which removes only
 the shards the old ``dataset.json`` lists, and only names that are plain files inside ``--out``
-(``meta.index_name_problem``): other files there (``backup.tar``) are never touched, and a file
+(``meta.index_name_problem``), with their indexes (listed, or the sidecar ``<shard>.idx``):
+other files there (``backup.tar``) are never touched, and a file
 at a name the new shards would take that the old index does not list is an error, not replaced.
 """
 
 from __future__ import annotations
 
+import array
 import io
 import logging
 import multiprocessing
@@ -48,14 +51,15 @@ from tqdm import tqdm
 from ..atomic import fsync_dir
 from ..errors import DataError
 from .decode import check_image_size, to_rgb8
-from .meta import META_NAME, index_name_problem, read_meta, write_meta
+from .index import INDEX_SUFFIX, build_index, read_index, write_index
+from .meta import META_NAME, escape_problem, index_name_problem, read_meta, shard_file, write_meta
 
 log = logging.getLogger("vit_dist.data")
 
 # The staging directory of one run, inside --out; a hidden name no user file is expected to have.
 STAGING_PREFIX = ".vit_dist-staging-"
 # The temp names of an unfinished shard (_ShardSink) or index (atomic.atomic_path).
-_TEMP_FILE = re.compile(r"\.(?:\w+-\d{6}\.tar|dataset\.json)\.tmp-\d+")
+_TEMP_FILE = re.compile(r"\.(?:\w+-\d{6}\.tar(?:\.idx)?|dataset\.json)\.tmp-\d+")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif"}
 SPLIT_DIRS = ("train", "val", "test")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -107,6 +111,7 @@ class _ShardSink:
         self.shards: list[dict] = []
         self._tar = self._tmp = None
         self._count = self._bytes = 0
+        self._offsets: list[int] = []  # where each sample's first header starts (index.py)
 
     def add(self, key: str, image: bytes, label: int) -> None:
         size = len(image) + 1536  # payload + two 512-byte headers + padding, roughly
@@ -117,6 +122,7 @@ class _ShardSink:
             self._close()
         if self._tar is None:
             self._open()
+        self._offsets.append(self._tar.offset)
         for name, data in ((f"{key}.jpg", image), (f"{key}.cls", str(label).encode())):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0  # mtime 0: reproducible bytes
@@ -131,15 +137,20 @@ class _ShardSink:
         # Stays open across add() calls until the shard is full; _close() closes and renames it.
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = self._bytes = 0
+        self._offsets = []
 
     def _close(self) -> None:
+        end = self._tar.offset  # the last sample's data ends here; end-of-archive blocks follow
         self._tar.close()
         with open(self._tmp, "rb") as fh:  # on disk before the index that will list it
             os.fsync(fh.fileno())
         final = self.out / self._name
         os.replace(self._tmp, final)  # atomic: a shard with its final name is complete
+        size = final.stat().st_size
+        index = f"{self._name}{INDEX_SUFFIX}"
+        write_index(self.out / index, [*self._offsets, end], size)  # atomic too
         self.shards.append(
-            {"name": self._name, "num_samples": self._count, "num_bytes": final.stat().st_size}
+            {"name": self._name, "num_samples": self._count, "num_bytes": size, "index": index}
         )
         self._tar = None
 
@@ -232,11 +243,16 @@ def _listed_shards(out: Path) -> set[str]:
         log.warning("%s; no shard of it is removed", e)
         return set()
     splits = meta["splits"] if isinstance(meta["splits"], dict) else {}
-    listed = [
-        shard.get("name") if isinstance(shard, dict) else shard
+    entries = [
+        shard
         for split in splits.values()
         for shard in (split.get("shards") or [] if isinstance(split, dict) else [])
     ]
+    listed = [shard.get("name") if isinstance(shard, dict) else shard for shard in entries]
+    # A shard's index goes with it: the one listed, and a sidecar <shard>.idx that another tool
+    # (or python -m vit_dist.data.shards --index) put there.
+    listed += [shard["index"] for shard in entries if isinstance(shard, dict) and "index" in shard]
+    listed += [f"{n}{INDEX_SUFFIX}" for n in listed[:] if isinstance(n, str) and not n.endswith(INDEX_SUFFIX)]
     listed += [n.split("/", 1)[1] for n in listed if isinstance(n, str) and n.startswith(STAGING_PREFIX)]
     listed += meta["replaces"] if isinstance(meta.get("replaces"), list) else []
     names = set()
@@ -275,6 +291,7 @@ def _prepare_out(out: Path, splits: list[str], *, overwrite: bool) -> set[str]:
     old data set's files (``_listed_shards``), removed once the new data set is published."""
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in out.glob("*.tar")) + sorted(p.name for p in out.glob(META_NAME))
+    existing += sorted(p.name for p in out.glob(f"*.tar{INDEX_SUFFIX}"))
     if existing and not overwrite:
         raise DataError(
             f"{out} already holds shards ({existing[0]}, ...): pass --overwrite to replace the data set "
@@ -282,7 +299,7 @@ def _prepare_out(out: Path, splits: list[str], *, overwrite: bool) -> set[str]:
         )
     old = _listed_shards(out)
     _remove_leftovers(out, keep=old)
-    ours = re.compile("(?:" + "|".join(map(re.escape, splits)) + r")-\d{6}\.tar")
+    ours = re.compile("(?:" + "|".join(map(re.escape, splits)) + r")-\d{6}\.tar(?:\.idx)?")
     clash = [name for name in existing if ours.fullmatch(name) and name not in old]
     if clash:
         raise DataError(
@@ -311,9 +328,14 @@ def _write_split(
 
 
 def _staged_index(meta: dict, staging: str) -> dict:
-    """``meta`` with every shard name moved into the directory ``staging``."""
+    """``meta`` with every shard name (and its byte-offset index) moved into the directory ``staging``."""
+
+    def staged(shard: dict) -> dict:
+        moved = {k: f"{staging}/{shard[k]}" for k in ("name", "index") if k in shard}
+        return {**shard, **moved}
+
     splits = {
-        split: {**s, "shards": [{**shard, "name": f"{staging}/{shard['name']}"} for shard in s["shards"]]}
+        split: {**s, "shards": [staged(shard) for shard in s["shards"]]}
         for split, s in meta["splits"].items()
     }
     return {**meta, "splits": splits}
@@ -342,12 +364,19 @@ def _publish(out: Path, staging: Path, meta: dict, old: set[str]) -> None:
     1. the index lists the new shards where they are, inside ``staging``: the switch (its
        ``replaces`` names the old data set's files, so a run after a kill still removes them);
     2. the old data set's files are removed;
-    3. each new shard gets its final name too (a link: the index still lists the staged file);
+    3. each new shard, and its byte-offset index, gets its final name too (a link: the index
+       still lists the staged files);
     4. the index lists the final names; the staging directory goes.
     """
     write_meta(out, {**_staged_index(meta, staging.name), "replaces": sorted(old)})
     _remove_listed(out, old)
-    names = [shard["name"] for s in meta["splits"].values() for shard in s["shards"]]
+    names = [
+        shard[k]
+        for s in meta["splits"].values()
+        for shard in s["shards"]
+        for k in ("name", "index")
+        if k in shard
+    ]
     for name in names:
         _give_final_name(staging / name, out / name)
     fsync_dir(out)
@@ -444,3 +473,93 @@ def ensure_digits_shards(out_dir: str | os.PathLike, img_size: int = 32, shard_s
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ensure_digits_shards(out, img_size, shard_samples)
+
+
+# ---------------------------------------------------------------- indexing shards of other tools
+
+_SPLIT_WORD = re.compile(r"(?<![a-z])(train|val|validation|test)(?![a-z])")
+
+
+def _split_of(name: str) -> str:
+    """The split a shard named ``name`` belongs to: the first of train/val(idation)/test that is
+    a word of its name (``imagenet-val-000001.tar``), else train."""
+    found = _SPLIT_WORD.search(name.lower())
+    return {"validation": "val"}.get(found.group(1), found.group(1)) if found else "train"
+
+
+def _write_index_if_changed(shard: str, index: Path, offsets=None) -> int:
+    """Write ``shard``'s index (``offsets``, built when None) to ``index`` unless that already
+    holds these bytes (a re-run changes nothing); -> the shard's samples."""
+    offsets = build_index(shard) if offsets is None else offsets
+    size = os.path.getsize(shard)
+    try:
+        current = read_index(index, shard_bytes=size)
+    except DataError:
+        current = None
+    if current is None or current.tobytes() != array.array("Q", offsets).tobytes():
+        write_index(index, offsets, size)
+    return len(offsets) - 1
+
+
+def index_shards(directory: str | os.PathLike, *, split: str | None = None) -> dict:
+    """Write the byte-offset index of every shard of ``directory`` beside it, without rewriting a
+    shard (for shards written by webdataset's ShardWriter, tarp, img2dataset ...); -> the
+    ``dataset.json`` it leaves there.
+
+    With a ``dataset.json``: its shards are indexed, each sample count is checked against the
+    shard (a mismatch is a :class:`DataError`: the count is what exact epochs trust) and each
+    entry gets its ``"index"``. Without one: the ``*.tar`` files there are indexed and a
+    ``dataset.json`` is written with their counts and sizes, each in the split ``split`` or
+    else the one its name says (``_split_of``), and classes ``"0" .. "K-1"`` where K - 1 is the
+    largest integer ``.cls`` label found (names are not in the shards; an empty list when there
+    are no labels, and then training needs ``num_classes``). Indexes and ``dataset.json`` are
+    written atomically and only when they change: a re-run is idempotent.
+    """
+    out = Path(directory)
+    if not out.is_dir():
+        raise DataError(f"--index {out} is not a directory")
+    if (out / META_NAME).is_file():
+        meta = read_meta(out)
+        changed = False
+        for split_name, entry in meta["splits"].items():
+            for shard in entry.get("shards", []):
+                name = shard.get("name") if isinstance(shard, dict) else None
+                path = shard_file(out, name)
+                n = _write_index_if_changed(path, Path(path + INDEX_SUFFIX))
+                if n != shard["num_samples"]:
+                    raise DataError(
+                        f"{out / META_NAME} says shard {name!r} of split {split_name!r} holds "
+                        f"{shard['num_samples']} samples, it holds {n}: correct the count first"
+                    )
+                if shard.get("index") != f"{name}{INDEX_SUFFIX}":
+                    shard["index"] = f"{name}{INDEX_SUFFIX}"
+                    changed = True
+        meta.pop("format", None)
+        if changed:
+            write_meta(out, meta)
+        return read_meta(out)
+    names = sorted(p.name for p in out.glob("*.tar") if escape_problem(out, p.name) is None and p.is_file())
+    if not names:
+        raise DataError(f"--index {out}: no {META_NAME} and no *.tar shards there")
+    labels: set[int] = set()
+    splits: dict[str, dict] = {}
+    for name in names:
+        path = str(out / name)
+        offsets = build_index(path, labels=labels)
+        _write_index_if_changed(path, out / f"{name}{INDEX_SUFFIX}", offsets)
+        entry = splits.setdefault(split or _split_of(name), {"num_samples": 0, "shards": []})
+        n = len(offsets) - 1
+        entry["num_samples"] += n
+        entry["shards"].append(
+            {
+                "name": name,
+                "num_samples": n,
+                "num_bytes": os.path.getsize(path),
+                "index": f"{name}{INDEX_SUFFIX}",
+            }
+        )
+    classes = [str(c) for c in range(max(labels) + 1)] if labels and min(labels) >= 0 else []
+    write_meta(
+        out, {"source": f"indexed by vit_dist ({len(names)} shards)", "classes": classes, "splits": splits}
+    )
+    return read_meta(out)

@@ -1,9 +1,12 @@
 """Run metrics, one job per module:
 
-- ``runlog``: ``RunLogger``, the rank-0 logger (JSONL files, resume truncation, progress display).
+- ``runlog``: ``RunLogger``, the rank-0 logger (JSONL files, resume truncation and records,
+  best/last summary, progress display).
 - ``jsonl``: the JSONL record files: names, encoding, reading back, cutting back on resume.
-- ``wandb_sink``: W&B mode resolution, the key check, and one W&B run's init/log/finish.
-- ``curves``: ``plot_curves``, the curves PNG drawn from the JSONL files.
+- ``wandb_sink``: W&B mode resolution, the key check, and one W&B run's init/log/summary/finish
+  (system metrics included).
+- ``tensorboard_sink``: the optional TensorBoard event file, and the start-up check for it.
+- ``curves``: ``draw_curves``/``plot_curves``, the curves PNG drawn from the JSONL files.
 - ``hardware``: peak FLOP/s (datasheet table or measured matmul), MFU and peak memory.
 - ``timing``: ``StepTimer`` (data wait vs step time) and ``InputBoundAdvisor``.
 
@@ -12,10 +15,11 @@ The names other modules use are re-exported here.
 
 from __future__ import annotations
 
-from .curves import plot_curves
+from .curves import draw_curves, plot_curves
 from .hardware import datasheet_peak, max_memory_mb, measure_matmul_peak, mfu, peak_flops
 from .jsonl import read_jsonl
 from .runlog import RunLogger
+from .tensorboard_sink import check_tensorboard
 from .timing import InputBoundAdvisor, StepTimer
 from .wandb_sink import resolve_wandb_mode
 
@@ -23,7 +27,9 @@ __all__ = [
     "InputBoundAdvisor",
     "RunLogger",
     "StepTimer",
+    "check_tensorboard",
     "datasheet_peak",
+    "draw_curves",
     "max_memory_mb",
     "measure_matmul_peak",
     "mfu",

@@ -19,6 +19,7 @@ from ..atomic import write_text
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
+RESUMES_FILE = "resumes.jsonl"  # one record per resumed process: the step it resumed at
 
 
 def json_default(obj: Any) -> Any:

@@ -9,9 +9,17 @@ Files written under ``output_dir`` (rank 0 only):
 - ``metrics.jsonl``: one JSON object per ``log_train`` call, flushed at once so a crash
   loses at most the line being written.
 - ``eval.jsonl``: one JSON object per ``log_eval`` call; ``eval.json``: the final evaluation.
-- ``curves.png``: train loss, learning rate, eval top-1 and images/s against the step, drawn
-  from the two JSONL files so a resumed run's picture covers all its segments.
-- ``wandb_run_id.txt`` and ``wandb/``: the W&B run id (reused on resume) and W&B's files.
+- ``resumes.jsonl``: one ``{"step", "time"}`` object per resumed process (the step it resumed at).
+- ``summary.json``: the best evaluation (highest top-1, the earliest on ties) and the last
+  one, and the last train record; written at the end (and when a run is preempted). W&B's
+  summary gets the best as ``best/eval_top1``, ``best/eval_top5`` and ``best/step`` beside
+  the last values it keeps itself, as soon as an evaluation improves on it.
+- ``curves.png``: train and eval loss, learning rate, eval top-1 and images/s against the step
+  (and the epoch), with the resumes marked, drawn from the JSONL files so a resumed run's
+  picture covers all its segments.
+- ``wandb_run_id.txt`` and ``wandb/``: the W&B run id (reused on resume) and W&B's files, with
+  W&B's system metrics unless ``logging.system_metrics=false``.
+- ``tensorboard/``: with ``logging.tensorboard=true``, the same scalars as TensorBoard events.
 
 The progress display is a tqdm bar on a terminal, otherwise one plain line per logged step
 (what a batch job's log file wants).
@@ -19,6 +27,7 @@ The progress display is a tqdm bar on a terminal, otherwise one plain line per l
 
 from __future__ import annotations
 
+import datetime
 import math
 import sys
 import time
@@ -28,10 +37,21 @@ from typing import Any
 from ..atomic import write_json
 from ..config import Config
 from .curves import plot_curves
-from .jsonl import EVAL_FILE, METRICS_FILE, as_number, encode_record, json_default, truncate_jsonl
+from .jsonl import (
+    EVAL_FILE,
+    METRICS_FILE,
+    RESUMES_FILE,
+    as_number,
+    encode_record,
+    json_default,
+    read_jsonl,
+    truncate_jsonl,
+)
+from .tensorboard_sink import TENSORBOARD_DIR, TensorBoardSink, check_tensorboard
 from .wandb_sink import WandbSink, resolve_wandb_mode
 
 FINAL_EVAL_FILE = "eval.json"
+SUMMARY_FILE = "summary.json"
 
 
 def _format_hms(seconds: float | None) -> str:
@@ -61,7 +81,8 @@ def _isatty(stream) -> bool:
 
 
 class RunLogger:
-    """Rank-0 sink for a run's metrics: metrics.jsonl, eval.jsonl, progress display, W&B, final PNG.
+    """Rank-0 sink for a run's metrics: metrics.jsonl, eval.jsonl, resumes.jsonl, summary.json,
+    progress display, W&B, TensorBoard, final PNG.
 
     On non-main ranks every method is a cheap no-op (and nothing is written or imported).
     ``start_step > 0`` marks a resumed run: the JSONL files keep their lines up to
@@ -74,6 +95,8 @@ class RunLogger:
     def for_run(cls, cfg: Config, *, is_main: bool, total_steps: int, start_step: int) -> RunLogger:
         """The logger a run's ``logging.*`` section and ``output_dir`` describe."""
         log = cfg.logging
+        # An epoch axis on the curves for runs whose length is given in epochs.
+        epoch_axis = cfg.train.steps is None and cfg.train.epochs is not None
         return cls(
             cfg.output_dir,
             is_main=is_main,
@@ -86,6 +109,10 @@ class RunLogger:
             run_name=log.name,
             progress=log.progress,
             start_step=start_step,
+            system_metrics=log.system_metrics,
+            system_metrics_interval=log.system_metrics_interval,
+            tensorboard=log.tensorboard,
+            epoch_axis=epoch_axis,
         )
 
     def __init__(
@@ -102,9 +129,18 @@ class RunLogger:
         run_name: str | None = None,
         progress: str = "auto",
         start_step: int = 0,
+        system_metrics: bool = True,
+        system_metrics_interval: float = 15.0,
+        tensorboard: bool = False,
+        epoch_axis: bool | None = None,
     ):
         self.is_main = bool(is_main)
         self.wandb_sink = WandbSink(info=self.info)
+        self.tensorboard_sink = TensorBoardSink(info=self.info)
+        self.epoch_axis = epoch_axis
+        self.best_eval: dict | None = None  # the best evaluation so far (highest top-1, earliest)
+        self.last_eval: dict | None = None
+        self.last_train: dict | None = None
         self._bar = None
         self._finished = False
         # Argument errors are raised on every rank alike: failing on rank 0 only would leave
@@ -113,6 +149,8 @@ class RunLogger:
             raise ValueError(f"progress must be 'auto', 'bar' or 'lines', got {progress!r}")
         if str(wandb_mode).lower() not in ("auto", "offline", "online"):
             raise ValueError(f"wandb_mode must be 'auto', 'offline' or 'online', got {wandb_mode!r}")
+        if tensorboard:
+            check_tensorboard()
         if not self.is_main:
             return
         self.output_dir = Path(output_dir).absolute()
@@ -123,8 +161,17 @@ class RunLogger:
 
         self.metrics_path = self.output_dir / METRICS_FILE
         self.eval_path = self.output_dir / EVAL_FILE
-        for path in (self.metrics_path, self.eval_path):
+        resumes_path = self.output_dir / RESUMES_FILE
+        for path in (self.metrics_path, self.eval_path, resumes_path):
             truncate_jsonl(path, self.start_step)
+        # A resumed run carries on from the best and last evaluation of its earlier segments.
+        for record in read_jsonl(self.eval_path):
+            self._track_eval(record)
+        if self.start_step > 0:
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            record = {"step": self.start_step, "time": now}
+            with open(resumes_path, "a", encoding="utf-8") as file:
+                file.write(encode_record(record) + "\n")
         # Kept open for the whole run (closed in finish) and flushed per record, so the files
         # can be tailed while the run is going and a crash loses at most one line.
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
@@ -139,7 +186,12 @@ class RunLogger:
                 run_name=run_name,
                 config=config,
                 resuming=self.start_step > 0,
+                system_metrics=system_metrics,
+                system_interval=system_metrics_interval,
             )
+            self.wandb_sink.summarize(self._best_summary())
+        if tensorboard:
+            self.tensorboard_sink.start(self.output_dir / TENSORBOARD_DIR, self.start_step)
 
         # The bar and the ETA clock start after the W&B set-up (about a second), as close to the
         # first step as this object gets.
@@ -192,8 +244,11 @@ class RunLogger:
         else:
             print(self._train_line(record, int_step), flush=True)
         self._last_step = int_step
+        self.last_train = record
 
-        self.wandb_sink.log({f"train/{key}": value for key, value in record.items() if key != "step"}, step)
+        scalars = {f"train/{key}": value for key, value in record.items() if key != "step"}
+        self.wandb_sink.log(scalars, step)
+        self.tensorboard_sink.log(scalars, step)
 
     def _train_line(self, record: dict, step: int) -> str:
         done = step - self.start_step
@@ -223,9 +278,52 @@ class RunLogger:
         if "num_samples" in record:
             parts.append(f"({record['num_samples']} samples)")
         self.info(" ".join(parts))
-        self.wandb_sink.log(
-            {f"eval/{key}": value for key, value in record.items() if key != "step"}, record.get("step")
-        )
+        scalars = {f"eval/{key}": value for key, value in record.items() if key != "step"}
+        self.wandb_sink.log(scalars, record.get("step"))
+        self.tensorboard_sink.log(scalars, record.get("step"))
+        if self._track_eval(record):
+            self.wandb_sink.summarize(self._best_summary())
+
+    def _track_eval(self, record: dict) -> bool:
+        """Note ``record`` as the last evaluation, and as the best if its top-1 beats the best
+        so far (a tie keeps the earlier one, as the trainer's best checkpoint does); True then."""
+        self.last_eval = record
+        top1 = as_number(record.get("top1"))
+        if top1 is None or not math.isfinite(top1):
+            return False
+        if self.best_eval is not None and top1 <= self.best_eval["top1"]:
+            return False
+        self.best_eval = record
+        return True
+
+    def _best_summary(self) -> dict:
+        """The W&B summary keys of the best evaluation ({} before the first)."""
+        best = self.best_eval
+        if best is None:
+            return {}
+        return {
+            "best/eval_top1": best.get("top1"),
+            "best/eval_top5": best.get("top5"),
+            "best/step": best.get("step"),
+        }
+
+    def _write_summary(self, final_eval: dict | None) -> None:
+        """summary.json: the best and last evaluation and the last train record."""
+        if final_eval is not None and final_eval is not self.last_eval:
+            self._track_eval(final_eval)
+        best = self.best_eval
+        summary = {
+            "step": self._last_step,
+            "best": None
+            if best is None
+            else {key: best[key] for key in ("step", "epoch", "top1", "top5", "loss") if key in best},
+            "last_eval": self.last_eval,
+            "last_train": self.last_train,
+        }
+        try:
+            write_json(self.output_dir / SUMMARY_FILE, summary, indent=2, default=json_default)
+        except OSError as e:  # a convenience copy of what the JSONL files hold: never the run's end
+            self.info(f"warning: could not write {SUMMARY_FILE} ({type(e).__name__}: {e})")
 
     def info(self, msg: str) -> None:
         """Print on rank 0 without breaking the progress bar."""
@@ -243,13 +341,16 @@ class RunLogger:
         self._finished = True
         self._metrics_file.close()
         self._eval_file.close()
+        self.tensorboard_sink.finish()
         if final_eval is not None:
             write_json(self.output_dir / FINAL_EVAL_FILE, final_eval, indent=2, default=json_default)
+        self._write_summary(final_eval)
+        self.wandb_sink.summarize(self._best_summary())
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         try:
-            png = plot_curves(self.output_dir)
+            png = plot_curves(self.output_dir, epoch_axis=self.epoch_axis)
             self.info(f"curves: {png}")
         except Exception as e:  # a plotting problem must not cost the end of a long run
             self.info(f"warning: could not draw curves ({type(e).__name__}: {e})")

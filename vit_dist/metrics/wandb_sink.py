@@ -7,6 +7,11 @@ reported on one line and the run carries on without it: the JSONL files are the 
 counts. The run id is kept in ``wandb_run_id.txt`` so a resumed run continues the same W&B run;
 each resumed process then writes its own offline directory, and ``finish`` prints how to
 upload them all in order.
+
+System metrics (``logging.system_metrics``, on by default) are W&B's own sampler, which runs in
+wandb's service process, not in the training process: ``log`` only hands it records, so a slow
+or failing sampler cannot block a step, and ``finish`` waits for that process at most
+``FINISH_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from ..atomic import write_text
 from .jsonl import as_number
 
 WANDB_ID_FILE = "wandb_run_id.txt"
+# The longest ``finish`` waits for wandb's service (uploads, the last system-metric samples);
+# what is not uploaded by then stays in the run's local files for ``wandb sync``.
+FINISH_TIMEOUT_S = 300.0
 
 
 def wandb_key_configured() -> bool:
@@ -68,24 +76,60 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def wandb_settings(wandb, mode: str):
-    """Quiet, fast settings, using only the names this wandb version has."""
-    fields = set(getattr(wandb.Settings, "model_fields", {}) or ())
+def setting_names(wandb) -> set[str]:
+    """The names ``wandb.Settings`` takes: pydantic fields since 0.19, annotations before."""
+    fields = getattr(wandb.Settings, "model_fields", None)
+    if fields:
+        return set(fields)
+    names: set[str] = set()
+    for klass in getattr(wandb.Settings, "__mro__", ()):
+        names.update(getattr(klass, "__annotations__", {}))
+    return names
+
+
+def wandb_settings(wandb, mode: str, *, system_metrics: bool = True, system_interval: float = 15.0):
+    """Quiet, bounded settings, using only the names (and values) this wandb version takes.
+
+    System metrics (GPU utilisation, memory, power, CPU, disk, network) are sampled by wandb's
+    own service process every ``system_interval`` seconds: a slow or failing sampler there
+    never blocks a training step, since ``log`` only hands records to that process.
+    ``finish_timeout`` bounds how long ``finish`` may wait for that process at the end.
+    """
+    names = setting_names(wandb)
     wanted: dict[str, Any] = {
         "silent": True,  # wandb's own banner/warnings only; our messages go through info()
         "console": "off",  # no stdout/stderr wrapping: keeps tqdm and SLURM logs intact
         "init_timeout": 60.0 if mode == "online" else 30.0,
+        "finish_timeout": FINISH_TIMEOUT_S,  # the rest stays in the offline files, for wandb sync
         "reinit": "finish_previous",  # a second logger in one process replaces the first
     }
-    # System-metrics sampling (a background sampler per run); renamed across versions.
+    # Whether and how often to sample: renamed across versions (>= 0.19: x_...; 0.18: _...).
     for name in ("x_disable_stats", "_disable_stats"):
-        if not fields or name in fields:
-            wanted[name] = True
+        if name in names:
+            wanted[name] = not system_metrics
             break
-    if fields:
-        wanted = {key: value for key, value in wanted.items() if key in fields}
+    if system_metrics:
+        for name in ("x_stats_sampling_interval", "_stats_sampling_interval", "_stats_sample_rate_seconds"):
+            if name in names:
+                wanted[name] = float(system_interval)
+                if name == "_stats_sample_rate_seconds":  # older still: it averaged N samples per point
+                    wanted["_stats_samples_to_average"] = 1
+                break
+    wanted = {key: value for key, value in wanted.items() if key in names}
     try:
         return wandb.Settings(**wanted)
+    except Exception:
+        pass
+    # A value this version refuses (e.g. 0.18's boolean ``reinit``): keep each one it takes.
+    kept = {}
+    for key, value in wanted.items():
+        try:
+            wandb.Settings(**{key: value})
+        except Exception:
+            continue
+        kept[key] = value
+    try:
+        return wandb.Settings(**kept)
     except Exception:
         return wandb.Settings(silent=True, console="off")
 
@@ -118,6 +162,7 @@ class WandbSink:
         self.mode: str = "disabled"  # the mode actually in use after resolution/fallback
         self.run_dir: str | None = None
         self.output_dir: Path | None = None
+        self._settings: dict[str, Any] = {}
 
     def start(
         self,
@@ -129,10 +174,14 @@ class WandbSink:
         run_name: str | None,
         config: dict,
         resuming: bool,
+        system_metrics: bool = True,
+        system_interval: float = 15.0,
     ) -> None:
         """Start a run in ``mode`` (from ``resolve_wandb_mode``) writing under ``output_dir``;
-        ``resuming`` continues the run whose id is in ``wandb_run_id.txt``."""
+        ``resuming`` continues the run whose id is in ``wandb_run_id.txt``; ``system_metrics``
+        turns W&B's system charts on, sampled every ``system_interval`` seconds."""
         self.output_dir = output_dir
+        self._settings = dict(system_metrics=system_metrics, system_interval=system_interval)
         try:
             self._start(mode, project, entity, run_name, config, resuming)
         except Exception as e:  # W&B trouble never stops a run
@@ -172,7 +221,7 @@ class WandbSink:
         )
         run = None
         try:
-            run = wandb.init(mode=mode, settings=wandb_settings(wandb, mode), **init_kwargs)
+            run = wandb.init(mode=mode, settings=wandb_settings(wandb, mode, **self._settings), **init_kwargs)
         except Exception as e:
             if mode != "online":
                 self.info(f"warning: wandb init failed ({type(e).__name__}: {e}); not logging to W&B")
@@ -181,7 +230,9 @@ class WandbSink:
         if run is None:
             mode = "offline"
             try:
-                run = wandb.init(mode=mode, settings=wandb_settings(wandb, mode), **init_kwargs)
+                run = wandb.init(
+                    mode=mode, settings=wandb_settings(wandb, mode, **self._settings), **init_kwargs
+                )
             except Exception as e:
                 self.info(f"warning: wandb offline init failed ({type(e).__name__}: {e}); not logging to W&B")
                 return
@@ -205,6 +256,18 @@ class WandbSink:
         except Exception as e:
             # One warning, then W&B is dropped: the JSONL files still have everything.
             self.info(f"warning: wandb log failed ({type(e).__name__}: {e}); W&B logging stopped")
+            self.finish(quiet=True)
+
+    def summarize(self, data: dict) -> None:
+        """Set the numeric values of ``data`` in the run's summary (beside the last logged
+        values W&B keeps there itself); on failure, warn once and stop W&B."""
+        data = {key: value for key, value in data.items() if as_number(value) is not None}
+        if self.run is None or not data:
+            return
+        try:
+            self.run.summary.update(data)
+        except Exception as e:
+            self.info(f"warning: wandb summary failed ({type(e).__name__}: {e}); W&B logging stopped")
             self.finish(quiet=True)
 
     def finish(self, quiet: bool = False) -> None:

@@ -1,10 +1,12 @@
-"""Vision Transformer models as plain ``nn.Module``s with timm-compatible parameter names.
+"""Vision Transformer models as plain ``nn.Module``s with timm-compatible parameter names, and
+any timm classifier as ``timm:<name>`` (optional extra; ``timm_models``).
 
 Public API: ``create_model``, ``build_model`` (from a run config), ``list_models``, ``load_pretrained``,
-``flops_per_image``.
+``flops_per_image``, ``model_blocks`` (what parallelism treats as a block).
 Models contain no distributed code; parallelism is applied from outside (vit_dist.parallel).
 """
 
+from .blocks import model_blocks
 from .deit import DistilledVisionTransformer
 from .flops import count_flops, flops_per_image
 from .pretrained import CheckpointMismatchError, LoadReport, load_pretrained, read_state_dict
@@ -26,5 +28,6 @@ __all__ = [
     "list_families",
     "list_models",
     "load_pretrained",
+    "model_blocks",
     "read_state_dict",
 ]

@@ -1,6 +1,9 @@
 """``python -m vit_dist.models``: inspect the model zoo.
 
 python -m vit_dist.models list [PATTERN]            names, parameters, GFLOPs per image
+python -m vit_dist.models list --timm PATTERN       timm's models (model.name=timm:<name>) matching
+    PATTERN (e.g. 'convnext*'), with parameters and GFLOPs when at most 50 match; timm has
+    1000+, so a plain ``list`` only counts them
 python -m vit_dist.models check NAME [key=value ...] [--weights FILE] [--digits N]
     build a model (any create_model keyword as key=value), optionally load timm-format
     weights, and run a forward + backward pass on N real handwritten digits from
@@ -17,6 +20,10 @@ import time
 import torch
 
 from . import create_model, flops_per_image, list_families, list_models, load_pretrained
+from .timm_models import PREFIX as TIMM_PREFIX
+from .timm_models import list_timm_models, timm_installed
+
+_TIMM_SIZES_UP_TO = 50  # building each on the meta device takes ~0.1 s: sizes for a short list only
 
 
 def _parse_value(v: str):
@@ -34,6 +41,35 @@ def _cmd_list(pattern: str) -> None:
         n = sum(p.numel() for p in m.parameters())
         print(f"{name:36s} {n / 1e6:10.1f} {flops_per_image(m) / 1e9:8.2f}")
     print(f"free-form families: {', '.join(list_families())}")
+    if timm_installed():
+        print(
+            f"timm: {len(list_timm_models())} more as {TIMM_PREFIX}<name> "
+            "(python -m vit_dist.models list --timm PATTERN lists them)"
+        )
+    else:
+        print(f"timm: not installed (pip install vit_dist[timm] for {TIMM_PREFIX}<name> models)")
+
+
+def _cmd_list_timm(pattern: str) -> None:
+    names = list_timm_models(pattern)
+    if not names:
+        raise ValueError(f"no timm model matches {pattern!r} (a shell-style pattern, e.g. 'convnext*')")
+    if len(names) > _TIMM_SIZES_UP_TO:
+        for name in names:
+            print(TIMM_PREFIX + name)
+        print(f"{len(names)} timm models (sizes shown for at most {_TIMM_SIZES_UP_TO}: narrow the pattern)")
+        return
+    print(f"{'model':42s} {'params (M)':>10s} {'GFLOPs':>8s}")
+    for name in names:
+        try:
+            with torch.device("meta"):  # sizes only: no memory, no init cost
+                m = create_model(TIMM_PREFIX + name)
+        except ValueError:  # one that cannot be built or run at its default size: name only
+            print(f"{TIMM_PREFIX + name:42s} {'?':>10s} {'?':>8s}")
+            continue
+        n = sum(p.numel() for p in m.parameters())
+        print(f"{TIMM_PREFIX + name:42s} {n / 1e6:10.1f} {flops_per_image(m) / 1e9:8.2f}")
+    print(f"{len(names)} timm models at their default input size")
 
 
 def digits_batch(n: int, img_size: int, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     pl = sub.add_parser("list", help="list registered models")
     pl.add_argument("pattern", nargs="?", default="*")
+    pl.add_argument("--timm", metavar="PATTERN", help="list timm's models matching PATTERN (e.g. 'vit_*')")
     pc = sub.add_parser("check", help="build a model and run it on real digits")
     pc.add_argument("name")
     pc.add_argument("kv", nargs="*", metavar="key=value")
@@ -89,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     pc.add_argument("--digits", type=int, default=64, help="number of real digits to run (default 64)")
     args = p.parse_args(argv)
     try:
-        if args.cmd == "list":
+        if args.cmd == "list" and args.timm:
+            _cmd_list_timm(args.timm)
+        elif args.cmd == "list":
             _cmd_list(args.pattern)
         else:
             _cmd_check(args.name, args.kv, args.weights, args.digits)

@@ -1,7 +1,9 @@
 """Load timm-format weights into our models, safely and loudly.
 
 Accepted files: ``.safetensors`` (read with safetensors) and ``.pth/.pt/.bin`` (``torch.load``
-with ``weights_only=True``): a checkpoint can never run code. The state dict may be the file
+with ``weights_only=True``): a checkpoint can never run code. ``load_pretrained`` also takes
+``hf-hub:ORG/NAME[@REVISION]``: the repository's weights file, resolved through the hub cache
+(``vit_dist.hub``), then loaded like a local file. The state dict may be the file
 itself or sit under ``model`` / ``state_dict`` / ``model_ema`` / ``module``; ``module.`` (DDP)
 and ``_orig_mod.`` (torch.compile) prefixes are stripped.
 
@@ -23,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointMismatchError
+from ..hub import describe, is_hub_ref, parse_ref, weights_file
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +134,15 @@ def fit_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, verbose: bool = True) -> LoadReport:
-    """Load a timm-format checkpoint into ``model`` in place; returns what was done."""
+    """Load a timm-format checkpoint (a file, or ``hf-hub:ORG/NAME[@REVISION]``) into ``model``
+    in place; returns what was done."""
+    source = os.fspath(path)
+    if is_hub_ref(source):
+        ref = parse_ref(source)
+        path = weights_file(ref)
+        source = describe(ref, path)  # pinned to the commit the weights came from
     sd = read_state_dict(path)
-    sd, report = fit_state_dict(model, sd, os.fspath(path))
+    sd, report = fit_state_dict(model, sd, source)
     with torch.no_grad():
         model.load_state_dict(sd, strict=not report.head_reinitialised)
     if verbose:

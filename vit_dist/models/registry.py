@@ -2,7 +2,10 @@
 
 ``create_model('vit_small_patch16_224', num_classes=10)`` builds the named architecture;
 ``create_model('vit', img_size=16, patch_size=4, embed_dim=64, depth=4, num_heads=2)`` builds
-any size. Unknown names and keywords fail with the closest valid one named.
+any size; ``create_model('timm:convnext_atto', num_classes=10)`` builds any timm classifier
+(``timm_models``; timm is an optional extra). A plain name is always ours
+(``vit_tiny_patch16_224``), ``timm:`` always timm's. Unknown names and keywords fail with the
+closest valid one named.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ..options import did_you_mean
 from .deit import DistilledVisionTransformer
 from .pretrained import load_pretrained
 from .swin import SwinTransformer
+from .timm_models import PREFIX as TIMM_PREFIX
+from .timm_models import check_timm_kwargs, create_timm_model, list_timm_models, timm_installed
 from .vit import VisionTransformer
 
 
@@ -103,12 +108,20 @@ def resolve_spec(name: str) -> ModelSpec:
     spec = _REGISTRY.get(name) or _FAMILIES.get(name)
     if spec is None:
         names = list_models() + list_families()
-        raise ValueError(f"unknown model {name!r}{did_you_mean(name, names)}; known: {', '.join(names)}")
+        if timm_installed() and list_timm_models(name):
+            raise ValueError(f"unknown model {name!r}; timm has it: model.name={TIMM_PREFIX}{name}")
+        raise ValueError(
+            f"unknown model {name!r}{did_you_mean(name, names)}; known: {', '.join(names)} "
+            f"(and any timm model as {TIMM_PREFIX}<name>)"
+        )
     return spec
 
 
 def check_model_kwargs(name: str, overrides: dict) -> None:
     """Raise a one-line ValueError naming any keyword the model does not take."""
+    if name.startswith(TIMM_PREFIX):
+        check_timm_kwargs(name[len(TIMM_PREFIX) :], overrides)
+        return
     spec = resolve_spec(name)
     valid = model_kwargs(spec.cls)
     for k in overrides:
@@ -119,7 +132,10 @@ def check_model_kwargs(name: str, overrides: dict) -> None:
 
 
 def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model (timm name) or a free-form family ('vit', 'deit_distilled', 'swin')."""
+    """Build a registered model (timm name), a free-form family ('vit', 'deit_distilled', 'swin')
+    or, as ``timm:<name>``, timm's own model."""
+    if name.startswith(TIMM_PREFIX):
+        return create_timm_model(name[len(TIMM_PREFIX) :], **overrides)
     spec = resolve_spec(name)
     check_model_kwargs(name, overrides)
     kwargs = {**spec.kwargs, **overrides}

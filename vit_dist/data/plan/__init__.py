@@ -12,23 +12,29 @@ Exact epochs (every sample once per epoch across all ranks)
        gets stretches ``r*W .. r*W+W-1`` (so the ranks of a node read neighbouring shards and
        the split by node is the split by rank), worker ``w`` gets stretch ``r*W+w``. A
        stretch is a list of :class:`Slice` ``(shard, start, stop)``; at most its first and
-       last shard are partial. A partial shard at the start of a stretch is read by
-       streaming through its first ``start`` samples without decoding them, so the extra
-       I/O is below one shard per stream.
+       last shard are partial. There may be any number of streams per shard: with fewer
+       shards than streams, several streams read disjoint slices of one shard. A slice that
+       starts inside a shard is reached by a seek when the shard has a byte-offset index
+       (``index.py``), else by streaming through its first ``start`` samples without decoding
+       them; the loader logs the resulting read amplification at start-up.
     3. Every stream yields the same number of batches ``K = ceil(ceil(N/(R*W)) / B)``. A
        stream shorter than ``K*B`` samples pads its last batch with copies of its own samples
        marked ``valid=False`` (like ``DistributedSampler``'s padding, but masked), so every
        rank has exactly ``W*K`` batches and an epoch end can never leave one rank waiting in
        a collective. Evaluation ignores the masked entries, which gives exactly-once
        evaluation; training may use or mask them (they are < one batch per stream).
-    Fewer shards than ``R*W`` streams is a start-up error: streams would share shards, and
-    the plan is built to give each stream its own.
+    Fewer samples than streams (``N < R*W``) leaves some streams without a sample: their one
+    batch is all padding, masked (blank images, ``valid=False``). Evaluation is still exactly
+    once; a training epoch like that is a start-up error (it would train on blank images).
 
 Resampled epochs (very large data)
     Each stream draws shards with replacement, weighted by their sample counts when those are
     known (uniformly otherwise), from a RNG seeded by ``(seed, epoch, rank, worker)`` and
-    reads them whole, forever; the epoch is cut at
-    ``ceil(samples_per_epoch / (R*B))`` batches per rank, spread over the workers.
+    reads each whole, forever, starting at a random sample and wrapping round to the shard's
+    start (:func:`resampled_start`); the epoch is cut at ``ceil(samples_per_epoch / (R*B))``
+    batches per rank, spread over the workers. The random start matters at scale: a stream
+    whose epoch is shorter than a shard would otherwise read only the first samples of every
+    shard it draws, epoch after epoch (with an index the start is one seek).
 
 Resuming
     ``DataLoader`` takes batches from its workers round-robin (worker 0, 1, ..., skipping
@@ -58,8 +64,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import DataError
-from .counts import check_sizes
+from ...errors import DataError
+from ..counts import check_sizes
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK63 = (1 << 63) - 1
@@ -162,11 +168,6 @@ def exact_plan(
     after the segments in ``history``; see the module docstring."""
     check_sizes(sizes)  # a negative or fractional count would cut the epoch wrongly, silently
     streams = world_size * num_workers
-    if len(sizes) < streams:
-        raise DataError(
-            f"{len(sizes)} shards cannot feed {world_size} ranks x {num_workers} loader workers = {streams} "
-            f"streams in exact mode: write more, smaller shards (--shard-samples) or use fewer workers"
-        )
     total = sum(sizes)
     if total == 0:
         raise DataError("the shards hold no samples")
@@ -178,6 +179,11 @@ def exact_plan(
     n, ends = _count(left), _ends(left)
     if history and n < streams:  # the tail of an epoch: fewer samples than streams
         return [StreamPlan((), 0, 0) for _ in range(num_workers)]
+    if shuffle and n < streams:  # training: a stream without a sample would train on blanks
+        raise DataError(
+            f"{n} samples cannot give each of {world_size} ranks x {num_workers} loader workers = {streams} "
+            f"streams a sample in an exact training epoch: use fewer loader workers (data.workers) or more data"
+        )
     num_batches = math.ceil(math.ceil(n / streams) / batch_size)
     plans = []
     for w in range(num_workers):
@@ -337,6 +343,12 @@ def resampled_shards(
         yield rng.choices(range(num_shards), cum_weights=cum)[0]
 
 
+def resampled_start(rng: random.Random, num_samples: int | None) -> int:
+    """Where a stream starts reading the shard it just drew: a uniform sample index drawn from
+    its ``rng`` (``stream_seed("start", ...)``), or 0 for an empty shard or an unknown size."""
+    return rng.randrange(num_samples) if num_samples else 0
+
+
 def consumed_per_worker(start_batch: int, batches_per_worker: list[int]) -> tuple[list[int], int]:
     """Where each worker stands once the rank consumed ``start_batch`` batches.
 
@@ -363,3 +375,20 @@ def consumed_per_worker(start_batch: int, batches_per_worker: list[int]) -> tupl
         done[w] += 1
         left -= 1
     return done, nxt
+
+
+def read_amplification(
+    plans: list[StreamPlan], seekable: list[bool], bytes_per_sample: list[float]
+) -> tuple[float, float]:
+    """``(bytes read, bytes of the split)`` when every stream of ``plans`` reads its slices: a
+    shard in ``seekable`` (local, with a usable index) costs exactly its slices' bytes, any
+    other is read in one pass from its start to its last planned sample (``tar_reader``).
+    ``bytes_per_sample[s]``: shard ``s``'s mean sample size (any constant when unknown)."""
+    read = split = 0.0
+    for plan in plans:
+        for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard):
+            group = list(group)
+            samples = sum(s.stop - s.start for s in group)
+            split += samples * bytes_per_sample[shard]
+            read += (samples if seekable[shard] else group[-1].stop) * bytes_per_sample[shard]
+    return read, split
