@@ -81,7 +81,9 @@ def test_torchvision_teacher_from_state_dict(tmp_path):
     with torch.no_grad():
         assert torch.equal(teacher(x), ref(x))
     cfg = load_config(CONFIG, ["distill.type=hard", "distill.teacher=resnet18x"])
-    with pytest.raises(ValueError, match="neither a vit_dist model, timm:<name> nor a torchvision classifier"):
+    with pytest.raises(
+        ValueError, match="neither a vit_dist model, timm:<name> nor a torchvision classifier"
+    ):
         build_teacher(cfg.distill, 10, 16, 3)
 
 
