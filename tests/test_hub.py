@@ -558,3 +558,28 @@ def test_the_fine_tuning_recipe_loads():
     assert cfg.optim.layer_decay is not None and cfg.optim.lr < 5e-4
     assert cfg.data.mixup == 0 and cfg.data.cutmix == 0
     assert cfg.data.mean == [0.5, 0.5, 0.5] and cfg.data.std == [0.5, 0.5, 0.5]  # the in21k weights' stats
+
+
+def test_preprocessing_differences_name_what_differs_from_the_weights():
+    """A fine-tune from hub weights with other mean/std or resize filter is warned about."""
+    from vit_dist.hub import parse_config, preprocessing_differences
+
+    hc = parse_config(
+        {
+            "architecture": "vit_base_patch16_224",
+            "num_classes": 10,
+            "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"},
+        }
+    )
+    assert preprocessing_differences(hc, [0.5] * 3, [0.5] * 3, "bicubic") == []
+    diffs = preprocessing_differences(hc, [0.485, 0.456, 0.406], [0.5] * 3, "bilinear")
+    assert diffs == [
+        "data.mean=[0.485, 0.456, 0.406] (the weights': [0.5, 0.5, 0.5])",
+        "data.interpolation=bilinear (the weights': bicubic)",
+    ]
+    lanczos = parse_config(
+        {"architecture": "vit_base_patch16_224", "pretrained_cfg": {"interpolation": "lanczos"}}
+    )
+    assert not any(
+        "interpolation" in d for d in preprocessing_differences(lanczos, [0.5] * 3, [0.5] * 3, "bilinear")
+    )

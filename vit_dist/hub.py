@@ -268,3 +268,18 @@ def read_config(ref: HubRef) -> HubModelConfig:
         raise CheckpointError(
             f"{ref}: {CONFIG} is not a timm model config ({type(e).__name__}: {e})"
         ) from None
+
+
+def preprocessing_differences(
+    hc: HubModelConfig, mean: list[float], std: list[float], interpolation: str
+) -> list[str]:
+    """How a run's input normalisation and resize filter differ from the weights' own
+    (``pretrained_cfg``), one phrase each; fine-tuning with other statistics quietly costs
+    accuracy. A filter vit_dist does not have (lanczos, ...) is not compared."""
+    out = []
+    for key, mine, theirs in (("data.mean", mean, hc.mean), ("data.std", std, hc.std)):
+        if len(mine) != len(theirs) or any(abs(a - b) > 1e-3 for a, b in zip(mine, theirs)):
+            out.append(f"{key}={list(mine)} (the weights': {list(theirs)})")
+    if hc.interpolation in ("bilinear", "bicubic") and interpolation != hc.interpolation:
+        out.append(f"data.interpolation={interpolation} (the weights': {hc.interpolation})")
+    return out

@@ -32,8 +32,9 @@ from .data import MixupCutmix, build_loader, loader_config
 from .distill import distillation_loss, frozen_teacher
 from .distributed import DistEnv, all_gather_object, all_reduce, barrier, sum_over_ranks
 from .ema import ModelEma
-from .errors import Preempted, TrainingError
+from .errors import CheckpointError, Preempted, TrainingError
 from .evaluation import evaluate_model
+from .hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
 from .losses import classification_loss
 from .metrics import (
     InputBoundAdvisor,
@@ -138,6 +139,8 @@ class Trainer:
         module under any DDP wrapper, which checkpoints, EMA and export use), and the teacher."""
         cfg = self.cfg
         model = build_model(cfg, self.num_classes)
+        if self.env.is_main and is_hub_ref(cfg.model.pretrained):
+            self._compare_preprocessing(cfg.model.pretrained)
         self.flops_per_image = flops_per_image(model)
         self.num_params = sum(p.numel() for p in model.parameters())
         model.to(self.device)
@@ -149,6 +152,23 @@ class Trainer:
             if cfg.distill.type != "none"
             else None
         )
+
+    def _compare_preprocessing(self, ref: str) -> None:
+        """Warn once when the run normalises or resizes its inputs unlike the hub weights it
+        fine-tunes (read from their config.json: a small file, through the same hub cache)."""
+        d = self.cfg.data
+        try:
+            hc = read_config(parse_ref(ref, "model.pretrained"))
+        except CheckpointError:  # a repository without a timm config.json: nothing to compare
+            return
+        diffs = preprocessing_differences(hc, d.mean, d.std, d.interpolation)
+        if diffs:
+            log.warning(
+                "model.pretrained=%s: the run's inputs differ from the weights' own: %s; set them to "
+                "the weights' values unless you mean it",
+                ref,
+                "; ".join(diffs),
+            )
 
     def _build_optimization(self) -> None:
         """Run length, lr schedule, optimizer, loss scaler and EMA."""
