@@ -79,6 +79,7 @@ from .plan import (
     shuffle_buffer,
     stream_seed,
 )
+from .plan.simulate import all_stream_plans
 from .spec import ShardList, resolve_shards, with_sizes
 from .tar_reader import DEFAULT_MAX_SAMPLE_BYTES, BadSample, is_http, read_runs, read_slice
 from .transforms import NO_ERASE, AugmentConfig, SampleTransform
@@ -418,20 +419,16 @@ class ShardLoader:
         """One start-up line (rank 0): streams, seekable shards and the read amplification of an
         epoch: bytes read / bytes of the split (1.0 when every stream seeks to its samples)."""
         c, shards, W = self.cfg, self.shards, self.dataset.num_streams
-        plans = [
-            p
-            for r in range(self.world_size)
-            for p in exact_plan(
-                shards.sizes,
-                seed=c.seed,
-                epoch=0,
-                rank=r,
-                world_size=self.world_size,
-                num_workers=W,
-                batch_size=c.batch_size,
-                shuffle=c.train,
-            )
-        ]
+        # Every stream of the job (rank 0 reports for all): one pass, not exact_plan per rank.
+        plans = all_stream_plans(
+            shards.sizes,
+            seed=c.seed,
+            epoch=0,
+            world_size=self.world_size,
+            num_workers=W,
+            batch_size=c.batch_size,
+            shuffle=c.train,
+        )
         per_sample = [
             os.path.getsize(u) / n if os.path.isabs(u) and n and os.path.isfile(u) else 1.0
             for u, n in zip(shards.urls, shards.sizes)
