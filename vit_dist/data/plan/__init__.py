@@ -166,6 +166,33 @@ def exact_plan(
 ) -> list[StreamPlan]:
     """The streams of ``rank`` (one per worker) for an exact epoch, or for what is left of it
     after the segments in ``history``; see the module docstring."""
+    return stream_plans(
+        sizes,
+        seed=seed,
+        epoch=epoch,
+        world_size=world_size,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        history=history,
+        which=range(rank * num_workers, (rank + 1) * num_workers),
+    )
+
+
+def stream_plans(
+    sizes: list[int],
+    *,
+    seed: int,
+    epoch: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    shuffle: bool,
+    history: tuple[Segment, ...] = (),
+    which: range,
+) -> list[StreamPlan]:
+    """The plans of streams ``which`` (stream ``rank * num_workers + worker``) of an exact
+    epoch: one rank's for the loader (:func:`exact_plan`), every stream's for the planner."""
     check_sizes(sizes)  # a negative or fractional count would cut the epoch wrongly, silently
     streams = world_size * num_workers
     total = sum(sizes)
@@ -178,7 +205,7 @@ def exact_plan(
     left = epoch_positions(total, seed, epoch, shuffle=shuffle, history=history)
     n, ends = _count(left), _ends(left)
     if history and n < streams:  # the tail of an epoch: fewer samples than streams
-        return [StreamPlan((), 0, 0) for _ in range(num_workers)]
+        return [StreamPlan((), 0, 0) for _ in which]
     if shuffle and n < streams:  # training: a stream without a sample would train on blanks
         raise DataError(
             f"{n} samples cannot give each of {world_size} ranks x {num_workers} loader workers = {streams} "
@@ -186,8 +213,7 @@ def exact_plan(
         )
     num_batches = math.ceil(math.ceil(n / streams) / batch_size)
     plans = []
-    for w in range(num_workers):
-        s = rank * num_workers + w
+    for s in which:
         lo, hi = s * n // streams, (s + 1) * n // streams
         slices = tuple(_slices(_cut(left, ends, lo, hi), order, starts))
         plans.append(StreamPlan(slices, hi - lo, num_batches))

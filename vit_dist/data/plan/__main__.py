@@ -139,9 +139,7 @@ def _parser() -> _Parser:
 
 def _fit_workers(a, split: SplitBytes, index: str, train: bool) -> tuple[int, str]:
     """The loader workers an exact-mode loader really uses (``pipeline.fit_workers``)."""
-    seekable = [
-        index == "assume" or (index == "auto" and split.has_index(i)) for i in range(len(split.sizes))
-    ]
+    seekable = [split.seeks(i, index) for i in range(len(split.sizes))]
     return fit_workers(split.sizes, seekable, a.world_size, a.workers, a.batch_size, train=train)
 
 

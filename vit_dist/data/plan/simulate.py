@@ -2,10 +2,8 @@
 
 The loader plans one rank's streams (``exact_plan``); a planner that sizes a whole job needs all
 ``R*W`` of them, and calling ``exact_plan`` once per rank repeats the per-rank set-up ``R``
-times. :func:`all_stream_plans` computes every stream with the same arithmetic (the same
-shard order, remaining positions and cut), after calling ``exact_plan`` for the first and the
-last rank: their checks and errors are the loader's own, and their streams must equal the
-ones computed here (a drift between the two is a bug, raised as such).
+times. :func:`all_stream_plans` asks ``plan.stream_plans``, the code behind ``exact_plan``, for
+every stream at once: the same checks, errors and arithmetic, the set-up done once.
 
 Cost model of the bytes a stream reads (:class:`SplitBytes`). A stream reads its slices of a
 shard in one pass (``pipeline.ShardStream``: consecutive slices of one shard are one group):
@@ -47,16 +45,10 @@ from ..spec import index_file
 from . import (
     Segment,
     StreamPlan,
-    _count,
-    _cut,
-    _ends,
-    _slices,
-    epoch_positions,
-    exact_plan,
     resampled_batches,
     resampled_shards,
     resampled_start,
-    shard_order,
+    stream_plans,
     stream_seed,
 )
 
@@ -84,6 +76,11 @@ class SplitBytes:
     def indexed(self) -> int:
         """How many shards have an index."""
         return sum(self.has_index(i) for i in range(len(self.sizes)))
+
+    def seeks(self, shard: int, index: str) -> bool:
+        """Whether a stream seeks in ``shard`` under the cost model ``index`` (:data:`INDEX_MODES`):
+        "auto" where it has an index (what the loader does), "assume" always, "none" never."""
+        return index == "assume" or (index == "auto" and self.has_index(shard))
 
     def offset(self, shard: int, i: int) -> int:
         """Byte offset of sample ``i`` of ``shard`` (``i = num_samples``: the end of its samples)."""
@@ -186,7 +183,8 @@ def all_stream_plans(
 ) -> list[StreamPlan]:
     """Every stream of an exact epoch (stream ``rank * num_workers + worker``), equal to
     ``exact_plan(..., rank=rank)[worker]`` for every rank; see the module docstring."""
-    kw = dict(
+    return stream_plans(
+        sizes,
         seed=seed,
         epoch=epoch,
         world_size=world_size,
@@ -194,27 +192,8 @@ def all_stream_plans(
         batch_size=batch_size,
         shuffle=shuffle,
         history=history,
+        which=range(world_size * num_workers),
     )
-    first = exact_plan(sizes, rank=0, **kw)  # the loader's own checks (and errors) and batch count
-    last = exact_plan(sizes, rank=world_size - 1, **kw) if world_size > 1 else first
-    streams = world_size * num_workers
-    left = epoch_positions(sum(sizes), seed, epoch, shuffle=shuffle, history=history)
-    n = _count(left)
-    if history and n < streams:  # the tail of an epoch, skipped (as exact_plan does)
-        return [StreamPlan((), 0, 0) for _ in range(streams)]
-    order = shard_order(len(sizes), seed, epoch, shuffle=shuffle)
-    starts = [0, *itertools.accumulate(sizes[i] for i in order)]
-    ends = _ends(left)
-    num_batches = first[0].num_batches
-    plans = []
-    for s in range(streams):
-        lo, hi = s * n // streams, (s + 1) * n // streams
-        plans.append(
-            StreamPlan(tuple(_slices(_cut(left, ends, lo, hi), order, starts)), hi - lo, num_batches)
-        )
-    if plans[:num_workers] != first or plans[-num_workers:] != last:
-        raise AssertionError("simulate.all_stream_plans differs from plan.exact_plan: a bug, report it")
-    return plans
 
 
 @dataclass
@@ -258,6 +237,11 @@ class ExactFigures:
 INDEX_MODES = ("auto", "none", "assume")
 
 
+def _check_index_mode(index: str) -> None:
+    if index not in INDEX_MODES:
+        raise DataError(f"index must be one of {', '.join(INDEX_MODES)}, got {index!r}")
+
+
 def exact_figures(
     split: SplitBytes,
     *,
@@ -272,8 +256,7 @@ def exact_figures(
 ) -> ExactFigures:
     """Plan every stream (:func:`all_stream_plans`) and add up what it reads, by the cost model
     named by ``index`` (one of :data:`INDEX_MODES`; see :class:`ExactFigures`)."""
-    if index not in INDEX_MODES:
-        raise DataError(f"index must be one of {', '.join(INDEX_MODES)}, got {index!r}")
+    _check_index_mode(index)
     t0 = time.perf_counter()
     workers = max(1, num_workers)
     plans = all_stream_plans(
@@ -296,10 +279,7 @@ def exact_figures(
             seek, stream = split.read_cost(shard, [(s.start, s.stop) for s in group])
             seek_all += seek
             stream_all += stream
-            if index == "assume" or (index == "auto" and split.has_index(shard)):
-                b_used += seek
-            else:
-                b_used += stream
+            b_used += seek if split.seeks(shard, index) else stream
             readers[shard] += 1
             groups += 1
         used.append(b_used)
@@ -417,8 +397,7 @@ def resampled_figures(
 ) -> ResampledFigures:
     """Draw every stream's shards as the loader does and add up what they read, seeking or
     streaming through as ``index`` says (one of :data:`INDEX_MODES`, as for exact epochs)."""
-    if index not in INDEX_MODES:
-        raise DataError(f"index must be one of {', '.join(INDEX_MODES)}, got {index!r}")
+    _check_index_mode(index)
     t0 = time.perf_counter()
     sizes, workers = split.sizes, max(1, num_workers)
     if sum(sizes) <= 0:
@@ -445,8 +424,7 @@ def resampled_figures(
                 runs = [(k, min(n, k + take))] + ([(0, k + take - n)] if k + take > n else [])
                 for a, b in runs:
                     seek, stream = split.read_cost(shard, [(a, b)])
-                    seeks = index == "assume" or (index == "auto" and split.has_index(shard))
-                    cost += seek if seeks else stream
+                    cost += seek if split.seeks(shard, index) else stream
                     seek_all, stream_all = seek_all + seek, stream_all + stream
                     covered[shard].append((a, b))
             draws.append(drawn)
