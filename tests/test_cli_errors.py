@@ -194,6 +194,52 @@ def test_the_other_mappings_are_unchanged(capsys, monkeypatch):
         run_cli(_raise(KeyError("bug")))
 
 
+def test_a_value_error_is_a_bug_not_a_config_error(capsys, monkeypatch):
+    # Only a vit_dist error type is the user's mistake; a ValueError from torch or our own code
+    # is a bug: it propagates (traceback, exit 1) instead of "config error: ..." with exit 2.
+    with pytest.raises(ValueError, match="not the user's"):
+        run_cli(_raise(ValueError("not the user's")))
+    assert capsys.readouterr().err == ""
+    code, line = _run_cli_line(_raise(errors.ConfigError("bad key")), capsys, monkeypatch)
+    assert code == EXIT_CONFIG and line == "config error: bad key"
+
+
+def test_a_value_error_inside_the_training_loop_is_a_traceback(
+    digits_data_dir, tmp_path, monkeypatch, capsys
+):
+    # In the loop itself (the second step's loss), through the real entry point in this process.
+    from vit_dist import train, trainer
+
+    calls = []
+
+    def loss_then_bug(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("Expected input batch_size (16) to match target batch_size (8)")
+        return real(*args, **kwargs)
+
+    real = trainer.classification_loss
+    monkeypatch.setattr(trainer, "classification_loss", loss_then_bug)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    words = [
+        "--config",
+        str(ROOT / "configs" / "digits_vit.yaml"),
+        f"data.train={digits_data_dir}",
+        "data.val=null",
+        "data.workers=0",
+        "train.steps=3",
+        "logging.wandb=false",
+        f"output_dir={tmp_path / 'run'}",
+        "model.embed_dim=32",
+        "model.depth=1",
+        "model.num_heads=2",
+    ]
+    with pytest.raises(ValueError, match="to match target batch_size"):
+        train.main(words)
+    assert len(calls) == 2
+    assert "config error" not in capsys.readouterr().err
+
+
 def test_the_cpu_allocator_failing_is_out_of_memory(capsys, monkeypatch):
     # What train.batch_size=10000000 used to end with: a RuntimeError traceback, not the OOM line.
     message = (

@@ -39,6 +39,7 @@ import yaml
 
 from .amp import DTYPES, autocast
 from .data.bench import main as data_main
+from .errors import ConfigError, DataError, VitDistError
 from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
 from .models import create_model, flops_per_image
 from .optim import build_optimizer, param_groups
@@ -72,7 +73,7 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str) -> t
 
         return create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
 
-    nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    nwd = model.no_weight_decay()  # ours, and timm's ViT / DeiT / Swin (compare-timm)
     return build_optimizer(param_groups(model, 0.05, nwd), 1e-4, (0.9, 0.999), 1e-8, device)
 
 
@@ -238,10 +239,10 @@ def bench_run(run_dir: str, skip: int) -> dict:
         info = json.loads((run / "run_info.json").read_text())
         cfg = yaml.safe_load((run / "config.yaml").read_text())
     except FileNotFoundError as e:
-        raise ValueError(f"{run} is not a finished training run directory ({e.filename} missing)") from None
+        raise ConfigError(f"{run} is not a finished training run directory ({e.filename} missing)") from None
     windows = [json.loads(line) for line in lines if line.strip()][skip:]
     if not windows:
-        raise ValueError(f"{run}/metrics.jsonl has no logged window after the first {skip}")
+        raise DataError(f"{run}/metrics.jsonl has no logged window after the first {skip}")
     wait = [w["data_wait_frac"] for w in windows]
     ips = statistics.median(w["images_per_sec"] for w in windows)  # all ranks together
     return {
@@ -302,11 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mode == "run":
             if not args.run_dir:
-                raise ValueError("run: give the training run's output directory")
+                raise ConfigError("run: give the training run's output directory")
             rec = bench_run(args.run_dir, args.skip)
         else:
             rec = bench_model(args) if args.mode == "model" else bench_compare_timm(args)
-    except ValueError as e:
+    except VitDistError as e:  # a user's mistake (a bad run directory, an unknown model): one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     _print_table(rec)

@@ -1,7 +1,11 @@
 """The failures a user can see, and the exit code each ends a command with.
 
-Every user-facing failure is one of these exception types with a one-line message; the entry
-points (``vit_dist.cli.run_cli``) print ``<kind>: <message>`` and exit with the code below.
+Every user-facing failure is a ``VitDistError`` (one of the types below) with a one-line
+message, raised where the mistake is detected; the entry points (``vit_dist.cli.run_cli``)
+print ``<kind>: <message>`` and exit with the code below. The one other kind of one-line
+failure is an ``OSError`` (the system refused a file operation). Anything else, a
+``ValueError`` from torch included, is a bug: a traceback and exit code 1, never reported as
+the user's mistake.
 
 Exit codes (README.md lists the same): 0 done, 1 a bug (the one case with a traceback),
 2 config (``EXIT_CONFIG``), 3 data, 4 checkpoint, 5 out of memory, 6 training stopped,
@@ -19,32 +23,39 @@ EXIT_OS = 8  # the system refused a file operation (disk full, read-only, permis
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, requeue and resume with resume=auto
 
 
-class ConfigError(ValueError):
+class VitDistError(Exception):
+    """Base of every failure that is the user's to fix (or a job's fate, like preemption): the
+    entry points print it as one line with its kind's exit code (``KINDS``)."""
+
+
+# The second bases keep ``except ValueError`` / ``except RuntimeError`` callers working where a
+# failure used to be one of those; ``run_cli`` matches on the vit_dist type alone.
+class ConfigError(VitDistError, ValueError):
     """A bad configuration (unknown key, wrong type, out of range); the message is one line."""
 
 
-class DataError(ValueError):
+class DataError(VitDistError, ValueError):
     """A data problem the user can fix (a spec that matches nothing, a missing path, too many
     bad samples, a resume position that does not fit); the message names the path or setting."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(VitDistError, RuntimeError):
     """A checkpoint that cannot be used (missing, incomplete, or from another model/config)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(VitDistError, ValueError):
     """A weights file whose tensors do not fit the model (names the offending keys)."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(VitDistError, RuntimeError):
     """The run cannot continue (e.g. too many non-finite steps); the message says why."""
 
 
-class Preempted(RuntimeError):
+class Preempted(VitDistError, RuntimeError):
     """SIGUSR1/SIGTERM arrived; a checkpoint was saved and the process should exit (code 75)."""
 
 
-class SyncInStep(RuntimeError):
+class SyncInStep(VitDistError, RuntimeError):
     """A train step made the host wait for the GPU while ``train.sync_debug=error``."""
 
 
@@ -56,7 +67,6 @@ KINDS: tuple[tuple[tuple[type[BaseException], ...], str, int], ...] = (
     ((Preempted,), "preempted", EXIT_PREEMPTED),
     ((TrainingError, SyncInStep), "training stopped", EXIT_TRAINING),
     ((FileNotFoundError,), "file not found", EXIT_CONFIG),
-    ((ValueError,), "config error", EXIT_CONFIG),  # model keyword errors and similar mistakes
     # Any other OSError (ENOSPC, EROFS, EACCES, ENOTDIR, EISDIR, ...): the message names the path
     # and the system's reason (``cli.os_error_line``).
     ((OSError,), "os error", EXIT_OS),

@@ -35,7 +35,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..config import DataSection
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .decode import DEFAULT_MAX_IMAGE_PIXELS, decode_random_resized_crop, decode_resize_center_crop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,7 +159,7 @@ class Normalize:
     def __init__(self, mean, std):
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         if not all(self.std):
-            raise ValueError(f"std must not contain 0, got {self.std}")
+            raise ConfigError(f"data.std must not contain 0, got {self.std}")
         self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
