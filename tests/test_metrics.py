@@ -30,7 +30,8 @@ from vit_dist.metrics import (
     runlog,
     timing,
 )
-from vit_dist.metrics.wandb_sink import offline_segments
+from vit_dist.metrics.sink import MetricSink
+from vit_dist.metrics.wandb_sink import WandbSink, offline_segments
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +99,7 @@ def make_logger(out: Path, **kw) -> RunLogger:
     kw.setdefault("config", {"model": "vit_tiny", "lr": 1e-3})
     kw.setdefault("wandb_enabled", False)
     kw.setdefault("progress", "lines")
-    return RunLogger(str(out), **kw)
+    return RunLogger.create(str(out), **kw)
 
 
 # ------------------------------------------------------------------ JSONL files
@@ -157,6 +158,67 @@ def test_resume_truncates_superseded_lines(tmp_path):
     assert read_jsonl(out / "eval.jsonl") == []
 
 
+class RecordingSink:
+    """A sink of its own, implementing ``MetricSink``: notes every call it gets."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def log_train(self, step: int | None, record: dict) -> None:
+        self.calls.append(("train", step, record["loss"]))
+
+    def log_eval(self, step: int | None, record: dict) -> None:
+        self.calls.append(("eval", step, record["top1"]))
+
+    def summarize(self, summary: dict) -> None:
+        self.calls.append(("summary", summary))
+
+    def finish(self) -> None:
+        self.calls.append(("finish",))
+
+
+def test_custom_sink_gets_train_eval_summary_and_finish(tmp_path):
+    out = tmp_path / "run"
+    sink, factory_calls = RecordingSink(), []
+
+    def sinks(output_dir: Path, info) -> list[MetricSink]:
+        factory_calls.append(output_dir)
+        return [sink]
+
+    lg = RunLogger(str(out), is_main=True, total_steps=10, sinks=sinks, progress="lines")
+    assert factory_calls == [out.absolute()] and lg.sinks[1] is sink  # after the JSONL files
+    lg.log_train(train_record(1, loss=0.5))
+    lg.log_eval(eval_record(1, top1=60.0))
+    lg.log_train(train_record(2, loss=0.25))
+    lg.log_eval(eval_record(2, top1=55.0))  # not better than step 1: no new summary
+    lg.finish(None)
+    lg.log_train(train_record(3))  # after finish: ignored
+    best = {"best/eval_top1": 60.0, "best/eval_top5": 90.0, "best/step": 1}
+    assert sink.calls == [
+        ("train", 1, 0.5),
+        ("eval", 1, 60.0),
+        ("summary", best),
+        ("train", 2, 0.25),
+        ("eval", 2, 55.0),
+        ("summary", best),  # at the end
+        ("finish",),
+    ]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+    # A resumed run's sinks start with the best of its earlier segments.
+    sink = RecordingSink()
+    lg = RunLogger(str(out), is_main=True, total_steps=10, sinks=sinks, progress="lines", start_step=2)
+    assert sink.calls == [("summary", best)]
+    lg.finish(None)
+
+    # Other ranks never build their sinks.
+    factory_calls.clear()
+    lg = RunLogger(str(tmp_path / "rank1"), is_main=False, total_steps=10, sinks=sinks)
+    lg.log_train(train_record(1))
+    lg.finish(None)
+    assert factory_calls == [] and lg.sinks == [] and not (tmp_path / "rank1").exists()
+
+
 # ------------------------------------------------------------------ W&B
 
 
@@ -187,7 +249,7 @@ def test_wandb_offline_run_dir_and_resume_reuses_id(tmp_path, capsys):
     # wandb names a segment offline-run-<second>-<id>; one started in the same second as the
     # previous segment gets a "-1" suffix from wandb (seen in CI when the first run was fast)
     assert re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", Path(lg2.wandb_run_dir).name)
-    assert lg2.wandb_sink.run.id == run_id
+    assert lg2.sink(WandbSink).run.id == run_id
     lg2.log_train(train_record(4))
     lg2.finish(None)
     printed = capsys.readouterr().out
@@ -241,7 +303,7 @@ def test_wandb_disabled_never_imports_wandb(tmp_path):
     # A fresh interpreter: other tests in this process have imported wandb already.
     code = (
         "import sys; from vit_dist.metrics import RunLogger\n"
-        f"lg = RunLogger({str(tmp_path / 'r')!r}, is_main=True, total_steps=2, config={{}}, "
+        f"lg = RunLogger.create({str(tmp_path / 'r')!r}, is_main=True, total_steps=2, config={{}}, "
         "wandb_enabled=False, progress='lines')\n"
         "lg.log_train({'step': 1, 'loss': 1.0}); lg.finish(None)\n"
         "assert 'wandb' not in sys.modules, 'wandb imported'\n"

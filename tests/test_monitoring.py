@@ -24,7 +24,8 @@ from vit_dist.distributed import DistEnv
 from vit_dist.errors import ConfigError
 from vit_dist.metrics import check_tensorboard, draw_curves
 from vit_dist.metrics.curves import RESUME_GID, epoch_starts
-from vit_dist.metrics.wandb_sink import FINISH_TIMEOUT_S
+from vit_dist.metrics.tensorboard_sink import TensorBoardSink
+from vit_dist.metrics.wandb_sink import FINISH_TIMEOUT_S, WandbSink
 
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
 
@@ -117,7 +118,7 @@ def assert_same_scalars(tb: dict, js: dict) -> None:
 def test_wandb_system_metrics_sampled_and_best_in_summary(tmp_path):
     out = tmp_path / "on"
     lg = make_logger(out, wandb_enabled=True, system_metrics_interval=0.2)
-    settings = lg.wandb_sink.run.settings
+    settings = lg.sink(WandbSink).run.settings
     assert settings.x_disable_stats is False and settings.x_stats_sampling_interval == 0.2
     # The sampler runs in wandb's service process; finish waits for that process at most this long.
     assert settings.finish_timeout == FINISH_TIMEOUT_S and settings.init_timeout == 30.0
@@ -137,7 +138,7 @@ def test_wandb_system_metrics_sampled_and_best_in_summary(tmp_path):
     assert summary["eval/top1"] == 0.65 and summary["train/loss"] == pytest.approx(2.0 / 40)
 
     lg = make_logger(tmp_path / "off", wandb_enabled=True, system_metrics=False, system_metrics_interval=0.2)
-    assert lg.wandb_sink.run.settings.x_disable_stats is True
+    assert lg.sink(WandbSink).run.settings.x_disable_stats is True
     lg.log_train(train_record(1))
     lg.log_eval(eval_record(1))
     time.sleep(1.0)
@@ -256,7 +257,7 @@ def test_tensorboard_failures_warn_once_and_never_stop_the_run(tmp_path, capsys)
     out = tmp_path / "run"
     lg = make_logger(out, tensorboard=True)
     lg.log_train(train_record(1))
-    sink = lg.tensorboard_sink
+    sink = lg.sink(TensorBoardSink)
     sink._file.close()
     sink._file, sink._writer._writer = FullDisk(), FullDisk()
     for step in (2, 3):

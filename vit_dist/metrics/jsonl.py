@@ -1,4 +1,5 @@
-"""The run's JSONL record files: their names, how a record is encoded, read back and cut back.
+"""The run's JSONL record files: their names, how a record is encoded, read back and cut back,
+and ``JsonlSink``, the metric sink that writes metrics.jsonl and eval.jsonl.
 
 A record is one JSON object per line. Lines are compact and self-contained so a file can be
 tailed while the run goes and a crash loses at most the line being written; reading skips such
@@ -88,3 +89,36 @@ def truncate_jsonl(path: Path, start_step: int) -> None:
             if not (isinstance(record.get("step"), (int, float)) and record["step"] > start_step)
         ]
     write_text(path, "".join(encode_record(record) + "\n" for record in kept))
+
+
+class JsonlSink:
+    """metrics.jsonl and eval.jsonl of one run logger: one line per train record and per
+    evaluation, the record as given.
+
+    Opening cuts both files back to ``start_step`` (``0``, a fresh run, empties them). They stay
+    open for the whole run (closed in ``finish``) and are flushed per record, so they can be
+    tailed while the run is going and a crash loses at most one line.
+    """
+
+    def __init__(self, output_dir: Path, start_step: int = 0) -> None:
+        self.metrics_path = output_dir / METRICS_FILE
+        self.eval_path = output_dir / EVAL_FILE
+        for path in (self.metrics_path, self.eval_path):
+            truncate_jsonl(path, start_step)
+        self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._eval_file = open(self.eval_path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def log_train(self, step: int | None, record: dict) -> None:
+        self._metrics_file.write(encode_record(record) + "\n")
+        self._metrics_file.flush()
+
+    def log_eval(self, step: int | None, record: dict) -> None:
+        self._eval_file.write(encode_record(record) + "\n")
+        self._eval_file.flush()
+
+    def summarize(self, summary: dict) -> None:
+        """Nothing: the best evaluation is a line of eval.jsonl already (summary.json is the logger's)."""
+
+    def finish(self) -> None:
+        self._metrics_file.close()
+        self._eval_file.close()

@@ -1,13 +1,19 @@
-"""The rank-0 run logger: a run's JSONL files, its progress display, W&B and the final curves.
+"""The rank-0 run logger: a run's metric sinks (JSONL files, W&B, TensorBoard), its progress
+display, the best/last summary and the final curves.
 
 Nothing here talks to ``torch.distributed``: the trainer passes ``is_main`` and every
 ``RunLogger`` method is a cheap no-op on the other ranks, so logging can never add a
 collective (and never deadlock a rank that skipped it).
 
+Every train record and evaluation goes to each of the logger's sinks (``sink.MetricSink``):
+the JSONL files always, first; W&B and TensorBoard as ``RunLogger.create`` (or ``for_run``,
+from a config) builds them. What is derived from the whole run stays here: the progress
+display, ``summary.json``, ``eval.json``, ``resumes.jsonl`` and the curves.
+
 Files written under ``output_dir`` (rank 0 only):
 
 - ``metrics.jsonl``: one JSON object per ``log_train`` call, flushed at once so a crash
-  loses at most the line being written.
+  loses at most the line being written (``jsonl.JsonlSink``).
 - ``eval.jsonl``: one JSON object per ``log_eval`` call; ``eval.json``: the final evaluation.
 - ``resumes.jsonl``: one ``{"step", "time"}`` object per resumed process (the step it resumed at).
 - ``summary.json``: the best evaluation (highest top-1, the earliest on ties) and the last
@@ -31,27 +37,31 @@ import datetime
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..atomic import write_json
 from ..config import Config
 from .curves import plot_curves
 from .jsonl import (
     EVAL_FILE,
-    METRICS_FILE,
     RESUMES_FILE,
+    JsonlSink,
     as_number,
     encode_record,
     json_default,
     read_jsonl,
     truncate_jsonl,
 )
+from .sink import MetricSink, SinkFactory
 from .tensorboard_sink import TENSORBOARD_DIR, TensorBoardSink, check_tensorboard
 from .wandb_sink import WandbSink, resolve_wandb_mode
 
 FINAL_EVAL_FILE = "eval.json"
 SUMMARY_FILE = "summary.json"
+
+SinkT = TypeVar("SinkT")
 
 
 def _format_hms(seconds: float | None) -> str:
@@ -73,6 +83,12 @@ def _format_epoch(value: Any) -> str:
     return str(int(number)) if number == int(number) else f"{number:.2f}"
 
 
+def _step_of(record: dict) -> int | None:
+    """The record's step as the sinks get it: an int, None when it has no finite number."""
+    number = as_number(record.get("step"))
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
 def _isatty(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -81,14 +97,14 @@ def _isatty(stream) -> bool:
 
 
 class RunLogger:
-    """Rank-0 sink for a run's metrics: metrics.jsonl, eval.jsonl, resumes.jsonl, summary.json,
-    progress display, W&B, TensorBoard, final PNG.
+    """Rank-0 logger of a run's metrics: hands every train record and evaluation to its sinks
+    (metrics.jsonl/eval.jsonl first, then W&B, TensorBoard, ...) and keeps resumes.jsonl,
+    summary.json, eval.json, the progress display and the final PNG itself.
 
-    On non-main ranks every method is a cheap no-op (and nothing is written or imported).
-    ``start_step > 0`` marks a resumed run: the JSONL files keep their lines up to
-    ``start_step`` and are appended to, and the W&B run id in ``wandb_run_id.txt`` is reused
-    with ``resume="allow"``. ``start_step == 0`` is a fresh run: the files start empty and a
-    new W&B run is created (the old one would drop every step up to its last one).
+    On non-main ranks every method is a cheap no-op (and nothing is written or imported: the
+    sink factory is not called). ``start_step > 0`` marks a resumed run: the JSONL files keep
+    their lines up to ``start_step`` and are appended to, and the best and last evaluation are
+    read back from eval.jsonl; ``start_step == 0`` is a fresh run and the files start empty.
     """
 
     @classmethod
@@ -97,7 +113,7 @@ class RunLogger:
         log = cfg.logging
         # An epoch axis on the curves for runs whose length is given in epochs.
         epoch_axis = cfg.train.steps is None and cfg.train.epochs is not None
-        return cls(
+        return cls.create(
             cfg.output_dir,
             is_main=is_main,
             total_steps=total_steps,
@@ -115,8 +131,9 @@ class RunLogger:
             epoch_axis=epoch_axis,
         )
 
-    def __init__(
-        self,
+    @classmethod
+    def create(
+        cls,
         output_dir: str,
         *,
         is_main: bool,
@@ -133,108 +150,151 @@ class RunLogger:
         system_metrics_interval: float = 15.0,
         tensorboard: bool = False,
         epoch_axis: bool | None = None,
+    ) -> RunLogger:
+        """A logger with the standard sinks: the JSONL files, W&B unless ``wandb_enabled`` is
+        false, and TensorBoard events with ``tensorboard``.
+
+        A resumed run (``start_step > 0``) continues the W&B run whose id is in
+        ``wandb_run_id.txt`` (``resume="allow"``); a fresh one gets a new W&B run (the old one
+        would drop every step up to its last one)."""
+        # Argument errors are raised on every rank alike: failing on rank 0 only would leave
+        # the other ranks waiting in their first collective.
+        if str(wandb_mode).lower() not in ("auto", "offline", "online"):
+            raise ValueError(f"wandb_mode must be 'auto', 'offline' or 'online', got {wandb_mode!r}")
+        if tensorboard:
+            check_tensorboard()
+
+        def sinks(out: Path, info: Callable[[str], None]) -> list[MetricSink]:
+            built: list[MetricSink] = []
+            if wandb_enabled:
+                wandb = WandbSink(info)
+                wandb.start(
+                    out,
+                    resolve_wandb_mode(wandb_mode),
+                    project=project,
+                    entity=entity,
+                    run_name=run_name,
+                    config=config,
+                    resuming=int(start_step) > 0,
+                    system_metrics=system_metrics,
+                    system_interval=system_metrics_interval,
+                )
+                built.append(wandb)
+            if tensorboard:
+                board = TensorBoardSink(info)
+                board.start(out / TENSORBOARD_DIR, int(start_step))
+                built.append(board)
+            return built
+
+        return cls(
+            output_dir,
+            is_main=is_main,
+            total_steps=total_steps,
+            sinks=sinks,
+            progress=progress,
+            start_step=start_step,
+            epoch_axis=epoch_axis,
+        )
+
+    def __init__(
+        self,
+        output_dir: str,
+        *,
+        is_main: bool,
+        total_steps: int,
+        sinks: SinkFactory | None = None,
+        progress: str = "auto",
+        start_step: int = 0,
+        epoch_axis: bool | None = None,
     ):
+        """``sinks`` builds the sinks besides the JSONL files (``create`` has the standard ones)."""
         self.is_main = bool(is_main)
-        self.wandb_sink = WandbSink(info=self.info)
-        self.tensorboard_sink = TensorBoardSink(info=self.info)
         self.epoch_axis = epoch_axis
+        self.sinks: list[MetricSink] = []
         self.best_eval: dict | None = None  # the best evaluation so far (highest top-1, earliest)
         self.last_eval: dict | None = None
         self.last_train: dict | None = None
         self._bar = None
         self._finished = False
-        # Argument errors are raised on every rank alike: failing on rank 0 only would leave
-        # the other ranks waiting in their first collective.
+        # Raised on every rank alike (see create).
         if progress not in ("auto", "bar", "lines"):
             raise ValueError(f"progress must be 'auto', 'bar' or 'lines', got {progress!r}")
-        if str(wandb_mode).lower() not in ("auto", "offline", "online"):
-            raise ValueError(f"wandb_mode must be 'auto', 'offline' or 'online', got {wandb_mode!r}")
-        if tensorboard:
-            check_tensorboard()
         if not self.is_main:
             return
         self.output_dir = Path(output_dir).absolute()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = int(total_steps)
-        self.start_step = int(start_step)
-        self._last_step = self.start_step
-
-        self.metrics_path = self.output_dir / METRICS_FILE
-        self.eval_path = self.output_dir / EVAL_FILE
-        resumes_path = self.output_dir / RESUMES_FILE
-        for path in (self.metrics_path, self.eval_path, resumes_path):
-            truncate_jsonl(path, self.start_step)
-        # A resumed run carries on from the best and last evaluation of its earlier segments.
-        for record in read_jsonl(self.eval_path):
+        self.start_step = self._last_step = int(start_step)
+        # The JSONL sink first: it cuts eval.jsonl back to start_step, and a resumed run carries
+        # on from the best and last evaluation of its earlier segments that are left there.
+        self.sinks.append(JsonlSink(self.output_dir, self.start_step))
+        for record in read_jsonl(self.output_dir / EVAL_FILE):
             self._track_eval(record)
+        self._record_resume()
+        if sinks is not None:
+            self.sinks.extend(sinks(self.output_dir, self.info))
+        if self.best_eval is not None:
+            self._summarize()
+        # The bar and the ETA clock start after the sinks' set-up (W&B's takes about a second),
+        # as close to the first step as this object gets.
+        self._start_display(progress)
+
+    def _record_resume(self) -> None:
+        """resumes.jsonl: cut back to start_step, and a line for this process when it resumed."""
+        path = self.output_dir / RESUMES_FILE
+        truncate_jsonl(path, self.start_step)
         if self.start_step > 0:
             now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            record = {"step": self.start_step, "time": now}
-            with open(resumes_path, "a", encoding="utf-8") as file:
-                file.write(encode_record(record) + "\n")
-        # Kept open for the whole run (closed in finish) and flushed per record, so the files
-        # can be tailed while the run is going and a crash loses at most one line.
-        self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
-        self._eval_file = open(self.eval_path, "a", encoding="utf-8")  # noqa: SIM115
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(encode_record({"step": self.start_step, "time": now}) + "\n")
 
-        if wandb_enabled:
-            self.wandb_sink.start(
-                self.output_dir,
-                resolve_wandb_mode(wandb_mode),
-                project=project,
-                entity=entity,
-                run_name=run_name,
-                config=config,
-                resuming=self.start_step > 0,
-                system_metrics=system_metrics,
-                system_interval=system_metrics_interval,
-            )
-            self.wandb_sink.summarize(self._best_summary())
-        if tensorboard:
-            self.tensorboard_sink.start(self.output_dir / TENSORBOARD_DIR, self.start_step)
-
-        # The bar and the ETA clock start after the W&B set-up (about a second), as close to the
-        # first step as this object gets.
+    def _start_display(self, progress: str) -> None:
+        """Start the ETA clock, and the tqdm bar for ``progress="bar"`` (or "auto" on a terminal)."""
         self._start_time = time.perf_counter()
-        use_bar = progress == "bar" or (progress == "auto" and _isatty(sys.stdout))
-        if use_bar:
-            # Imported here: tqdm is only needed for the bar (a terminal), not for plain lines.
-            from tqdm import tqdm
+        if not (progress == "bar" or (progress == "auto" and _isatty(sys.stdout))):
+            return
+        # Imported here: tqdm is only needed for the bar (a terminal), not for plain lines.
+        from tqdm import tqdm
 
-            # smoothing=0: the ETA is remaining steps x mean time per step of this process,
-            # the same rule as the plain lines (tqdm's rate excludes ``initial``).
-            self._bar = tqdm(
-                total=self.total_steps,
-                initial=min(self.start_step, self.total_steps),
-                file=sys.stdout,
-                dynamic_ncols=True,
-                smoothing=0,
-                unit="step",
-                desc="train",
-            )
+        # smoothing=0: the ETA is remaining steps x mean time per step of this process,
+        # the same rule as the plain lines (tqdm's rate excludes ``initial``).
+        self._bar = tqdm(
+            total=self.total_steps,
+            initial=min(self.start_step, self.total_steps),
+            file=sys.stdout,
+            dynamic_ncols=True,
+            smoothing=0,
+            unit="step",
+            desc="train",
+        )
+
+    def sink(self, kind: type[SinkT]) -> SinkT | None:
+        """The first sink of type ``kind`` (None without one), for what only that sink knows."""
+        return next((sink for sink in self.sinks if isinstance(sink, kind)), None)
 
     @property
     def wandb_mode(self) -> str:
         """The W&B mode actually in use after resolution and fallback: online, offline or disabled."""
-        return self.wandb_sink.mode
+        wandb = self.sink(WandbSink)
+        return "disabled" if wandb is None else wandb.mode
 
     @property
     def wandb_run_dir(self) -> str | None:
         """The W&B run's directory (its offline segment, to sync), None without W&B."""
-        return self.wandb_sink.run_dir
+        wandb = self.sink(WandbSink)
+        return None if wandb is None else wandb.run_dir
 
     def log_train(self, record: dict) -> None:
-        """Append ``record`` to metrics.jsonl, update the progress display, log to W&B."""
+        """Hand ``record`` to every sink (metrics.jsonl first) and update the progress display."""
         if not self.is_main or self._finished:
             return
-        self._metrics_file.write(encode_record(record) + "\n")
-        self._metrics_file.flush()
-
-        step = record.get("step")
-        int_step = int(step) if as_number(step) is not None else self._last_step
+        step = _step_of(record)
+        for sink in self.sinks:
+            sink.log_train(step, record)
+        step = self._last_step if step is None else step
         if self._bar is not None:
-            if int_step > self._bar.n:
-                self._bar.update(int_step - self._bar.n)
+            if step > self._bar.n:
+                self._bar.update(step - self._bar.n)
             self._bar.set_postfix_str(
                 f"ep {_format_epoch(record.get('epoch'))} loss {_format_number(record.get('loss'), '.4f')} "
                 f"lr {_format_number(record.get('lr'), '.1e')} "
@@ -242,13 +302,9 @@ class RunLogger:
                 refresh=True,
             )
         else:
-            print(self._train_line(record, int_step), flush=True)
-        self._last_step = int_step
+            print(self._train_line(record, step), flush=True)
+        self._last_step = step
         self.last_train = record
-
-        scalars = {f"train/{key}": value for key, value in record.items() if key != "step"}
-        self.wandb_sink.log(scalars, step)
-        self.tensorboard_sink.log(scalars, step)
 
     def _train_line(self, record: dict, step: int) -> str:
         done = step - self.start_step
@@ -262,11 +318,13 @@ class RunLogger:
         )
 
     def log_eval(self, record: dict) -> None:
-        """Append ``record`` to eval.jsonl, print a one-line summary, log to W&B under ``eval/``."""
+        """Hand ``record`` to every sink (eval.jsonl first), print a one-line summary, and pass
+        on the best-so-far summary when it improves."""
         if not self.is_main or self._finished:
             return
-        self._eval_file.write(encode_record(record) + "\n")
-        self._eval_file.flush()
+        step = _step_of(record)
+        for sink in self.sinks:
+            sink.log_eval(step, record)
         parts = [f"eval step {record.get('step', '-')}"]
         if "epoch" in record:
             parts.append(f"ep {_format_epoch(record['epoch'])}")
@@ -278,11 +336,8 @@ class RunLogger:
         if "num_samples" in record:
             parts.append(f"({record['num_samples']} samples)")
         self.info(" ".join(parts))
-        scalars = {f"eval/{key}": value for key, value in record.items() if key != "step"}
-        self.wandb_sink.log(scalars, record.get("step"))
-        self.tensorboard_sink.log(scalars, record.get("step"))
         if self._track_eval(record):
-            self.wandb_sink.summarize(self._best_summary())
+            self._summarize()
 
     def _track_eval(self, record: dict) -> bool:
         """Note ``record`` as the last evaluation, and as the best if its top-1 beats the best
@@ -297,7 +352,7 @@ class RunLogger:
         return True
 
     def _best_summary(self) -> dict:
-        """The W&B summary keys of the best evaluation ({} before the first)."""
+        """The summary keys of the best evaluation ({} before the first)."""
         best = self.best_eval
         if best is None:
             return {}
@@ -306,6 +361,11 @@ class RunLogger:
             "best/eval_top5": best.get("top5"),
             "best/step": best.get("step"),
         }
+
+    def _summarize(self) -> None:
+        summary = self._best_summary()
+        for sink in self.sinks:
+            sink.summarize(summary)
 
     def _write_summary(self, final_eval: dict | None) -> None:
         """summary.json: the best and last evaluation and the last train record."""
@@ -335,26 +395,27 @@ class RunLogger:
             print(msg, flush=True)
 
     def finish(self, final_eval: dict | None = None) -> None:
-        """Write eval.json and curves.png, close the bar and the W&B run (prints how to sync)."""
+        """Write eval.json, summary.json and curves.png, close the bar, then finish every sink
+        (W&B prints how to sync)."""
         if not self.is_main or self._finished:
             return
         self._finished = True
-        self._metrics_file.close()
-        self._eval_file.close()
-        self.tensorboard_sink.finish()
         if final_eval is not None:
             write_json(self.output_dir / FINAL_EVAL_FILE, final_eval, indent=2, default=json_default)
         self._write_summary(final_eval)
-        self.wandb_sink.summarize(self._best_summary())
+        self._summarize()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         try:
+            # Read from the JSONL files, which are flushed per record: complete while still open.
             png = plot_curves(self.output_dir, epoch_axis=self.epoch_axis)
             self.info(f"curves: {png}")
         except Exception as e:  # a plotting problem must not cost the end of a long run
             self.info(f"warning: could not draw curves ({type(e).__name__}: {e})")
-        self.wandb_sink.finish()
+        # Last: W&B's finish may wait minutes for its service; the run's files are written by then.
+        for sink in self.sinks:
+            sink.finish()
 
     def __enter__(self) -> RunLogger:
         return self

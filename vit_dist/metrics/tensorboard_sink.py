@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .jsonl import as_number
+from .sink import scalars
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -40,10 +41,12 @@ def check_tensorboard() -> None:
 
 
 class TensorBoardSink:
-    """The TensorBoard event file of one run logger: ``start`` it, ``log`` to it, ``finish`` it.
+    """The TensorBoard event file of one run logger, a ``MetricSink``: ``start`` it, log to it,
+    ``finish`` it.
 
-    Until ``start`` succeeds, and after any failure, ``log`` and ``finish`` do nothing; warnings go
-    through ``info``, the logger's printer.
+    Train records become ``train/...`` scalars, evaluations ``eval/...``, as W&B charts them.
+    Until ``start`` succeeds, and after any failure, logging and ``finish`` do nothing; warnings
+    go through ``info``, the logger's printer.
     """
 
     def __init__(self, info: Callable[[str], None]) -> None:
@@ -82,6 +85,15 @@ class TensorBoardSink:
         while (log_dir / f"{stem}.{n}").exists():
             n += 1
         return log_dir / f"{stem}.{n}"
+
+    def log_train(self, step: int | None, record: dict) -> None:
+        self.log(scalars("train", record), step)
+
+    def log_eval(self, step: int | None, record: dict) -> None:
+        self.log(scalars("eval", record), step)
+
+    def summarize(self, summary: dict) -> None:
+        """Nothing: the best evaluation is already a point of the ``eval/top1`` scalars."""
 
     def log(self, data: dict, step: Any) -> None:
         """Write the numeric values of ``data`` at ``step`` as scalars; on failure, warn once and

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from ..atomic import write_text
 from .jsonl import as_number
+from .sink import scalars
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 # The longest ``finish`` waits for wandb's service (uploads, the last system-metric samples);
@@ -149,11 +150,12 @@ def offline_segments(output_dir: Path, run_id: str) -> list[str]:
 
 
 class WandbSink:
-    """The W&B run of one run logger: ``start`` it, ``log`` to it, ``finish`` it.
+    """The W&B run of one run logger, a ``MetricSink``: ``start`` it, log to it, ``finish`` it.
 
-    Every message (warnings, the run's URL, how to sync an offline run) goes through ``info``,
-    the logger's printer. Until ``start`` succeeds, and after any failure, ``run`` is None,
-    ``mode`` is ``"disabled"`` and ``log``/``finish`` do nothing.
+    Train records go under ``train/``, evaluations under ``eval/``, the best-so-far summary into
+    the run's summary. Every message (warnings, the run's URL, how to sync an offline run) goes
+    through ``info``, the logger's printer. Until ``start`` succeeds, and after any failure,
+    ``run`` is None and logging and ``finish`` do nothing; ``mode`` is ``"disabled"`` until then.
     """
 
     def __init__(self, info: Callable[[str], None]) -> None:
@@ -244,6 +246,12 @@ class WandbSink:
         if mode == "online" and getattr(run, "url", None):
             self.info(f"wandb: {run.url}")
 
+    def log_train(self, step: int | None, record: dict) -> None:
+        self.log(scalars("train", record), step)
+
+    def log_eval(self, step: int | None, record: dict) -> None:
+        self.log(scalars("eval", record), step)
+
     def log(self, data: dict, step: Any) -> None:
         """Log the numeric values of ``data`` at ``step``; on failure, warn once and stop W&B."""
         if self.run is None:
@@ -258,10 +266,10 @@ class WandbSink:
             self.info(f"warning: wandb log failed ({type(e).__name__}: {e}); W&B logging stopped")
             self.finish(quiet=True)
 
-    def summarize(self, data: dict) -> None:
-        """Set the numeric values of ``data`` in the run's summary (beside the last logged
+    def summarize(self, summary: dict) -> None:
+        """Set the numeric values of ``summary`` in the run's summary (beside the last logged
         values W&B keeps there itself); on failure, warn once and stop W&B."""
-        data = {key: value for key, value in data.items() if as_number(value) is not None}
+        data = {key: value for key, value in summary.items() if as_number(value) is not None}
         if self.run is None or not data:
             return
         try:
