@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "vit_dist.launch_env": 0,
     # foundations
     "vit_dist.models": 1,
+    "vit_dist.models.protocol": 1,  # the model contract: what the layers above may ask of a model
     "vit_dist.data": 1,
     "vit_dist.distributed": 1,
     "vit_dist.testing": 1,

@@ -41,7 +41,7 @@ from torch import nn
 from .checkpoint import read_meta, resolve_checkpoint_dir
 from .config import Config
 from .distributed import DistEnv
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .hub import is_hub_ref
 from .losses import cross_entropy
 from .models import create_model, list_families, list_models, load_pretrained
@@ -127,7 +127,8 @@ def _hub_sidecar(ref: str, num_classes: int) -> dict:
 
 def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple[nn.Module, str]:
     """The frozen teacher (on CPU, fp32) and a one-line description of where it came from; a
-    hub teacher carries its input statistics as ``model.input_stats`` (mean, std)."""
+    hub teacher carries its input statistics as ``model.input_stats`` (mean, std), any other None
+    (``models.protocol``; a torchvision teacher is given the member)."""
     hub = is_hub_ref(dcfg.teacher_weights)
     weights = Path(dcfg.teacher_weights) if dcfg.teacher_weights and not hub else None
     if weights is not None and not weights.exists():
@@ -141,7 +142,9 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
             side = _sidecar(weights) if weights is not None else None
         name = dcfg.teacher or (side or {}).get("model_name")
         if not name:
-            raise ValueError("distill.teacher is not set (a registry, timm:<name> or torchvision model name)")
+            raise ConfigError(
+                "distill.teacher is not set (a registry, timm:<name> or torchvision model name)"
+            )
         kwargs = dict((side or {}).get("model_kwargs") or {}) if side and not dcfg.teacher else {}
         kwargs.update(dcfg.teacher_kwargs)
         if name in list_models() or name in list_families() or name.startswith("timm:"):
@@ -169,6 +172,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
 
             kwargs.setdefault("num_classes", num_classes)
             model = tvm.get_model(name, weights=None, **kwargs)
+            model.input_stats = None  # the contract's member (models.protocol): the data's statistics
             if weights is None:
                 source = "random init (no weights!)"
             else:
@@ -180,7 +184,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
                     )
                 source = f"torchvision {name} weights from {weights}"
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"distill.teacher={name!r} is neither a vit_dist model, timm:<name> nor a torchvision classifier"
             )
     if weights is None:
@@ -215,7 +219,7 @@ def frozen_teacher(cfg: Config, num_classes: int, env: DistEnv, *, fsdp: bool) -
     d, distill = cfg.data, cfg.distill
     model, source = build_teacher(distill, num_classes, d.img_size, d.in_chans)
     # A hub teacher's own statistics (its config.json) unless distill.teacher_mean/std say otherwise.
-    mean, std = getattr(model, "input_stats", (d.mean, d.std))
+    mean, std = model.input_stats or (d.mean, d.std)
     renorm = Renormalize(d.mean, d.std, distill.teacher_mean or mean, distill.teacher_std or std)
     teacher = FrozenTeacher(model, renorm).to(env.device)
     gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30

@@ -83,7 +83,7 @@ def evaluate_model(
     head agrees with it (``teacher_agreement``)."""
     plain_model = plain_model if plain_model is not None else model
     model.eval()
-    two_heads = hasattr(plain_model, "return_both_heads")
+    two_heads = plain_model.return_both_heads is not None  # None: one head (models.protocol)
     sums = {"": EvalSums(device)}
     if two_heads:
         sums.update(cls_=EvalSums(device), dist_=EvalSums(device))

@@ -29,9 +29,8 @@ from .models.pretrained import clean_param_name
 
 def layer_ids(model: nn.Module, blocks: list[nn.Module]) -> tuple[dict[str, int], int]:
     """Map parameter name -> layer id (see module docstring); returns (ids, num_layers + 2), or
-    the model's own ``layer_ids()`` where it has one that answers."""
-    own = getattr(model, "layer_ids", None)
-    if callable(own) and (result := own()) is not None:
+    the model's own ``layer_ids()`` where it answers (not None; ``models.protocol``)."""
+    if (result := model.layer_ids()) is not None:
         return result
     block_of: dict[int, int] = {}
     for i, blk in enumerate(blocks):

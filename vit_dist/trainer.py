@@ -32,7 +32,7 @@ from .data import MixupCutmix, build_loader, loader_config
 from .distill import distillation_loss, frozen_teacher
 from .distributed import DistEnv, all_gather_object, all_reduce, barrier, sum_over_ranks
 from .ema import ModelEma
-from .errors import CheckpointError, Preempted, TrainingError
+from .errors import CheckpointError, ConfigError, Preempted, TrainingError
 from .evaluation import evaluate_model
 from .hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
 from .losses import classification_loss
@@ -177,7 +177,7 @@ class Trainer:
         self.global_batch = t.batch_size * t.grad_accum * self.env.world_size
         self.steps_per_epoch = len(self.train_loader) // self.accum
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"an epoch has {len(self.train_loader)} batches per rank, fewer than train.grad_accum={self.accum}"
             )
         # What the config asks for; a resume with another number of steps per epoch changes
@@ -258,7 +258,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema_updates": self.ema.updates if self.ema else 0,
             "model_name": self.cfg.model.name,
-            "model_kwargs": getattr(self.plain_model, "model_kwargs", {}),
+            "model_kwargs": dict(self.plain_model.model_kwargs),
             "num_classes": self.num_classes,
             "config": self.cfg.to_dict(),
             "run_id": self.run_id,  # the run that wrote it (rundir): pruning keeps to its own
@@ -295,7 +295,7 @@ class Trainer:
             ckpt.read_meta(path),
             model_name=self.cfg.model.name,
             num_classes=self.num_classes,
-            model_kwargs=getattr(self.plain_model, "model_kwargs", {}),
+            model_kwargs=dict(self.plain_model.model_kwargs),
         )
         meta, rank_state = ckpt.load_checkpoint(
             path,

@@ -150,7 +150,7 @@ def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tupl
     info = {
         "format": EXPORT_FORMAT,
         "model_name": cfg.model.name,
-        "model_kwargs": _jsonable(getattr(model, "model_kwargs", meta.get("model_kwargs", {}))),
+        "model_kwargs": _jsonable(model.model_kwargs),
         "num_classes": num_classes,
         "classes": dataset_classes(cfg, num_classes),
         "img_size": cfg.data.img_size,
@@ -202,7 +202,7 @@ def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     model = create_model(name, **kwargs)
     load_weights(model, weights)
     model.eval()
-    info.setdefault("num_classes", getattr(model, "num_classes", None))
+    info.setdefault("num_classes", model.num_classes)
     info.setdefault("classes", None)
     return model, info
 

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from ..errors import ConfigError
 from . import create_model, flops_per_image, list_families, list_models, load_pretrained
 from .timm_models import PREFIX as TIMM_PREFIX
 from .timm_models import list_timm_models, timm_installed
@@ -53,7 +54,7 @@ def _cmd_list(pattern: str) -> None:
 def _cmd_list_timm(pattern: str) -> None:
     names = list_timm_models(pattern)
     if not names:
-        raise ValueError(f"no timm model matches {pattern!r} (a shell-style pattern, e.g. 'convnext*')")
+        raise ConfigError(f"no timm model matches {pattern!r} (a shell-style pattern, e.g. 'convnext*')")
     if len(names) > _TIMM_SIZES_UP_TO:
         for name in names:
             print(TIMM_PREFIX + name)
@@ -87,7 +88,7 @@ def _cmd_check(name: str, kv: list[str], weights: str | None, n: int) -> None:
     kwargs = {}
     for item in kv:
         if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r}")
+            raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         kwargs[k] = _parse_value(v)
     kwargs.setdefault("num_classes", 10)

@@ -1,7 +1,8 @@
 """Which submodules of a model are its blocks: the units that FSDP shards one at a time,
 activation checkpointing recomputes and torch.compile compiles (``vit_dist.parallel``).
 
-Our models name theirs (``transformer_blocks()``). For any other model (timm's), the rule is
+A vit_dist model names its own (``transformer_blocks()``, ``models.protocol``; a ``timm:``
+model's are found by the rule below). For any other module (a raw timm model), the rule is
 structural, the innermost repeated units:
 
 - a *block list* is an ``nn.Sequential`` or ``nn.ModuleList`` whose children all have one class,
@@ -22,6 +23,8 @@ block list has no blocks (FSDP then shards it as one unit).
 from __future__ import annotations
 
 from torch import nn
+
+from .protocol import VitDistModel
 
 _LISTS = (nn.Sequential, nn.ModuleList)
 
@@ -53,6 +56,6 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def model_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's own ``transformer_blocks()`` where it has them, else :func:`repeated_blocks`."""
-    own = getattr(model, "transformer_blocks", None)
-    return list(own()) if callable(own) else repeated_blocks(model)
+    """A vit_dist model's ``transformer_blocks()`` (``models.protocol``); for any other module
+    (a raw timm model), :func:`repeated_blocks`."""
+    return list(model.transformer_blocks()) if isinstance(model, VitDistModel) else repeated_blocks(model)

@@ -16,15 +16,15 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .protocol import VitDistModel
 
-def flops_per_image(model: nn.Module, executed: bool = False) -> int:
-    """Analytic forward FLOPs for one image at the model's configured size: the architecture's
-    count (MFU's numerator), or with ``executed`` what our forward computes (ViT's last block
-    skips the tokens that no head reads)."""
-    fn = getattr(model, "flops_per_image", None)
-    if fn is None:
-        raise TypeError(f"{type(model).__name__} has no flops_per_image(); use count_flops()")
-    return int(fn(executed=executed))
+
+def flops_per_image(model: VitDistModel, executed: bool = False) -> int:
+    """Analytic forward FLOPs for one image at the model's configured size (its
+    ``flops_per_image``, ``models.protocol``): the architecture's count (MFU's numerator), or
+    with ``executed`` what our forward computes (ViT's last block skips the tokens that no head
+    reads)."""
+    return int(model.flops_per_image(executed=executed))
 
 
 def count_flops(model: nn.Module, img_size: int | None = None, in_chans: int | None = None) -> int:

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(x, (tuple, list)):
         if len(x) != 2:
-            raise ValueError(f"expected an int or a pair, got {x!r}")
+            raise ConfigError(f"expected an int or a pair, got {x!r}")
         return int(x[0]), int(x[1])
     return int(x), int(x)
 
@@ -66,7 +68,9 @@ class PatchEmbed(nn.Module):
         self.patch_size = to_2tuple(patch_size)
         for s, p in zip(self.img_size, self.patch_size):
             if s % p:
-                raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+                raise ConfigError(
+                    f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
+                )
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.in_chans = in_chans
@@ -78,7 +82,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
         if h % self.patch_size[0] or w % self.patch_size[1]:
-            raise ValueError(f"input {h}x{w} is not divisible by patch size {self.patch_size}")
+            raise ConfigError(f"input {h}x{w} is not divisible by patch size {self.patch_size}")
         x = self.proj(x)  # (B, D, H', W')
         x = x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)  # (B, N, D) | NHWC
         return self.norm(x)
@@ -104,7 +108,7 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -177,7 +181,7 @@ class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop path rate must be in [0, 1), got {drop_prob}")
+            raise ConfigError(f"drop path rate must be in [0, 1), got {drop_prob}")
         self.drop_prob = float(drop_prob)  # for repr and callers; forward does not read it
         self.active = drop_prob > 0.0
         self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import CheckpointMismatchError
 from ..hub import describe, is_hub_ref, parse_ref, weights_file
+from .protocol import VitDistModel
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,15 @@ def _fmt(keys: list[str]) -> str:
 
 
 def fit_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<state dict>"):
-    """Return (state dict ready for ``load_state_dict``, LoadReport) or raise on a mismatch."""
+    """Return (state dict ready for ``load_state_dict``, LoadReport) or raise on a mismatch.
+    A ``VitDistModel`` adapts the state dict and names its classifier (``models.protocol``);
+    any other module (a training checkpoint of a plain ``nn.Module``) takes it as it is."""
     report = LoadReport(path=path)
-    adapt = getattr(model, "adapt_state_dict", None)
-    if adapt is not None:
-        sd = adapt(sd)
+    head_prefixes: tuple[str, ...] = ()
+    if isinstance(model, VitDistModel):
+        sd = model.adapt_state_dict(sd)
+        head_prefixes = tuple(model.classifier_prefixes)
     target = model.state_dict()
-    head_prefixes = tuple(getattr(model, "classifier_prefixes", ()))
 
     # A classifier of another size (e.g. 1000 ImageNet classes -> 10): drop it, keep the fresh head.
     head_keys = [k for k in target if k.startswith(head_prefixes)] if head_prefixes else []
@@ -101,7 +104,7 @@ def fit_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: str = "<
             sd.pop(k, None)
         report.head_reinitialised = sorted({k.split(".")[0] for k in head_keys})
         report.notes.append(
-            f"checkpoint classifier does not match num_classes={getattr(model, 'num_classes', '?')}"
+            f"checkpoint classifier does not match num_classes={model.num_classes}"
             + (f" (checkpoint: {n_ckpt})" if n_ckpt else "")
         )
     elif head_keys and not any(k in sd for k in head_keys):

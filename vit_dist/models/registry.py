@@ -6,102 +6,92 @@ any size; ``create_model('timm:convnext_atto', num_classes=10)`` builds any timm
 (``timm_models``; timm is an optional extra). A plain name is always ours
 (``vit_tiny_patch16_224``), ``timm:`` always timm's. Unknown names and keywords fail with the
 closest valid one named.
+
+This module is the mechanics only. A model family registers its names next to its class, as
+timm does: a function named like the model, decorated with ``@register_model`` (a fixed
+architecture) or ``@register_family`` (a free-form family, small defaults), returning its
+:class:`ModelSpec`::
+
+    @register_model
+    def vit_tiny_patch16_224() -> ModelSpec:
+        return ModelSpec(VisionTransformer, dict(patch_size=16, embed_dim=192, depth=12, num_heads=3))
+
+The keywords a name accepts are its class's constructor parameters. Every model that
+``create_model`` builds satisfies ``models.protocol.VitDistModel``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from ..config import Config
+from ..errors import ConfigError
 from ..options import did_you_mean
-from .deit import DistilledVisionTransformer
 from .pretrained import load_pretrained
-from .swin import SwinTransformer
+from .protocol import VitDistModel
 from .timm_models import PREFIX as TIMM_PREFIX
 from .timm_models import check_timm_kwargs, create_timm_model, list_timm_models, timm_installed
-from .vit import VisionTransformer
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered name: the model class and the keywords the name fixes (the caller's
+    keywords override them)."""
+
     cls: type[nn.Module]
     kwargs: dict = field(default_factory=dict)
 
 
-_VIT_SIZES = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
-}
-_SWIN_SIZES = {
-    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-}
+SpecFn = Callable[[], ModelSpec]
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_FAMILIES: dict[str, ModelSpec] = {}
+_MODULE_OF: dict[str, str] = {}  # name -> the module that registered it
 
 
-def _register(name: str, cls: type[nn.Module], **kwargs) -> None:
-    _REGISTRY[name] = ModelSpec(cls, kwargs)
+def _add(table: dict[str, ModelSpec], fn: SpecFn) -> SpecFn:
+    name = fn.__name__
+    if name in _REGISTRY or name in _FAMILIES:  # a second definition: a bug in the package
+        raise ValueError(f"model {name!r} is registered twice ({fn.__module__})")
+    spec = fn()
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"@register {fn.__module__}.{name} returned {type(spec).__name__}, not a ModelSpec")
+    table[name] = spec
+    _MODULE_OF[name] = fn.__module__
+    return fn
 
 
-for _size in ("tiny", "small", "base", "large"):
-    _register(f"vit_{_size}_patch16_224", VisionTransformer, patch_size=16, **_VIT_SIZES[_size])
-_register("vit_base_patch32_224", VisionTransformer, patch_size=32, **_VIT_SIZES["base"])
-_register("vit_base_patch16_384", VisionTransformer, img_size=384, patch_size=16, **_VIT_SIZES["base"])
-for _size in ("tiny", "small", "base"):
-    # DeiT without distillation is the ViT architecture trained with the DeiT recipe.
-    _register(f"deit_{_size}_patch16_224", VisionTransformer, patch_size=16, **_VIT_SIZES[_size])
-    _register(
-        f"deit_{_size}_distilled_patch16_224", DistilledVisionTransformer, patch_size=16, **_VIT_SIZES[_size]
-    )
-for _size in ("tiny", "small", "base"):
-    _register(
-        f"swin_{_size}_patch4_window7_224", SwinTransformer, patch_size=4, window_size=7, **_SWIN_SIZES[_size]
-    )
-_register(
-    "swin_base_patch4_window12_384",
-    SwinTransformer,
-    img_size=384,
-    patch_size=4,
-    window_size=12,
-    **_SWIN_SIZES["base"],
-)
-
-# Free-form families: every size keyword is given by the caller (defaults are small).
-_FAMILIES: dict[str, ModelSpec] = {
-    "vit": ModelSpec(VisionTransformer, dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3)),
-    "deit_distilled": ModelSpec(
-        DistilledVisionTransformer, dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3)
-    ),
-    "swin": ModelSpec(
-        SwinTransformer,
-        dict(img_size=32, patch_size=2, embed_dim=48, depths=(2, 2), num_heads=(3, 6), window_size=4),
-    ),
-}
+def register_model(fn: SpecFn) -> SpecFn:
+    """Register ``fn.__name__`` (timm's name for the architecture) as the model ``fn()``
+    returns; ``fn`` is returned as it is."""
+    return _add(_REGISTRY, fn)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names (sorted), optionally filtered by a shell-style pattern like 'swin*'."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+def register_family(fn: SpecFn) -> SpecFn:
+    """Register ``fn.__name__`` as a free-form family: ``fn()``'s keywords are small defaults
+    that the caller is expected to set (``list_families``)."""
+    return _add(_FAMILIES, fn)
 
 
-def list_families() -> list[str]:
-    return sorted(_FAMILIES)
+def list_models(pattern: str = "*", module: str | None = None) -> list[str]:
+    """Registered model names (sorted), optionally filtered by a shell-style pattern like 'swin*'
+    and by the module that registers them (``'vit_dist.models.swin'``)."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern) and module in (None, _MODULE_OF[n]))
+
+
+def list_families(module: str | None = None) -> list[str]:
+    """The free-form families (sorted), optionally only those ``module`` registers."""
+    return sorted(n for n in _FAMILIES if module in (None, _MODULE_OF[n]))
 
 
 def model_kwargs(cls: type[nn.Module]) -> list[str]:
     """The keyword arguments a model class accepts (its constructor's parameters)."""
-    sig = inspect.signature(cls.__init__)
-    if cls is DistilledVisionTransformer:
-        sig = inspect.signature(VisionTransformer.__init__)
-    return [p for p in sig.parameters if p != "self"]
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
 def resolve_spec(name: str) -> ModelSpec:
@@ -109,8 +99,8 @@ def resolve_spec(name: str) -> ModelSpec:
     if spec is None:
         names = list_models() + list_families()
         if timm_installed() and list_timm_models(name):
-            raise ValueError(f"unknown model {name!r}; timm has it: model.name={TIMM_PREFIX}{name}")
-        raise ValueError(
+            raise ConfigError(f"unknown model {name!r}; timm has it: model.name={TIMM_PREFIX}{name}")
+        raise ConfigError(
             f"unknown model {name!r}{did_you_mean(name, names)}; known: {', '.join(names)} "
             f"(and any timm model as {TIMM_PREFIX}<name>)"
         )
@@ -118,7 +108,7 @@ def resolve_spec(name: str) -> ModelSpec:
 
 
 def check_model_kwargs(name: str, overrides: dict) -> None:
-    """Raise a one-line ValueError naming any keyword the model does not take."""
+    """Raise a one-line ConfigError naming any keyword the model does not take."""
     if name.startswith(TIMM_PREFIX):
         check_timm_kwargs(name[len(TIMM_PREFIX) :], overrides)
         return
@@ -126,14 +116,14 @@ def check_model_kwargs(name: str, overrides: dict) -> None:
     valid = model_kwargs(spec.cls)
     for k in overrides:
         if k not in valid:
-            raise ValueError(
+            raise ConfigError(
                 f"model {name!r} has no option {k!r}{did_you_mean(k, valid)}; options: {', '.join(valid)}"
             )
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def create_model(name: str, **overrides) -> VitDistModel:
     """Build a registered model (timm name), a free-form family ('vit', 'deit_distilled', 'swin')
-    or, as ``timm:<name>``, timm's own model."""
+    or, as ``timm:<name>``, timm's own model; a ``VitDistModel`` (``models.protocol``) either way."""
     if name.startswith(TIMM_PREFIX):
         return create_timm_model(name[len(TIMM_PREFIX) :], **overrides)
     spec = resolve_spec(name)
@@ -145,7 +135,7 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int) -> VitDistModel:
     """The plain model a run config describes: ``model.name`` and its keywords, with the data's
     image size, channels and ``num_classes`` as defaults, and ``model.pretrained`` loaded."""
     kwargs = dict(cfg.model.kwargs)
@@ -153,7 +143,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     kwargs.setdefault("img_size", cfg.data.img_size)
     kwargs.setdefault("in_chans", cfg.data.in_chans)
     if kwargs["img_size"] != cfg.data.img_size:
-        raise ValueError(
+        raise ConfigError(
             f"model.img_size={kwargs['img_size']} differs from data.img_size={cfg.data.img_size}"
         )
     model = create_model(cfg.model.name, **kwargs)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import CheckpointMismatchError, ConfigError
 from .layers import (
     Attention,
     DropPath,
@@ -36,6 +37,8 @@ from .layers import (
     to_2tuple,
     trunc_normal_,
 )
+from .protocol import ModelDefaults
+from .registry import ModelSpec, register_family, register_model
 
 __all__ = [
     "PatchMerging",
@@ -340,7 +343,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0):
         super().__init__()
         if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            raise ConfigError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.global_pool = global_pool
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -352,8 +355,9 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)  # without pooling, fc acts per token as in timm
 
 
-class SwinTransformer(nn.Module):
-    """Swin Transformer classifier; defaults are Swin-T (swin_tiny_patch4_window7_224)."""
+class SwinTransformer(ModelDefaults, nn.Module):
+    """Swin Transformer classifier; defaults are Swin-T (swin_tiny_patch4_window7_224). A
+    ``VitDistModel`` (``models.protocol``)."""
 
     classifier_prefixes = ("head.fc.",)
 
@@ -379,7 +383,7 @@ class SwinTransformer(nn.Module):
         projections, as in timm; attn_drop_rate drops attention probabilities."""
         super().__init__()
         if len(depths) != len(num_heads):
-            raise ValueError(f"depths {depths} and num_heads {num_heads} differ in length")
+            raise ConfigError(f"depths {depths} and num_heads {num_heads} differ in length")
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -488,7 +492,46 @@ def _resize_bias_table(table: torch.Tensor, window: tuple[int, int]) -> torch.Te
     """((2W-1)^2, heads) table of a square window -> ((2wh-1)*(2ww-1), heads), bicubic."""
     side = math.isqrt(table.shape[0])
     if side * side != table.shape[0]:
-        raise ValueError(f"cannot resize a relative position table of non-square window, shape {table.shape}")
+        raise CheckpointMismatchError(
+            f"cannot resize a relative position table of non-square window, shape {table.shape}"
+        )
     new = (2 * window[0] - 1, 2 * window[1] - 1)
     grid = resample_grid(table.reshape(side, side, table.shape[1]), new)
     return grid.reshape(new[0] * new[1], table.shape[1])
+
+
+# Registered names (timm's) and the free-form family.
+SWIN_SIZES = {
+    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+
+@register_model
+def swin_tiny_patch4_window7_224() -> ModelSpec:
+    return ModelSpec(SwinTransformer, dict(patch_size=4, window_size=7, **SWIN_SIZES["tiny"]))
+
+
+@register_model
+def swin_small_patch4_window7_224() -> ModelSpec:
+    return ModelSpec(SwinTransformer, dict(patch_size=4, window_size=7, **SWIN_SIZES["small"]))
+
+
+@register_model
+def swin_base_patch4_window7_224() -> ModelSpec:
+    return ModelSpec(SwinTransformer, dict(patch_size=4, window_size=7, **SWIN_SIZES["base"]))
+
+
+@register_model
+def swin_base_patch4_window12_384() -> ModelSpec:
+    return ModelSpec(SwinTransformer, dict(img_size=384, patch_size=4, window_size=12, **SWIN_SIZES["base"]))
+
+
+@register_family
+def swin() -> ModelSpec:
+    """Any Swin: every size keyword is the caller's (the defaults are small)."""
+    return ModelSpec(
+        SwinTransformer,
+        dict(img_size=32, patch_size=2, embed_dim=48, depths=(2, 2), num_heads=(3, 6), window_size=4),
+    )

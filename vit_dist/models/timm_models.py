@@ -12,15 +12,19 @@ init cost) to check the keywords and that it runs on the input size, and to coun
 a keyword it does not take, or an input it cannot run on, is a ConfigError.
 
 The model keeps timm's class and parameter names (timm checkpoints and exports load as they
-are); its class gains :class:`TimmAdapter`, which gives it what vit_dist asks of a model:
-``transformer_blocks()`` (models.blocks' structural rule), ``no_weight_decay()``,
-``layer_ids()`` (timm's ``group_matcher``, as ``timm.optim.param_groups_layer_decay`` groups
-layers), ``flops_per_image()``, ``classifier_prefixes`` and ``adapt_state_dict`` (timm's
-``checkpoint_filter_fn`` of the architecture, e.g. position-embedding resizing).
+are); its class gains :class:`TimmAdapter`, which makes it a ``VitDistModel``
+(``models.protocol``, where each member is described): ``transformer_blocks()`` (models.blocks'
+structural rule), ``no_weight_decay()`` (timm's, where the class has one), ``layer_ids()``
+(timm's ``group_matcher``, as ``timm.optim.param_groups_layer_decay`` groups layers),
+``flops_per_image()``, ``classifier_prefixes`` (timm's ``pretrained_cfg``), ``adapt_state_dict``
+(timm's ``checkpoint_filter_fn`` of the architecture, e.g. position-embedding resizing),
+``img_size`` / ``in_chans`` (timm's attributes where the class keeps them, else the input size
+it was built for) and the contract's "none" values for the rest.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
@@ -32,6 +36,7 @@ from ..errors import ConfigError
 from ..options import did_you_mean
 from .blocks import repeated_blocks
 from .flops import count_flops
+from .protocol import ModelDefaults
 
 PREFIX = "timm:"
 # timm.create_model keywords that fetch or load weights, or return something other than a
@@ -182,35 +187,52 @@ def create_timm_model(name: str, **kwargs) -> nn.Module:
     model.model_name = PREFIX + name
     model.model_kwargs = dict(kwargs)
     model.timm_flops = flops
-    # What vit_dist's commands read (check, bench) where timm keeps no such attribute.
-    if not hasattr(model, "img_size"):
-        model.img_size = size[1] if size[1] == size[2] else size[1:]
-    if not hasattr(model, "in_chans"):
-        model.in_chans = size[0]
+    model.timm_input_size = size
     return model
 
 
-class TimmAdapter:
-    """What vit_dist asks of a model, for a timm model (mixed into its class; no parameters)."""
+class TimmAdapter(ModelDefaults):
+    """A timm model as a ``VitDistModel`` (mixed into its class, ahead of it; no parameters).
+
+    The one place that asks a timm class what it offers (:meth:`_timm_hook`): timm's optional
+    hooks become the contract's members, with its "none" values where timm has no hook."""
 
     timm_flops: int
+    timm_input_size: tuple[int, int, int]  # (channels, height, width) it was built for
+
+    def _timm_hook(self, name: str):
+        """timm's own method ``name`` of this model (bound), or None where its class has none:
+        looked up past the adapter and the contract's defaults, which sit ahead of the timm
+        class in the model's MRO (``_adapted``)."""
+        return getattr(super(ModelDefaults, self), name, None)
+
+    # Non-data descriptors: timm's own attribute wins where the model sets one (a few do).
+    @functools.cached_property
+    def img_size(self) -> int | tuple[int, int]:
+        _, h, w = self.timm_input_size
+        return h if h == w else (h, w)
+
+    @functools.cached_property
+    def in_chans(self) -> int:
+        return self.timm_input_size[0]
 
     def transformer_blocks(self) -> list[nn.Module]:
         return repeated_blocks(self)
 
     def no_weight_decay(self) -> set[str]:
-        own = getattr(super(), "no_weight_decay", None)
+        own = self._timm_hook("no_weight_decay")
         return set(own()) if own is not None else set()
 
     def layer_ids(self) -> tuple[dict[str, int], int] | None:
         """Parameter name -> layer id for layer-wise lr decay and the number of layers, as
         ``timm.optim.param_groups_layer_decay`` assigns them (the model's ``group_matcher``;
         a parameter it does not match goes to the last layer). None without a group_matcher."""
-        if not hasattr(self, "group_matcher"):
+        group_matcher = self._timm_hook("group_matcher")
+        if group_matcher is None:
             return None
         from timm.models import group_parameters  # timm models only: timm is installed
 
-        layer_map = group_parameters(self, self.group_matcher(coarse=False), reverse=True)
+        layer_map = group_parameters(self, group_matcher(coarse=False), reverse=True)
         num_layers = max(layer_map.values()) + 1
         return {n: layer_map.get(n, num_layers - 1) for n, _ in self.named_parameters()}, num_layers
 

@@ -12,6 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .layers import (
     Attention,
     DropPath,
@@ -24,6 +25,8 @@ from .layers import (
     reset_drop_paths,
     trunc_normal_,
 )
+from .protocol import ModelDefaults
+from .registry import ModelSpec, register_family, register_model
 
 LN_EPS = 1e-6  # ViT/DeiT use eps 1e-6 (timm and the JAX reference), not PyTorch's 1e-5
 
@@ -64,8 +67,9 @@ class Block(nn.Module):
         return self.attn.flops(n, n_out) + self.mlp.flops(n if n_out is None else n_out)
 
 
-class VisionTransformer(nn.Module):
-    """ViT classifier. ``global_pool``: 'token' (class token) or 'avg' (mean of patch tokens)."""
+class VisionTransformer(ModelDefaults, nn.Module):
+    """ViT classifier. ``global_pool``: 'token' (class token) or 'avg' (mean of patch tokens).
+    A ``VitDistModel`` (``models.protocol``)."""
 
     num_extra_tokens = 0  # prefix tokens beyond the class token (DeiT adds a distillation token)
     classifier_prefixes: tuple[str, ...] = ("head.",)
@@ -91,10 +95,7 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
+        self._check_pooling(global_pool, class_token)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.img_size = img_size
@@ -134,6 +135,12 @@ class VisionTransformer(nn.Module):
         self.init_weights()
 
     # Hooks for the distilled subclass; plain ViT has no extra tokens or heads.
+    def _check_pooling(self, global_pool: str, class_token: bool) -> None:
+        if global_pool not in ("token", "avg"):
+            raise ConfigError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ConfigError("global_pool='token' needs class_token=True")
+
     def _init_extra_tokens(self, dim: int) -> None:
         pass
 
@@ -237,3 +244,48 @@ class VisionTransformer(nn.Module):
                 if f"{src}{k}" in sd:
                     sd[f"{dst}{k}"] = sd.pop(f"{src}{k}")
         return sd
+
+
+# Registered names (timm's) and the free-form family; the DeiT names are in deit.py.
+VIT_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+
+@register_model
+def vit_tiny_patch16_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(patch_size=16, **VIT_SIZES["tiny"]))
+
+
+@register_model
+def vit_small_patch16_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(patch_size=16, **VIT_SIZES["small"]))
+
+
+@register_model
+def vit_base_patch16_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(patch_size=16, **VIT_SIZES["base"]))
+
+
+@register_model
+def vit_large_patch16_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(patch_size=16, **VIT_SIZES["large"]))
+
+
+@register_model
+def vit_base_patch32_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(patch_size=32, **VIT_SIZES["base"]))
+
+
+@register_model
+def vit_base_patch16_384() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(img_size=384, patch_size=16, **VIT_SIZES["base"]))
+
+
+@register_family
+def vit() -> ModelSpec:
+    """Any ViT: every size keyword is the caller's (the defaults are small)."""
+    return ModelSpec(VisionTransformer, dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3))
