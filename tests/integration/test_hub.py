@@ -1,0 +1,381 @@
+"""``hf-hub:ORG/NAME[@REVISION]`` weights (vit_dist.hub), never touching the network.
+
+Each test builds a real huggingface_hub cache in a temporary HF_HOME (``hub/models--ORG--NAME``
+with ``blobs/``, ``snapshots/<commit>/`` symlinks and ``refs/<branch>``) holding a tiny timm
+ViT written here by timm itself, and runs with HF_HUB_OFFLINE=1 and HF_ENDPOINT at a closed
+local port. The hub's own answers (no such repository / revision / file, gated) come from a
+local HTTP server that speaks the hub's error headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import ROOT, assert_ok, env, run_process
+from safetensors.torch import save_file
+
+from vit_dist.errors import EXIT_CHECKPOINT
+
+ORG = "test-org"
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection fails at once
+ARCH = dict(img_size=32, depth=2)  # vit_tiny_patch16_224 made small: 2 blocks, 2x2 patches
+
+
+def timm_config(num_classes: int, labels: list[str] | None = None) -> dict:
+    """config.json as timm's push_to_hf_hub writes it."""
+    cfg = {
+        "architecture": "vit_tiny_patch16_224",
+        "num_classes": num_classes,
+        "num_features": 192,
+        "global_pool": "token",
+        "model_args": dict(ARCH),
+        "pretrained_cfg": {
+            "tag": "test",
+            "custom_load": False,
+            "input_size": [3, 32, 32],
+            "fixed_input_size": True,
+            "interpolation": "bicubic",
+            "crop_pct": 0.9,
+            "crop_mode": "center",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "num_classes": num_classes,
+            "pool_size": None,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },
+    }
+    if labels:
+        cfg["label_names"] = labels
+    return cfg
+
+
+def timm_weights(num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    """A tiny timm ViT's state dict (timm's own parameter names)."""
+    import timm  # the reference writer of the format; only these tests need it
+
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **ARCH)
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def st_bytes(sd: dict[str, torch.Tensor], tmp: Path) -> bytes:
+    path = tmp / "w.safetensors"
+    save_file(sd, str(path), metadata={"format": "pt"})
+    return path.read_bytes()
+
+
+def add_snapshot(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], refs=("main",)) -> None:
+    """One commit of a repository in the hub cache layout huggingface_hub itself writes."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict[str, dict[str, torch.Tensor]]:
+    import timm  # the writer of the timm-only architecture's weights
+
+    torch.manual_seed(3)
+    convnext = timm.create_model("test_convnext", num_classes=10).state_dict()
+    return {
+        "a": timm_weights(10, 0),
+        "b": timm_weights(10, 1),
+        "in5": timm_weights(5, 2),
+        "convnext": convnext,
+    }
+
+
+@pytest.fixture
+def hub(tmp_path, weights, monkeypatch):
+    """A populated offline hub cache; the environment (for subprocesses) and huggingface_hub's
+    constants (read once at its import, so set here for this process too) point at it."""
+    home = tmp_path / "hf"
+    cache = home / "hub"
+    j = lambda d: json.dumps(d).encode()
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit",
+        COMMIT_A,
+        {"config.json": j(timm_config(10, DIGITS)), "model.safetensors": st_bytes(weights["a"], tmp_path)},
+    )
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit",
+        COMMIT_B,
+        {"config.json": j(timm_config(10, DIGITS)), "model.safetensors": st_bytes(weights["b"], tmp_path)},
+        refs=("v2",),
+    )
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit-in5",
+        COMMIT_A,
+        {"config.json": j(timm_config(5)), "model.safetensors": st_bytes(weights["in5"], tmp_path)},
+    )
+    torch.save(weights["a"], tmp_path / "w.bin")
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit-bin",
+        COMMIT_A,
+        {"config.json": j(timm_config(10)), "pytorch_model.bin": (tmp_path / "w.bin").read_bytes()},
+    )
+    add_snapshot(cache, f"{ORG}/no-weights", COMMIT_A, {"config.json": j(timm_config(10))})
+    unknown = {**timm_config(10), "architecture": "not_a_model_anywhere"}
+    add_snapshot(cache, f"{ORG}/unknown", COMMIT_A, {"config.json": j(unknown)})
+    convnext = {**timm_config(10), "architecture": "test_convnext", "global_pool": "avg", "model_args": {}}
+    add_snapshot(
+        cache,
+        f"{ORG}/convnext",
+        COMMIT_A,
+        {"config.json": j(convnext), "model.safetensors": st_bytes(weights["convnext"], tmp_path)},
+    )
+
+    variables = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": CLOSED}
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    for k in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(k, raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", CLOSED)
+    return {"home": home, "cache": cache, "env": variables, "tmp": tmp_path}
+
+
+def digit_png(path: Path, value: int = 3) -> Path:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    i = int((d.target == value).nonzero()[0][0])
+    image = Image.fromarray((d.images[i] * 16).clip(0, 255).astype("uint8")).convert("RGB")
+    image.resize((40, 40)).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------- references
+
+
+# ------------------------------------------------------------------------------ predict, loading
+
+
+def test_predict_command_offline_with_nothing_cached_is_one_line(hub, tmp_path):
+    image = digit_png(tmp_path / "d.png")
+    proc = run_process(
+        [sys.executable, "-m", "vit_dist.predict", f"checkpoint=hf-hub:{ORG}/absent", str(image)],
+        timeout=120,
+        env=env(**hub["env"]),
+    )
+    assert proc.returncode == EXIT_CHECKPOINT, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("checkpoint error: hf-hub:test-org/absent: "), proc.stderr
+    assert "HF_HUB_OFFLINE is set" in lines[0]
+
+
+# ------------------------------------------------------------------------ the hub's own answers
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers like huggingface.co for repositories that do not exist, revisions and files
+    that do not, and a gated repository (the X-Error-Code headers huggingface_hub reads)."""
+
+    def _answer(self) -> None:
+        # /{org}/{name}/resolve/{revision}/{file}
+        parts = self.path.split("?")[0].strip("/").split("/")
+        repo, revision = "/".join(parts[:2]), parts[3] if len(parts) > 3 else "main"
+        if repo == f"{ORG}/gated":
+            status, code = 403, "GatedRepo"
+        elif repo != f"{ORG}/exists":
+            status, code = 404, "RepoNotFound"
+        elif revision != "main":
+            status, code = 404, "RevisionNotFound"
+        else:
+            status, code = 404, "EntryNotFound"
+        self.send_response(status)
+        self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", f"{code} (fake hub)")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = _answer
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+_RESOLVE = """
+import json, sys
+from vit_dist.errors import KINDS
+from vit_dist.hub import parse_ref, read_config, weights_file
+for ref in sys.argv[1:]:
+    try:
+        weights_file(parse_ref(ref)) if ref.endswith("exists") else read_config(parse_ref(ref))
+        print(json.dumps({"ref": ref, "ok": True}))
+    except Exception as e:
+        code = next(c for types, _, c in KINDS if isinstance(e, types))
+        print(json.dumps({"ref": ref, "type": type(e).__name__, "code": code, "message": str(e)}))
+"""
+
+
+def test_the_hubs_answers_are_one_checkpoint_error_each(hub):
+    """Through a real huggingface_hub client in a fresh process (its settings come from the
+    environment) against a local fake hub."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    expected = {
+        f"hf-hub:{ORG}/missing": "no such repository on the hub",
+        f"hf-hub:{ORG}/exists@nope": "has no revision 'nope'",
+        f"hf-hub:{ORG}/exists": "the repository has no file model.safetensors (nor pytorch_model.bin)",
+        f"hf-hub:{ORG}/gated": "the repository is gated: accept its terms",
+    }
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        results = _resolve(list(expected), {**hub["env"], "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint})
+    finally:
+        server.shutdown()
+    _check_one_line_each(results, expected)
+
+
+@pytest.mark.slow  # huggingface_hub retries a refused connection 5 times with backoff: ~25 s
+def test_no_network_with_nothing_cached_is_one_checkpoint_error(hub):
+    expected = {f"hf-hub:{ORG}/unreachable": "config.json is not in the hub cache"}
+    results = _resolve(list(expected), {**hub["env"], "HF_HUB_OFFLINE": "0"})  # HF_ENDPOINT: closed
+    _check_one_line_each(results, expected)
+    assert "the hub cannot be reached" in results[0]["message"], results
+    assert "refused" in results[0]["message"], results  # the connection's own error, in brief
+
+
+def _check_one_line_each(results: list[dict], expected: dict[str, str]) -> None:
+    assert [r["ref"] for r in results] == list(expected)
+    for r in results:
+        assert r.get("type") == "CheckpointError" and r["code"] == EXIT_CHECKPOINT, r
+        assert r["message"].startswith(r["ref"] + ": ") and expected[r["ref"]] in r["message"], r
+        assert "\n" not in r["message"]
+
+
+def _resolve(refs: list[str], variables: dict) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RESOLVE, *refs],
+        cwd=ROOT,
+        env=env(**variables),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+# ---------------------------------------------------------------- evaluate, fine-tune, distill
+
+
+def tiny_run_config(tmp_path: Path, shards: Path, **sections) -> Path:
+    """A config for vit_tiny_patch16_224 cut down to 2 blocks, on the digits shards."""
+    cfg = {
+        "model": {"name": "vit_tiny_patch16_224", "depth": 2},
+        "data": {
+            "train": str(shards),
+            "val": str(shards),
+            "img_size": 32,
+            "workers": 1,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "hflip": 0.0,
+            "randaugment_ops": 0,
+            "random_erasing": 0.0,
+            "mixup": 0.0,
+            "cutmix": 0.0,
+            "crop_pct": 0.9,
+        },
+        "train": {"steps": 2, "batch_size": 16},
+        "logging": {"every": 1, "wandb": False},
+        "precision": "fp32",
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_with_hub_weights_equals_the_local_file(hub, weights, digits_data_dir, tmp_path):
+    config = tiny_run_config(tmp_path, digits_data_dir)
+    save_file(weights["a"], str(tmp_path / "local.safetensors"))
+    results = {}
+    for name, checkpoint in (("hub", f"hf-hub:{ORG}/tiny-vit"), ("local", tmp_path / "local.safetensors")):
+        proc = run_process(
+            [sys.executable, "-m", "vit_dist.evaluate", "--config", str(config)]
+            + [f"checkpoint={checkpoint}", f"output_dir={tmp_path / name}"],
+            timeout=300,
+            env=env(**hub["env"]),
+        )
+        assert_ok(proc)
+        results[name] = json.loads((tmp_path / name / "eval.json").read_text())
+    hub_result, local = results["hub"], results["local"]
+    pinned = f"loaded {len(weights['a'])} tensors from hf-hub:{ORG}/tiny-vit@{COMMIT_A}"
+    assert hub_result["weights"].startswith(pinned), hub_result
+    assert hub_result["num_samples"] == local["num_samples"] == 360
+    assert hub_result["top1"] == local["top1"]
+    assert hub_result["loss"] == pytest.approx(local["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fine_tune_from_the_hub_at_another_size_and_classes_with_a_hub_teacher(
+    hub, weights, digits_data_dir, tmp_path
+):
+    """model.pretrained=hf-hub (5 classes, 32 px) -> the digits (10 classes) at 48 px: position
+    embeddings resized, head re-initialised; distill.teacher_weights=hf-hub builds the teacher
+    from config.json (10 classes, resized to 48 px, its own mean/std)."""
+    out = tmp_path / "run"
+    config = tiny_run_config(
+        tmp_path,
+        digits_data_dir,
+        model={"pretrained": f"hf-hub:{ORG}/tiny-vit-in5"},
+        data={"img_size": 48, "mean": [0.4, 0.4, 0.4], "std": [0.3, 0.3, 0.3]},
+        optim={"lr": 1.0e-9, "warmup_steps": 0, "weight_decay": 0.0},
+        distill={"type": "soft", "teacher_weights": f"hf-hub:{ORG}/tiny-vit"},
+        checkpoint={"every": 2},
+    )
+    proc = run_process(
+        [sys.executable, "-m", "vit_dist.train", "--config", str(config), f"output_dir={out}"],
+        timeout=600,
+        env=env(**hub["env"]),
+    )
+    assert_ok(proc)
+    log = proc.stdout + proc.stderr
+    assert f"from hf-hub:{ORG}/tiny-vit-in5@{COMMIT_A}; classifier re-initialised (head)" in log, log[-3000:]
+    assert "(checkpoint: 5)" in log
+    teacher = f"teacher loaded {len(weights['a'])} tensors from hf-hub:{ORG}/tiny-vit@{COMMIT_A}"
+    assert teacher in log, log[-3000:]
+
+    state = torch.load(next(out.glob("checkpoints/step-*/state.pt")), weights_only=True)["model"]
+    start = weights["in5"]
+    assert state["pos_embed"].shape == (1, 1 + 9, 192)  # 2x2 patches + cls -> 3x3 + cls
+    assert state["head.weight"].shape == (10, 192)
+    for name in ("patch_embed.proj.weight", "blocks.1.mlp.fc2.weight", "cls_token"):
+        torch.testing.assert_close(state[name], start[name], rtol=0, atol=1e-6)  # lr 1e-9: 2 steps
+
+
+# ------------------------------------------------------------------------------------ the recipe

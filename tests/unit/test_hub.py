@@ -1,0 +1,388 @@
+"""``hf-hub:ORG/NAME[@REVISION]`` weights (vit_dist.hub), never touching the network.
+
+Each test builds a real huggingface_hub cache in a temporary HF_HOME (``hub/models--ORG--NAME``
+with ``blobs/``, ``snapshots/<commit>/`` symlinks and ``refs/<branch>``) holding a tiny timm
+ViT written here by timm itself, and runs with HF_HUB_OFFLINE=1 and HF_ENDPOINT at a closed
+local port. The hub's own answers (no such repository / revision / file, gated) come from a
+local HTTP server that speaks the hub's error headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT
+from safetensors.torch import save_file
+
+from vit_dist.errors import EXIT_CHECKPOINT, EXIT_CONFIG, KINDS, CheckpointError, ConfigError
+
+ORG = "test-org"
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection fails at once
+ARCH = dict(img_size=32, depth=2)  # vit_tiny_patch16_224 made small: 2 blocks, 2x2 patches
+
+
+def timm_config(num_classes: int, labels: list[str] | None = None) -> dict:
+    """config.json as timm's push_to_hf_hub writes it."""
+    cfg = {
+        "architecture": "vit_tiny_patch16_224",
+        "num_classes": num_classes,
+        "num_features": 192,
+        "global_pool": "token",
+        "model_args": dict(ARCH),
+        "pretrained_cfg": {
+            "tag": "test",
+            "custom_load": False,
+            "input_size": [3, 32, 32],
+            "fixed_input_size": True,
+            "interpolation": "bicubic",
+            "crop_pct": 0.9,
+            "crop_mode": "center",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "num_classes": num_classes,
+            "pool_size": None,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },
+    }
+    if labels:
+        cfg["label_names"] = labels
+    return cfg
+
+
+def timm_weights(num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    """A tiny timm ViT's state dict (timm's own parameter names)."""
+    import timm  # the reference writer of the format; only these tests need it
+
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **ARCH)
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def st_bytes(sd: dict[str, torch.Tensor], tmp: Path) -> bytes:
+    path = tmp / "w.safetensors"
+    save_file(sd, str(path), metadata={"format": "pt"})
+    return path.read_bytes()
+
+
+def add_snapshot(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], refs=("main",)) -> None:
+    """One commit of a repository in the hub cache layout huggingface_hub itself writes."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict[str, dict[str, torch.Tensor]]:
+    import timm  # the writer of the timm-only architecture's weights
+
+    torch.manual_seed(3)
+    convnext = timm.create_model("test_convnext", num_classes=10).state_dict()
+    return {
+        "a": timm_weights(10, 0),
+        "b": timm_weights(10, 1),
+        "in5": timm_weights(5, 2),
+        "convnext": convnext,
+    }
+
+
+@pytest.fixture
+def hub(tmp_path, weights, monkeypatch):
+    """A populated offline hub cache; the environment (for subprocesses) and huggingface_hub's
+    constants (read once at its import, so set here for this process too) point at it."""
+    home = tmp_path / "hf"
+    cache = home / "hub"
+    j = lambda d: json.dumps(d).encode()
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit",
+        COMMIT_A,
+        {"config.json": j(timm_config(10, DIGITS)), "model.safetensors": st_bytes(weights["a"], tmp_path)},
+    )
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit",
+        COMMIT_B,
+        {"config.json": j(timm_config(10, DIGITS)), "model.safetensors": st_bytes(weights["b"], tmp_path)},
+        refs=("v2",),
+    )
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit-in5",
+        COMMIT_A,
+        {"config.json": j(timm_config(5)), "model.safetensors": st_bytes(weights["in5"], tmp_path)},
+    )
+    torch.save(weights["a"], tmp_path / "w.bin")
+    add_snapshot(
+        cache,
+        f"{ORG}/tiny-vit-bin",
+        COMMIT_A,
+        {"config.json": j(timm_config(10)), "pytorch_model.bin": (tmp_path / "w.bin").read_bytes()},
+    )
+    add_snapshot(cache, f"{ORG}/no-weights", COMMIT_A, {"config.json": j(timm_config(10))})
+    unknown = {**timm_config(10), "architecture": "not_a_model_anywhere"}
+    add_snapshot(cache, f"{ORG}/unknown", COMMIT_A, {"config.json": j(unknown)})
+    convnext = {**timm_config(10), "architecture": "test_convnext", "global_pool": "avg", "model_args": {}}
+    add_snapshot(
+        cache,
+        f"{ORG}/convnext",
+        COMMIT_A,
+        {"config.json": j(convnext), "model.safetensors": st_bytes(weights["convnext"], tmp_path)},
+    )
+
+    variables = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": CLOSED}
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    for k in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(k, raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", CLOSED)
+    return {"home": home, "cache": cache, "env": variables, "tmp": tmp_path}
+
+
+def local_model(sd: dict[str, torch.Tensor], tmp: Path, num_classes: int = 10):
+    """Our model with the same weights loaded from a local file: the reference."""
+    from vit_dist.models import create_model, load_pretrained
+
+    save_file(sd, str(tmp / "local.safetensors"))
+    model = create_model("vit_tiny_patch16_224", num_classes=num_classes, **ARCH)
+    load_pretrained(model, tmp / "local.safetensors")
+    return model.eval()
+
+
+def digit_png(path: Path, value: int = 3) -> Path:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    i = int((d.target == value).nonzero()[0][0])
+    image = Image.fromarray((d.images[i] * 16).clip(0, 255).astype("uint8")).convert("RGB")
+    image.resize((40, 40)).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------- references
+
+
+@pytest.mark.parametrize(
+    "value", ["hf-hub:timm", "hf-hub:/x", "hf-hub:a/b/c", "hf-hub:a/b@", "hf-hub:a--b/c", "hf-hub:a/b c"]
+)
+def test_malformed_references_are_config_errors_naming_the_key(value):
+    from vit_dist.config import load_config
+
+    with pytest.raises(ConfigError, match=r"model\.pretrained=.*expected hf-hub:ORG/NAME") as e:
+        load_config(None, ["train.steps=1", f"model.pretrained={value}"])
+    assert "\n" not in str(e.value)
+
+
+def test_references_parse_with_and_without_a_revision():
+    from vit_dist.config import load_config
+    from vit_dist.hub import HubRef, parse_ref
+
+    assert parse_ref("hf-hub:timm/vit_base_patch16_224.augreg_in21k") == HubRef(
+        "timm/vit_base_patch16_224.augreg_in21k", None
+    )
+    assert parse_ref("hf-hub:o/n@refs/pr/1") == HubRef("o/n", "refs/pr/1")
+    assert str(parse_ref("hf-hub:o/n@v2")) == "hf-hub:o/n@v2"
+    cfg = load_config(None, ["train.steps=1", "distill.type=soft", "distill.teacher_weights=hf-hub:o/n@v2"])
+    assert cfg.distill.teacher_weights == "hf-hub:o/n@v2"
+
+
+# ------------------------------------------------------------------------------ predict, loading
+
+
+def test_predict_from_the_hub_alone_matches_the_same_weights_loaded_locally(hub, weights, capsys):
+    from vit_dist.predict import load_model, main
+
+    model, info = load_model(f"hf-hub:{ORG}/tiny-vit")
+    assert info["model_name"] == "vit_tiny_patch16_224" and info["num_classes"] == 10
+    assert info["classes"] == DIGITS
+    assert (info["img_size"], info["mean"], info["std"], info["crop_pct"]) == (32, [0.5] * 3, [0.5] * 3, 0.9)
+    assert info["source"] == f"hf-hub:{ORG}/tiny-vit@{COMMIT_A}"  # pinned to the commit read
+
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = model(x)
+        want = local_model(weights["a"], hub["tmp"])(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    import timm  # and timm's own model on the same weights agrees
+
+    ref = timm.create_model("vit_tiny_patch16_224", num_classes=10, **ARCH).eval()
+    ref.load_state_dict(weights["a"])
+    with torch.no_grad():
+        torch.testing.assert_close(got, ref(x), rtol=1e-4, atol=1e-4)
+
+    # the command line, with no config: class names from config.json's label_names
+    image = digit_png(hub["tmp"] / "digit.png")
+    assert main([f"checkpoint=hf-hub:{ORG}/tiny-vit", str(image), "topk=3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(image) and len(out) == 4
+    assert all(line.split()[1] in DIGITS for line in out[1:]), out
+    from vit_dist.predict import Preprocess
+
+    with torch.no_grad():
+        logits = local_model(weights["a"], hub["tmp"])(Preprocess(info)(image.read_bytes()))
+    want_probs = logits.softmax(-1)[0]
+    top = want_probs.argmax().item()
+    assert out[1].split()[1] == DIGITS[top] and f"{want_probs[top].item():.4f}" in out[1]
+
+
+def test_a_revision_picks_its_commit(hub, weights):
+    from vit_dist.predict import load_model
+
+    x = torch.randn(1, 3, 32, 32)
+    for ref, key, commit in (
+        (f"hf-hub:{ORG}/tiny-vit", "a", COMMIT_A),
+        (f"hf-hub:{ORG}/tiny-vit@v2", "b", COMMIT_B),  # a branch (refs/v2)
+        (f"hf-hub:{ORG}/tiny-vit@{COMMIT_A}", "a", COMMIT_A),  # a commit hash
+        (f"hf-hub:{ORG}/tiny-vit@{COMMIT_B}", "b", COMMIT_B),
+    ):
+        model, info = load_model(ref)
+        assert info["source"] == f"hf-hub:{ORG}/tiny-vit@{commit}"
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), local_model(weights[key], hub["tmp"])(x), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="not in the hub cache .* HF_HUB_OFFLINE is set"):
+        load_model(f"hf-hub:{ORG}/tiny-vit@nope")
+
+
+def test_pytorch_model_bin_is_the_fallback(hub, weights):
+    from vit_dist.predict import load_model
+
+    model, info = load_model(f"hf-hub:{ORG}/tiny-vit-bin")
+    assert info["classes"] is None  # no label_names: predict prints indices
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), local_model(weights["a"], hub["tmp"])(x), rtol=0, atol=0)
+
+
+def test_an_architecture_only_timm_has_is_built_by_timm(hub, weights):
+    import timm  # the reference model
+
+    from vit_dist.predict import load_model
+
+    model, info = load_model(f"hf-hub:{ORG}/convnext")
+    assert info["model_name"] == "timm:test_convnext" and info["classes"] is None
+    ref = timm.create_model("test_convnext", num_classes=10).eval()
+    ref.load_state_dict(weights["convnext"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
+
+
+def test_offline_failures_are_one_checkpoint_error(hub):
+    from vit_dist.predict import load_model
+
+    cases = {
+        f"hf-hub:{ORG}/never-downloaded": "config.json is not in the hub cache",
+        f"hf-hub:{ORG}/no-weights": "model.safetensors (nor pytorch_model.bin) is not in the hub cache",
+        f"hf-hub:{ORG}/unknown": "architecture 'not_a_model_anywhere' is neither a vit_dist model nor a "
+        "timm one; we have: deit_",
+    }
+    for ref, expected in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            load_model(ref)
+        assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match="ema=true applies to training checkpoints"):
+        load_model(f"hf-hub:{ORG}/tiny-vit", ema=True)
+
+
+# ------------------------------------------------------------------------ the hub's own answers
+
+
+def test_exit_codes_of_the_kinds_used():
+    kind = lambda e: next((name, c) for types, name, c in KINDS if isinstance(e, types))
+    assert kind(CheckpointError("x")) == ("checkpoint error", EXIT_CHECKPOINT)
+    assert kind(ConfigError("x")) == ("config error", EXIT_CONFIG)
+
+
+# ---------------------------------------------------------------- evaluate, fine-tune, distill
+
+
+def test_a_hub_teacher_must_predict_the_data_classes(hub, weights):
+    from vit_dist.config import load_config
+    from vit_dist.distill import build_teacher
+
+    cfg = load_config(
+        None, ["train.steps=1", "distill.type=soft", f"distill.teacher_weights=hf-hub:{ORG}/tiny-vit-in5"]
+    )
+    with pytest.raises(CheckpointError, match="the teacher predicts 5 classes, the data has 10"):
+        build_teacher(cfg.distill, 10, 32, 3)
+    cfg = load_config(
+        None, ["train.steps=1", "distill.type=soft", f"distill.teacher_weights=hf-hub:{ORG}/tiny-vit@v2"]
+    )
+    teacher, source = build_teacher(cfg.distill, 10, 48, 3)
+    assert source.startswith(f"loaded {len(weights['b'])} tensors from hf-hub:{ORG}/tiny-vit@{COMMIT_B}")
+    assert teacher.input_stats == ([0.5] * 3, [0.5] * 3) and teacher.pos_embed.shape == (1, 10, 192)
+
+    # the student's batch (its own mean/std) reaches the teacher in the teacher's statistics
+    from vit_dist.distill import frozen_teacher
+    from vit_dist.distributed import DistEnv
+
+    cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    cfg = load_config(
+        None,
+        ["train.steps=1", "data.img_size=48", "data.mean=[0.4,0.4,0.4]", "data.std=[0.3,0.3,0.3]"]
+        + ["distill.type=soft", f"distill.teacher_weights=hf-hub:{ORG}/tiny-vit"],
+    )
+    frozen = frozen_teacher(cfg, 10, cpu, fsdp=False)
+    pixels = torch.rand(2, 3, 48, 48)
+    student_input = (pixels - 0.4) / 0.3
+    torch.testing.assert_close(frozen.renorm(student_input), (pixels - 0.5) / 0.5, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ the recipe
+
+
+def test_the_fine_tuning_recipe_loads():
+    from vit_dist.config import load_config
+
+    cfg = load_config(str(ROOT / "configs" / "finetune_vit_base_in21k.yaml"), [])
+    assert cfg.model.name == "vit_base_patch16_224"
+    assert cfg.model.pretrained == "hf-hub:timm/vit_base_patch16_224.augreg_in21k"
+    assert cfg.optim.layer_decay is not None and cfg.optim.lr < 5e-4
+    assert cfg.data.mixup == 0 and cfg.data.cutmix == 0
+    assert cfg.data.mean == [0.5, 0.5, 0.5] and cfg.data.std == [0.5, 0.5, 0.5]  # the in21k weights' stats
+
+
+def test_preprocessing_differences_name_what_differs_from_the_weights():
+    """A fine-tune from hub weights with other mean/std or resize filter is warned about."""
+    from vit_dist.hub import parse_config, preprocessing_differences
+
+    hc = parse_config(
+        {
+            "architecture": "vit_base_patch16_224",
+            "num_classes": 10,
+            "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"},
+        }
+    )
+    assert preprocessing_differences(hc, [0.5] * 3, [0.5] * 3, "bicubic") == []
+    diffs = preprocessing_differences(hc, [0.485, 0.456, 0.406], [0.5] * 3, "bilinear")
+    assert diffs == [
+        "data.mean=[0.485, 0.456, 0.406] (the weights': [0.5, 0.5, 0.5])",
+        "data.interpolation=bilinear (the weights': bicubic)",
+    ]
+    lanczos = parse_config(
+        {"architecture": "vit_base_patch16_224", "pretrained_cfg": {"interpolation": "lanczos"}}
+    )
+    assert not any(
+        "interpolation" in d for d in preprocessing_differences(lanczos, [0.5] * 3, [0.5] * 3, "bilinear")
+    )

@@ -1,0 +1,85 @@
+"""The trainer end to end on real digits: one process, and 2 processes (DDP, FSDP) via accelerate."""
+
+from __future__ import annotations
+
+import torch
+from helpers import CONFIG, read_jsonl
+
+TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
+
+
+def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):
+    from vit_dist.config import load_config
+    from vit_dist.distributed import init_distributed
+    from vit_dist.trainer import Trainer
+
+    env = init_distributed()
+    params = {}
+    for bs, accum in ((32, 1), (16, 2)):
+        cfg = load_config(
+            CONFIG,
+            [
+                f"data.train={digits_data_dir}",
+                f"data.val={digits_data_dir}",  # a fresh clone has no data/digits
+                "train.steps=1",
+                f"train.batch_size={bs}",
+                f"train.grad_accum={accum}",
+                "data.workers=0",
+                "data.shuffle_buffer=0",
+                "model.drop_path_rate=0.0",
+                "optim.warmup_steps=0",
+                "logging.wandb=false",
+                f"output_dir={tmp_path / str(bs)}",
+                "model.embed_dim=32",
+                "model.depth=2",
+                "model.num_heads=2",
+            ],
+        )
+        trainer = Trainer(cfg, env)
+        trainer.train_loader.set_epoch(0)
+        trainer.train_step(iter(trainer.train_loader))
+        params[bs] = {n: p.detach().clone() for n, p in trainer.plain_model.named_parameters()}
+    changed = 0
+    for n, p in params[32].items():
+        torch.testing.assert_close(params[16][n], p, atol=2e-6, rtol=1e-5)
+        changed += 1
+    assert changed > 10
+
+
+def test_a_run_that_waits_for_data_is_told_so_once(digits_data_dir, tmp_path, monkeypatch, caplog):
+    import logging
+    import time
+
+    from vit_dist.config import load_config
+    from vit_dist.data.pipeline import ShardLoader
+    from vit_dist.distributed import init_distributed
+    from vit_dist.trainer import Trainer
+
+    slow_iter = ShardLoader.__iter__
+
+    def slow(self):  # storage that delivers a batch every 200 ms, far slower than this tiny model
+        for batch in slow_iter(self):
+            time.sleep(0.2)
+            yield batch
+
+    monkeypatch.setattr(ShardLoader, "__iter__", slow)
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.train={digits_data_dir}",
+            "data.val=null",
+            "data.workers=0",
+            "train.steps=8",
+            "logging.every=1",
+            "logging.wandb=false",
+            f"output_dir={tmp_path}",
+            *TINY[:-1],
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="vit_dist.trainer"):
+        Trainer(cfg, init_distributed()).fit()
+    advice = [r.getMessage() for r in caplog.records if "input-bound" in r.getMessage()]
+    assert len(advice) == 1, advice  # windows 2-4 were slow: said at step 4, not again
+    assert "data.workers=0 per rank" in advice[0]
+    waits = [m["data_wait_frac"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(waits) == 8 and min(waits[1:]) > 0.2, waits
