@@ -1,4 +1,5 @@
-"""Shared fixtures of the data-layer tests (tests/test_data_*.py): small shard sets on disk."""
+"""Fixtures both test tiers share: small shard sets on disk (the data-layer tests), and the topic
+fixtures of tests/support/ (hostile images, image folders, a hub cache, a SLURM cluster)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.data_hostile import bounded_reads, decodes  # noqa: F401  (fixtures, shared by both tiers)
+from support.data_shards import folder  # noqa: F401  (fixtures, shared by both tiers)
+from support.hub import hub, weights  # noqa: F401  (fixtures, shared by both tiers)
+from support.launch import slurm  # noqa: F401  (fixtures, shared by both tiers)
 
 # vit_dist.data is imported inside the fixtures: other test modules do not pay for it.
 

@@ -7,42 +7,16 @@ Most tests save tiny models in this process (no training); two run the real comm
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import assert_ok, read_jsonl, run_evaluate, run_train
+from support.checkpoint import _reseal, _RunsCode, _truncate
 
 from vit_dist import checkpoint as ck
-from vit_dist import manifest
-
-
-def _reseal(ckpt: Path, name: str) -> None:
-    """Make the manifest agree with a replaced file, as someone who knows the format could."""
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["files"][name] = manifest.file_record(ckpt / name)
-    meta["meta_crc32"] = manifest.meta_crc(meta)
-    (ckpt / "meta.json").write_text(json.dumps(meta))
-
-
-class _RunsCode:
-    """Pickles to a call of os.system: what a malicious checkpoint holds."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
 
 # ---------------------------------------------------------------- the manifest
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 # ---------------------------------------------------------------- resume and load

@@ -8,12 +8,10 @@ import os
 from collections import Counter
 
 import pytest
+from support.data_index import AUG, _streams, _valid
 
-from vit_dist.data import AugmentConfig, DataConfig, ShardLoader
+from vit_dist.data import DataConfig, ShardLoader
 from vit_dist.data.writers import index_shards
-
-AUG = AugmentConfig(img_size=16)
-
 
 # ---------------------------------------------------------------- the format
 
@@ -22,21 +20,6 @@ AUG = AugmentConfig(img_size=16)
 
 
 # ---------------------------------------------------------------- exact epochs, fewer shards than streams
-
-
-def _streams(loader, epoch=0):
-    """Every stream of ``loader``'s rank, iterated in this process: -> batches per stream."""
-    ds = loader.dataset
-    ds.epoch, ds.history = epoch, ()
-    out = []
-    for w in range(ds.num_streams):
-        ds.skip_batches, ds.worker_offset = [0] * ds.num_streams, w
-        out.append(list(ds))
-    return out
-
-
-def _valid(batches):
-    return [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
 
 
 def test_a_pipe_url_streams_through_the_indexed_shards(make_data_shards, caplog):

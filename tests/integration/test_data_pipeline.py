@@ -10,27 +10,9 @@ from collections import Counter
 
 import pytest
 import torch
+from support.data_pipeline import UNEVEN, _cfg, _corrupt, _epoch, _valid_keys
 
 from vit_dist.data import AugmentConfig, DataConfig, DataError, ShardLoader, resolve_shards
-
-AUG = AugmentConfig(img_size=16)
-UNEVEN = [37, 5, 20, 13, 29, 1, 18]  # 123 samples, deliberately uneven shards
-
-
-def _cfg(shards, **kw):
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("workers", 2)
-    kw.setdefault("shuffle_buffer", 16)
-    return DataConfig(str(shards), augment=AUG, **kw)
-
-
-def _epoch(loader, epoch):
-    loader.set_epoch(epoch)
-    return list(loader)
-
-
-def _valid_keys(batches):
-    return [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
 
 
 def test_exact_two_ranks_two_workers_every_sample_once_equal_batches(make_data_shards):
@@ -157,18 +139,6 @@ def test_replan_of_a_resampled_epoch_keeps_its_length(make_data_shards):
     second = [ShardLoader(cfg(workers=1, batch_size=5), rank=r, world_size=3) for r in range(3)]
     rest = [_take(lo, state)[0] for lo in second]
     assert [len(r) for r in rest] == [math.ceil((150 - 2 * 3 * 8) / 15)] * 3
-
-
-def _corrupt(shard, i, files):
-    if (shard, i) == (0, 1):
-        return {"jpg": b"\xff\xd8\xff\xe0 not really a jpeg", "cls": files["cls"]}  # corrupt image
-    if (shard, i) == (0, 2):
-        return {"jpg": files["jpg"][: len(files["jpg"]) // 3], "cls": files["cls"]}  # truncated image
-    if (shard, i) == (1, 0):
-        return {"jpg": files["jpg"]}  # missing label
-    if (shard, i) == (2, 3):
-        return {"jpg": files["jpg"], "cls": b"42"}  # out of range label
-    return files
 
 
 def test_bad_input_is_skipped_counted_and_never_hangs(make_data_shards, caplog):

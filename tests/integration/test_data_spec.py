@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from support.data_spec import _read_every_shard
+
 from vit_dist.data.spec import resolve_shards
-from vit_dist.data.tar_reader import BadSample, read_slice
-
-
-def _read_every_shard(spec: str) -> list[dict]:
-    """Resolve ``spec`` and read every sample of every shard, as training would."""
-    shards = resolve_shards(spec)
-    return [s for url in shards.urls for s in read_slice(url)]
+from vit_dist.data.tar_reader import BadSample
 
 
 def test_a_typed_pipe_spec_still_runs_its_command(make_data_shards):

@@ -19,6 +19,7 @@ import pytest
 import torch
 from helpers import env, free_port
 from PIL import Image
+from support.export_predict import _logits
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke_cpu.yaml"
@@ -67,11 +68,6 @@ def _fresh_model(info: dict):
     from vit_dist.models import create_model
 
     return create_model(info["model_name"], **info["model_kwargs"]).eval()
-
-
-def _logits(model, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
 
 
 def _assert_exported(weights: Path, reference_sd: dict[str, torch.Tensor]) -> dict:

@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import env, free_port, read_jsonl, run_process
-from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
+from slurm_cluster import SlurmCluster
+from support.launch import ACCEL, FREE_SMOKE, ROOT, SMOKE
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke_cpu.yaml"  # 2-process CPU smoke config (tiny ViT, 30 steps)
-ACCEL = ROOT / "launch" / "accelerate"
 TERMINAL = {
     "COMPLETED",
     "FAILED",
@@ -118,10 +116,6 @@ def test_two_machines_on_loopback_form_one_process_group(digits_data_dir, tmp_pa
 
 # ---------------------------------------------------------------------------- accelerate's own flags
 
-FREE_SMOKE = {
-    k: v for k, v in yaml.safe_load(SMOKE.read_text()).items() if k not in ("precision", "parallel")
-}
-
 
 def _accelerate(
     tmp_path, flags: list[str], config: Path, *words: str, **extra_env
@@ -193,22 +187,6 @@ def test_accelerate_use_fsdp_shards(digits_data_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------- a real SLURM cluster
-
-
-@pytest.fixture(scope="module")
-def slurm() -> SlurmCluster:
-    """A 2-node cluster (n1, n2 at 127.0.0.1) for this module; its daemons stop at the end, also
-    after a failure. Debian's packages are installed first when missing (CI starts bare)."""
-    try:
-        ensure_installed(timeout=600)
-    except SlurmUnavailable as e:
-        pytest.skip(f"no SLURM: {e}")
-    cluster = SlurmCluster(nodes=("n1", "n2"), cpus_per_node=2)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 class Job:

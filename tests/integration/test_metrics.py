@@ -17,13 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from metrics_helpers import eval_record, make_logger, train_record, wandb_sandbox  # noqa: F401  (autouse)
+from support.metrics import read_jsonl
 
 from vit_dist.metrics.wandb_sink import WandbSink
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
 
 # ------------------------------------------------------------------ JSONL files
 

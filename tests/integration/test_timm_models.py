@@ -10,30 +10,13 @@ import math
 
 import pytest
 import torch
-import yaml
-from helpers import CONFIG, assert_ok, read_jsonl, run_module
+from helpers import assert_ok, read_jsonl, run_module
 from safetensors.torch import save_file
+from support.timm_models import SWIN, _config
 
 from vit_dist.models import create_model
 
-SWIN = {  # timm's Swin-T layout, shrunk: 32 px input, one block per stage, 4x4 windows
-    "name": "timm:swin_tiny_patch4_window7_224",
-    "embed_dim": 48,
-    "depths": [1, 1, 1, 1],
-    "window_size": 4,
-    "drop_path_rate": 0.1,
-}
 CONVNEXT = {"name": "timm:convnext_atto", "drop_path_rate": 0.1}
-
-
-def _config(tmp_path, model: dict, name: str = "config.yaml", **data) -> str:
-    """The digits demo config with another model section (and data keys)."""
-    cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["model"] = model
-    cfg["data"].update(data)
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def _train(args, config, nproc=1, **env):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from helpers import CONFIG, assert_ok, read_jsonl, run_evaluate, run_train
+from support.train import TINY
 
-TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
 METRIC_FIELDS = {
     "step",
     "epoch",

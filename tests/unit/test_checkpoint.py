@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.checkpoint import _reseal, _RunsCode, _truncate
 from torch import nn
 
 from vit_dist import atomic, manifest
@@ -55,28 +56,10 @@ def _save(out, step, *, run_id="run-a", keep=10, best=False, model=None, env=ENV
     )
 
 
-def _reseal(ckpt: Path, name: str) -> None:
-    """Make the manifest agree with a replaced file, as someone who knows the format could."""
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["files"][name] = manifest.file_record(ckpt / name)
-    meta["meta_crc32"] = manifest.meta_crc(meta)
-    (ckpt / "meta.json").write_text(json.dumps(meta))
-
-
 def _flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
     path.write_bytes(bytes(data))
-
-
-class _RunsCode:
-    """Pickles to a call of os.system: what a malicious checkpoint holds."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 # ---------------------------------------------------------------- the manifest
@@ -93,10 +76,6 @@ def test_manifest_lists_every_file_with_its_size_and_the_checkpoint_verifies(tmp
     assert meta["meta_crc32"] == manifest.meta_crc(meta)
     assert ck.verify_checkpoint(ckpt)["step"] == 3
     assert ck.verify_checkpoint(ckpt, full=True)["run_id"] == "run-a"
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def _zero_tail(path: Path) -> None:

@@ -12,16 +12,15 @@ import tarfile
 from collections import Counter
 
 import pytest
+from support.data_index import AUG, _streams, _valid
 
-from vit_dist.data import AugmentConfig, DataConfig, ShardLoader, index, tar_reader
+from vit_dist.data import DataConfig, ShardLoader, index, tar_reader
 from vit_dist.data import shards as shards_cli
 from vit_dist.data.index import INDEX_SUFFIX, build_index, read_index, write_index
 from vit_dist.data.meta import read_meta
 from vit_dist.data.tar_reader import read_runs
 from vit_dist.data.writers import index_shards
 from vit_dist.errors import DataError
-
-AUG = AugmentConfig(img_size=16)
 
 
 def _keys(items):
@@ -244,21 +243,6 @@ class _Counting:
 
     def close(self):
         self.f.close()
-
-
-def _streams(loader, epoch=0):
-    """Every stream of ``loader``'s rank, iterated in this process: -> batches per stream."""
-    ds = loader.dataset
-    ds.epoch, ds.history = epoch, ()
-    out = []
-    for w in range(ds.num_streams):
-        ds.skip_batches, ds.worker_offset = [0] * ds.num_streams, w
-        out.append(list(ds))
-    return out
-
-
-def _valid(batches):
-    return [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
 
 
 def _bytes_read(shards, world, workers, monkeypatch, train=True):

@@ -6,27 +6,9 @@ import logging
 
 import pytest
 import torch
+from support.data_pipeline import UNEVEN, _cfg, _corrupt, _epoch, _valid_keys
 
-from vit_dist.data import AugmentConfig, DataConfig, DataError, ShardLoader, resolve_shards
-
-AUG = AugmentConfig(img_size=16)
-UNEVEN = [37, 5, 20, 13, 29, 1, 18]  # 123 samples, deliberately uneven shards
-
-
-def _cfg(shards, **kw):
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("workers", 2)
-    kw.setdefault("shuffle_buffer", 16)
-    return DataConfig(str(shards), augment=AUG, **kw)
-
-
-def _epoch(loader, epoch):
-    loader.set_epoch(epoch)
-    return list(loader)
-
-
-def _valid_keys(batches):
-    return [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
+from vit_dist.data import DataError, ShardLoader, resolve_shards
 
 
 def test_loading_in_the_main_process_leaves_the_trainers_rng_alone(make_data_shards):
@@ -62,18 +44,6 @@ def test_resampled_draws_start_at_a_random_sample_and_wrap_round(make_data_shard
         seen.update(keys)
     assert max(int(k.split("_")[1]) for k in seen) >= 8  # not only the first 8 of each shard
     assert len(seen) > 8
-
-
-def _corrupt(shard, i, files):
-    if (shard, i) == (0, 1):
-        return {"jpg": b"\xff\xd8\xff\xe0 not really a jpeg", "cls": files["cls"]}  # corrupt image
-    if (shard, i) == (0, 2):
-        return {"jpg": files["jpg"][: len(files["jpg"]) // 3], "cls": files["cls"]}  # truncated image
-    if (shard, i) == (1, 0):
-        return {"jpg": files["jpg"]}  # missing label
-    if (shard, i) == (2, 3):
-        return {"jpg": files["jpg"], "cls": b"42"}  # out of range label
-    return files
 
 
 def test_bad_sample_limit_stops_with_a_clear_error(make_data_shards):

@@ -8,15 +8,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from support.data_shards import COLORS, _add_unrelated_files, _assert_clean, _assert_one_complete_data_set
 
 from vit_dist.data import shards as shards_cli
 from vit_dist.data import writers as shards_mod
 from vit_dist.data.meta import read_meta
-from vit_dist.data.spec import resolve_shards
-from vit_dist.data.tar_reader import BadSample, read_slice
+from vit_dist.data.tar_reader import read_slice
 from vit_dist.errors import DataError
-
-COLORS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}  # class -> colour
 
 
 def _read_all(directory, split):
@@ -25,21 +23,6 @@ def _read_all(directory, split):
     for s in meta["splits"][split]["shards"]:
         out += list(read_slice(str(directory / s["name"])))
     return meta, out
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """train/ and val/ ImageFolder trees of solid-colour images in several formats and sizes."""
-    root = tmp_path / "folder"
-    for split, n in (("train", 5), ("val", 2)):
-        for name, rgb in COLORS.items():
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n):
-                im = Image.new("RGB", (60 + 10 * i, 40), rgb)
-                im.save(d / f"img{i}.{['jpg', 'png', 'webp'][i % 3]}")
-    (root / "train" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff not an image")
-    return root
 
 
 def test_folder_round_trip_images_labels_resize_and_index(folder, tmp_path):
@@ -107,35 +90,6 @@ def test_an_interrupted_first_write_leaves_nothing_behind(folder, tmp_path, monk
     monkeypatch.setattr(shards_mod._ShardSink, "add", real_add)
     shards_mod.write_shards(str(folder), out, shard_samples=4, progress=False)
     assert read_meta(out)["splits"]["train"]["num_samples"] == 15
-
-
-UNRELATED = {"backup-2025.tar": b"my backup", "photos.tar": b"my photos", "notes.txt": b"notes"}
-
-
-def _add_unrelated_files(out):
-    for name, data in UNRELATED.items():
-        (out / name).write_bytes(data)
-
-
-def _assert_one_complete_data_set(out) -> int:
-    """Every split of ``out``'s index resolves and every listed sample reads back; -> train shards."""
-    for split in read_meta(out)["splits"]:
-        shards = resolve_shards(str(out), split)
-        for url, size in zip(shards.urls, shards.sizes):
-            samples = list(read_slice(url, 0, size))
-            assert len(samples) == size and not any(isinstance(s, BadSample) for s in samples)
-    for name, data in UNRELATED.items():
-        assert (out / name).read_bytes() == data
-    return len(read_meta(out)["splits"]["train"]["shards"])
-
-
-def _assert_clean(out) -> None:
-    """Only the index, the shards it lists (and their byte-offset indexes) under their final names
-    and the user's files remain."""
-    shards = [s for split in read_meta(out)["splits"].values() for s in split["shards"]]
-    listed = {s["name"] for s in shards} | {s["index"] for s in shards}
-    assert all("/" not in name for name in listed)
-    assert {p.name for p in out.iterdir()} == listed | set(UNRELATED) | {"dataset.json"}
 
 
 def test_overwrite_removes_only_the_shards_the_old_index_lists(folder, tmp_path):

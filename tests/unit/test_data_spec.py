@@ -7,17 +7,12 @@ import os
 import shutil
 
 import pytest
+from support.data_spec import _read_every_shard
 
 from vit_dist.data import tar_reader
 from vit_dist.data.spec import resolve_shards
 from vit_dist.data.tar_reader import BadSample, read_slice
 from vit_dist.errors import EXIT_DATA, KINDS, DataError
-
-
-def _read_every_shard(spec: str) -> list[dict]:
-    """Resolve ``spec`` and read every sample of every shard, as training would."""
-    shards = resolve_shards(spec)
-    return [s for url in shards.urls for s in read_slice(url)]
 
 
 def _list_shard(directory, name: str) -> None:

@@ -12,11 +12,7 @@ import json
 
 import pytest
 import torch
-
-
-def _logits(model, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
+from support.export_predict import _logits
 
 
 @pytest.mark.parity

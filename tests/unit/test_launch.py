@@ -7,19 +7,12 @@ requeue and resume to the same final step."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
+from support.launch import ACCEL, FREE_SMOKE
 
 from vit_dist.errors import ConfigError
 from vit_dist.launch_env import KEYS, load_run_config, unused_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke_cpu.yaml"  # 2-process CPU smoke config (tiny ViT, 30 steps)
-ACCEL = ROOT / "launch" / "accelerate"
-
 
 # ---------------------------------------------------------------------------- config files
 
@@ -46,10 +39,6 @@ def test_accelerate_configs_load_and_name_their_command():
 
 
 # ---------------------------------------------------------------------------- accelerate's own flags
-
-FREE_SMOKE = {
-    k: v for k, v in yaml.safe_load(SMOKE.read_text()).items() if k not in ("precision", "parallel")
-}
 
 
 def _load(tmp_path, environ: dict, overrides=(), cfg: dict | None = None, keys=KEYS):
@@ -158,19 +147,3 @@ def test_unused_accelerate_settings_are_named():
 
 
 # ---------------------------------------------------------------------------- a real SLURM cluster
-
-
-@pytest.fixture(scope="module")
-def slurm() -> SlurmCluster:
-    """A 2-node cluster (n1, n2 at 127.0.0.1) for this module; its daemons stop at the end, also
-    after a failure. Debian's packages are installed first when missing (CI starts bare)."""
-    try:
-        ensure_installed(timeout=600)
-    except SlurmUnavailable as e:
-        pytest.skip(f"no SLURM: {e}")
-    cluster = SlurmCluster(nodes=("n1", "n2"), cpus_per_node=2)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()

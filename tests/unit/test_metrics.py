@@ -7,13 +7,13 @@ port and every W&B directory (config, cache, data) inside the test's tmp_path.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from metrics_helpers import eval_record, make_logger, train_record, wandb_sandbox  # noqa: F401  (autouse)
+from support.metrics import read_jsonl
 
 from vit_dist import metrics
 from vit_dist.metrics import (
@@ -31,10 +31,6 @@ from vit_dist.metrics.sink import MetricSink
 from vit_dist.metrics.wandb_sink import offline_segments
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ------------------------------------------------------------------ JSONL files

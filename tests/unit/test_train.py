@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 from helpers import CONFIG, read_jsonl
-
-TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
+from support.train import TINY
 
 
 def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):

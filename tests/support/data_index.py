@@ -1,0 +1,22 @@
+"""What tests/unit/test_data_index.py and tests/integration/test_data_index.py share."""
+
+from __future__ import annotations
+
+from vit_dist.data import AugmentConfig
+
+AUG = AugmentConfig(img_size=16)
+
+
+def _streams(loader, epoch=0):
+    """Every stream of ``loader``'s rank, iterated in this process: -> batches per stream."""
+    ds = loader.dataset
+    ds.epoch, ds.history = epoch, ()
+    out = []
+    for w in range(ds.num_streams):
+        ds.skip_batches, ds.worker_offset = [0] * ds.num_streams, w
+        out.append(list(ds))
+    return out
+
+
+def _valid(batches):
+    return [k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v]
