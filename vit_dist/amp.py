@@ -79,6 +79,11 @@ class LossScaler:
             "enabled": self.enabled,
         }
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.scale.fill_(sd["scale"])
-        self.good_steps.fill_(sd["good_steps"])
+    def load_state_dict(self, state: dict) -> None:
+        """The saved scale, when the scaler is on both here and in the checkpoint: one that is
+        off stays at 1, and an fp16 run resumed from a bf16/fp32 checkpoint (scale 1) starts
+        from its own initial scale."""
+        if not (self.enabled and state["enabled"]):
+            return
+        self.scale.fill_(state["scale"])
+        self.good_steps.fill_(state["good_steps"])

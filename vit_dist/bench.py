@@ -33,15 +33,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import yaml
+from torch import nn
 
 from .amp import DTYPES, autocast
 from .data.bench import main as data_main
 from .errors import ConfigError, DataError, VitDistError
 from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
-from .models import create_model, flops_per_image
+from .models import VitDistModel, create_model, flops_per_image
 from .optim import build_optimizer, param_groups
 from .parallel import apply_compile
 
@@ -73,7 +75,7 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str) -> t
 
         return create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
 
-    nwd = model.no_weight_decay()  # ours, and timm's ViT / DeiT / Swin (compare-timm)
+    nwd = cast(VitDistModel, model).no_weight_decay()  # ours, and timm's ViT / DeiT / Swin (compare-timm)
     return build_optimizer(param_groups(model, 0.05, nwd), 1e-4, (0.9, 0.999), 1e-8, device)
 
 
@@ -87,7 +89,8 @@ def make_steps(
     optimizer: str = "vit_dist",
 ):
     """(train_step, infer_step) closures on fixed random inputs."""
-    x = torch.randn(batch, model.in_chans, img, img, device=device)
+    in_chans = cast(VitDistModel, model).in_chans  # ours, and timm's ViT / DeiT / Swin (compare-timm)
+    x = torch.randn(batch, in_chans, img, img, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
     opt = make_optimizer(model, device, optimizer)
 
@@ -184,8 +187,11 @@ def bench_compare_timm(args) -> dict:
     torch.manual_seed(0)
     theirs = timm.create_model(args.model, pretrained=False, img_size=args.img_size).to(device)
     if args.compile:  # the same per-block compile as ours
+        # timm's ViT / DeiT hold their blocks in ``blocks``, its Swin in ``layers[i].blocks``.
         apply_compile(
-            list(theirs.blocks) if hasattr(theirs, "blocks") else [b for s in theirs.layers for b in s.blocks]
+            list(cast(nn.Sequential, theirs.blocks))
+            if hasattr(theirs, "blocks")
+            else [b for s in cast(nn.Sequential, theirs.layers) for b in cast(nn.Sequential, s.blocks)]
         )
     theirs.load_state_dict(ours.state_dict())  # the same weights in both
     # Each side's own trainer optimizer, unless --same-optimizer compares the models alone.

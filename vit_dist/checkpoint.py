@@ -5,13 +5,15 @@ Layout of ``output_dir/checkpoints/step-00001234/``:
     state.pt        DDP / single process: model, optimizer, EMA (rank 0 writes it)
     dcp/            FSDP: the same, sharded with torch.distributed.checkpoint (every rank writes
                     its ``__<rank>_<n>.distcp`` files, rank 0 the ``.metadata``)
-    rank-00000.pt   per rank: RNG states (python, numpy, torch, cuda), data-loader position
-    meta.json       step, epoch, samples seen, scheduler and lr schedule, loss scaler, world
-                    size, strategy, rank 0's data position (what a resume on another world
-                    size re-plans the epoch from), model name, config, the run lineage
-                    (``run_id``), the manifest of every other file (``files``) and a checksum
-                    of meta.json itself (``meta_crc32``) -- written last: a directory without
-                    it is incomplete
+    rank-00000.pt   per rank: the states of that rank's components (data-loader position and
+                    counts, RNG states: ``train_state.py``)
+    meta.json       what the trainer describes the run by (model name and keywords, number
+                    of classes, config, the run lineage ``run_id``), the states of the run's
+                    components under ``state`` (counters, lr schedule, loss scaler, EMA count,
+                    and the job's data position and counts that a resume on another world size
+                    re-plans from), step, world size, strategy (``fsdp``), the manifest of every
+                    other file (``files``) and a checksum of meta.json itself (``meta_crc32``)
+                    -- written last: a directory without it is incomplete
 
 Atomicity: everything is written into ``step-N.tmp/``; every file is fsynced by the rank that
 wrote it, then rank 0 writes meta.json, fsyncs every directory of the checkpoint and renames it
@@ -39,16 +41,16 @@ pickle with code) or cannot read is a CheckpointError, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import random
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -60,6 +62,7 @@ from .distributed import DistEnv, all_gather_object, broadcast_object
 from .errors import CheckpointError
 from .manifest import check_file, expected_files, file_record, meta_crc, os_reason
 from .testing import faults
+from .train_state import Stateful, state_dicts
 
 log = logging.getLogger(__name__)
 
@@ -129,35 +132,6 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
             f"or a run directory with checkpoints/step-N)"
         )
     return latest
-
-
-def rng_state() -> dict:
-    """All RNG states as tensors and plain Python values, so that weights_only loading works."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(_tuplify(state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _tuplify(x):
-    """weights_only loading turns tuples into lists; RNG setters want tuples back."""
-    if isinstance(x, list):
-        return tuple(_tuplify(v) for v in x)
-    return x
 
 
 def _write_torch(obj, path: Path) -> None:
@@ -238,10 +212,21 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
 
 
-def _model_optim_state(model: nn.Module, optimizer, fsdp: bool):
-    if fsdp:
-        return get_state_dict(model, optimizer)
-    return model.state_dict(), optimizer.state_dict()
+@dataclasses.dataclass(frozen=True)
+class TensorState:
+    """What a checkpoint holds as tensors: ``state.pt`` (rank 0), or under FSDP ``dcp/``,
+    sharded by every rank and resharded to the world size that loads it."""
+
+    model: nn.Module  # the unwrapped (or FSDP) module
+    optimizer: torch.optim.Optimizer
+    ema: dict[str, torch.Tensor] | None  # the EMA weights (``ModelEma.params``), None without EMA
+    fsdp: bool
+
+    def model_optim(self):
+        """(model state dict, optimizer state dict): under FSDP of sharded DTensors."""
+        if self.fsdp:
+            return get_state_dict(self.model, self.optimizer)
+        return self.model.state_dict(), self.optimizer.state_dict()
 
 
 def save_checkpoint(
@@ -249,18 +234,19 @@ def save_checkpoint(
     env: DistEnv,
     *,
     step: int,
-    model: nn.Module,
-    optimizer,
-    fsdp: bool,
-    ema: dict[str, torch.Tensor] | None,
+    tensors: TensorState,
     meta: dict,
-    rank_state: dict,
+    state: Mapping[str, Stateful],
+    rank_state: Mapping[str, Stateful],
     keep: int,
     best: bool = False,
 ) -> Path:
-    """Collective: every rank calls it. ``model`` is the unwrapped (or FSDP) module; ``meta``
-    carries ``run_id``, the run lineage that pruning and ``best/`` go by. When any rank cannot
+    """Collective: every rank calls it. ``meta``: what describes the run (JSON), including
+    ``run_id``, the run lineage that pruning and ``best/`` go by; ``state``: the run's
+    components, which every rank takes the state of (one may be a collective) and rank 0 writes
+    into meta.json; ``rank_state``: this rank's components (its rank file). When any rank cannot
     write (disk full, read-only, permissions) every rank raises the same CheckpointError."""
+    states = state_dicts(state)
     root = checkpoint_root(output_dir)
     final = root / f"{_PREFIX}{step:08d}"
     tmp = root / f"{final.name}.tmp"
@@ -268,9 +254,10 @@ def save_checkpoint(
 
     records, failure = {}, None
     try:
-        _write_state(tmp, env, model=model, optimizer=optimizer, fsdp=fsdp, ema=ema)
-        _write_torch({**rank_state, "rng": rng_state()}, tmp / f"rank-{env.rank:05d}.pt")
-        records = _own_files(tmp, env, fsdp=fsdp)
+        _write_state(tmp, env, tensors)
+        # After the tensors: the RNG states as the run goes on from here.
+        _write_torch(state_dicts(rank_state), tmp / f"rank-{env.rank:05d}.pt")
+        records = _own_files(tmp, env, fsdp=tensors.fsdp)
     except (OSError, CheckpointException) as e:
         failure = f"rank {env.rank}: {_dcp_cause(e)}" if env.distributed else _dcp_cause(e)
     faults.maybe_kill("kill_in_save", step, env.rank)
@@ -280,7 +267,14 @@ def save_checkpoint(
 
     if env.is_main:
         manifest = {name: record for files, _ in gathered for name, record in files.items()}
-        full_meta = {**meta, "step": step, "world_size": env.world_size, "fsdp": fsdp, "files": manifest}
+        full_meta = {
+            **meta,
+            "state": states,
+            "step": step,
+            "world_size": env.world_size,
+            "fsdp": tensors.fsdp,
+            "files": manifest,
+        }
         failure = _attempt(_publish_checkpoint, tmp, final, full_meta)
     _stop_if_failed(env, failure, tmp, output_dir)
 
@@ -329,13 +323,13 @@ def _stop_if_failed(env: DistEnv, failure: str | None, tmp: Path, output_dir: st
         raise CheckpointError(message)
 
 
-def _write_state(tmp: Path, env: DistEnv, *, model: nn.Module, optimizer, fsdp: bool, ema) -> None:
+def _write_state(tmp: Path, env: DistEnv, tensors: TensorState) -> None:
     """Model, optimizer and EMA: dcp/ from every rank (FSDP), or state.pt from rank 0."""
-    model_sd, optim_sd = _model_optim_state(model, optimizer, fsdp)
+    model_sd, optim_sd = tensors.model_optim()
     state = {"model": model_sd, "optim": optim_sd}
-    if ema is not None:
-        state["ema"] = ema
-    if fsdp:
+    if tensors.ema is not None:
+        state["ema"] = tensors.ema
+    if tensors.fsdp:
         dcp.save(state, checkpoint_id=str(tmp / "dcp"))
     elif env.is_main:
         _write_torch(state, tmp / "state.pt")
@@ -477,48 +471,52 @@ def read_meta(ckpt: str | os.PathLike) -> dict:
     return meta
 
 
-def load_checkpoint(
-    ckpt: str | os.PathLike,
-    env: DistEnv,
-    *,
-    model: nn.Module,
-    optimizer,
-    fsdp: bool,
-    ema: dict[str, torch.Tensor] | None,
-) -> tuple[dict, dict | None]:
-    """Load model/optimizer/EMA in place; return (meta, this rank's state or None when the
-    world size changed)."""
+def load_checkpoint(ckpt: str | os.PathLike, env: DistEnv, tensors: TensorState) -> tuple[dict, dict | None]:
+    """Load the tensors (model, optimizer, EMA) in place; return (meta, the states of this
+    rank's components, or None when the world size changed: then they mean nothing here)."""
     ckpt = Path(ckpt)
     meta = read_meta(ckpt)
-    if meta.get("fsdp") != fsdp:
+    if meta.get("fsdp") != tensors.fsdp:
         raise CheckpointError(
             f"{ckpt} was written with parallel.strategy={'fsdp' if meta.get('fsdp') else 'ddp'}; "
             f"resume with the same strategy or export weights and start a new run"
         )
-    if fsdp:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        if ema is not None:
-            state["ema"] = ema
-        load_dcp(state, ckpt / "dcp")  # reshards to this world size
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if tensors.fsdp:
+        _load_sharded(ckpt, tensors)
     else:
-        state = load_torch_file(ckpt / "state.pt")
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{ckpt} does not fit this model: {str(e).splitlines()[1:3]}") from None
-        optimizer.load_state_dict(state["optim"])
-        if ema is not None:
-            if "ema" not in state:
-                raise CheckpointError(f"{ckpt} has no EMA weights but ema.decay > 0")
-            for k, v in ema.items():
-                v.copy_(state["ema"][k])
+        _load_whole(ckpt, tensors)
     rank_file = ckpt / f"rank-{env.rank:05d}.pt"
     rank_state = None
     if meta.get("world_size") == env.world_size and rank_file.is_file():
         rank_state = load_torch_file(rank_file)
     return meta, rank_state
+
+
+def _load_sharded(ckpt: Path, tensors: TensorState) -> None:
+    """dcp/ into this rank's shards, resharded to this world size."""
+    model_sd, optim_sd = tensors.model_optim()
+    state = {"model": model_sd, "optim": optim_sd}
+    if tensors.ema is not None:
+        state["ema"] = tensors.ema  # loaded in place: the EMA's own DTensors
+    load_dcp(state, ckpt / "dcp")
+    set_state_dict(
+        tensors.model, tensors.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+
+
+def _load_whole(ckpt: Path, tensors: TensorState) -> None:
+    """state.pt, on every rank."""
+    state = load_torch_file(ckpt / "state.pt")
+    try:
+        tensors.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt} does not fit this model: {str(e).splitlines()[1:3]}") from None
+    tensors.optimizer.load_state_dict(state["optim"])
+    if tensors.ema is not None:
+        if "ema" not in state:
+            raise CheckpointError(f"{ckpt} has no EMA weights but ema.decay > 0")
+        for k, v in tensors.ema.items():
+            v.copy_(state["ema"][k])
 
 
 def resolve_resume(
@@ -548,7 +546,7 @@ def resolve_resume(
 def _newest_intact(output_dir: str | os.PathLike, *, full: bool) -> Path | None:
     """The newest checkpoint that verifies; CheckpointError when there are some but none does
     (starting afresh would silently throw the run away: that is the user's call)."""
-    damaged = []
+    damaged: list[str] = []
     for ckpt in reversed(list_checkpoints(output_dir)):
         problem = checkpoint_problem(ckpt, full=full)
         if problem is None:

@@ -129,7 +129,9 @@ def parse_args(
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(w in _HELP for w in argv):
         p.parse_args(["--help"])  # prints the reference and exits 0
-    keys, flags, free = list(options), (), ()
+    keys = list(options)
+    flags: tuple[str, ...] = ()
+    free: tuple[str, ...] = ()
     if config:  # the config's keys, the free model keywords, and --config FILE
         keys, flags, free = [*keys, *config_keys()], ("--config", "-c"), ("model.",)
     try:
@@ -187,7 +189,7 @@ def os_error_line(e: OSError) -> str:
     name = errno.errorcode.get(e.errno) if isinstance(e.errno, int) else None
     line = f"{reason} ({name})" if name else reason
     line = f"{' -> '.join(paths)}: {line}" if paths else f"{line} (the system did not name the file)"
-    hint = _OS_HINTS.get(e.errno)
+    hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
     return f"{line}; {hint}" if hint else line
 
 
@@ -218,8 +220,9 @@ def run_cli(main: Callable[[], int]) -> int:
         for types, kind, code in KINDS:
             if isinstance(e, types):
                 # FileNotFoundError keeps its own kind and wording (a path the user gave).
-                plain_os = isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
-                return fail(kind, os_error_line(e) if plain_os else _first_line(e), code)
+                if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+                    return fail(kind, os_error_line(e), code)
+                return fail(kind, _first_line(e), code)
         if _peer_lost(e):
             return fail(
                 "distributed error",

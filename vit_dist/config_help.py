@@ -92,7 +92,9 @@ def shown(value: Any) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is dataclasses.MISSING:  # never: every config field has a default
+        raise TypeError(f"config field {f.name} has no default")
+    return f.default_factory()
 
 
 def config_keys(cls=Config, prefix: str = "") -> list[Key]:

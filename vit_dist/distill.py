@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ from .hub import is_hub_ref
 from .losses import cross_entropy
 from .models import create_model, list_families, list_models, load_pretrained
 from .models.pretrained import read_state_dict
+from .models.protocol import VitDistModel
 from .parallel import shard_frozen
 from .weights import hub_model_spec, load_weights
 
@@ -80,6 +82,9 @@ def distillation_loss(
 
 class Renormalize(nn.Module):
     """Map a batch normalised with the student's (mean, std) to the teacher's statistics."""
+
+    scale: torch.Tensor  # buffers (register_buffer)
+    shift: torch.Tensor
 
     def __init__(self, student_mean, student_std, teacher_mean, teacher_std):
         super().__init__()
@@ -136,6 +141,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
     if weights is not None and weights.is_dir():
         model, source = _teacher_from_checkpoint(weights)
     else:
+        side: dict | None
         if hub:  # weights: the reference itself, which load_pretrained resolves
             side, weights = _hub_sidecar(dcfg.teacher_weights, num_classes), dcfg.teacher_weights
         else:
@@ -161,7 +167,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
                         "a teacher must predict the student's classes"
                     )
                 source = str(report)
-            if hub:
+            if hub and side is not None:  # hub: side is its config.json's (_hub_sidecar)
                 model.input_stats = (side["mean"], side["std"])
         elif hub:
             raise CheckpointError(
@@ -219,7 +225,8 @@ def frozen_teacher(cfg: Config, num_classes: int, env: DistEnv, *, fsdp: bool) -
     d, distill = cfg.data, cfg.distill
     model, source = build_teacher(distill, num_classes, d.img_size, d.in_chans)
     # A hub teacher's own statistics (its config.json) unless distill.teacher_mean/std say otherwise.
-    mean, std = model.input_stats or (d.mean, d.std)
+    # Every teacher has the contract's input_stats (build_teacher gives a torchvision one the member).
+    mean, std = cast(VitDistModel, model).input_stats or (d.mean, d.std)
     renorm = Renormalize(d.mean, d.std, distill.teacher_mean or mean, distill.teacher_std or std)
     teacher = FrozenTeacher(model, renorm).to(env.device)
     gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30

@@ -7,6 +7,10 @@ no synchronisation. To evaluate the EMA the weights are swapped in place and bac
 
 The decay warms up as ``min(decay, (1 + n) / (10 + n))`` (n = updates so far), as timm's
 ModelEmaV3 does, so that short runs are not dominated by the random initialisation.
+
+Checkpoints: ``state_dict()`` is the update count (a component of the run's training state,
+``train_state.py``); the weights (:attr:`ModelEma.params`) are tensors that ``checkpoint.py``
+saves with the model's, sharded like them under FSDP.
 """
 
 from __future__ import annotations
@@ -62,5 +66,8 @@ class ModelEma:
         finally:
             self._swap(model)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.params
+    def state_dict(self) -> dict[str, int]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.updates = int(state["updates"])

@@ -12,6 +12,7 @@ evaluation.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import nn
 
 from .amp import autocast
 from .distributed import all_reduce, sum_over_ranks
+from .models.protocol import VitDistModel
 
 
 class EvalSums:
@@ -82,8 +84,9 @@ def evaluate_model(
     With a ``teacher``: its top-1 (``teacher_top1``) and how often the student's distillation
     head agrees with it (``teacher_agreement``)."""
     plain_model = plain_model if plain_model is not None else model
+    heads = cast(VitDistModel, plain_model)  # the plain model is a vit_dist model (models.protocol)
     model.eval()
-    two_heads = plain_model.return_both_heads is not None  # None: one head (models.protocol)
+    two_heads = heads.return_both_heads is not None  # None: one head (models.protocol)
     sums = {"": EvalSums(device)}
     if two_heads:
         sums.update(cls_=EvalSums(device), dist_=EvalSums(device))
@@ -93,7 +96,7 @@ def evaluate_model(
     loader.set_epoch(0)
     try:
         if two_heads:
-            plain_model.return_both_heads = True
+            heads.return_both_heads = True
         for batch in loader:
             x = loader.images(batch, device)
             y = batch["label"].to(device, non_blocking=True)
@@ -114,7 +117,7 @@ def evaluate_model(
                 agree += torch.stack([same.sum(), valid.sum()]).double()
     finally:
         if two_heads:
-            plain_model.return_both_heads = False
+            heads.return_both_heads = False
     record = {}
     for prefix, s in sums.items():
         r = s.reduce()

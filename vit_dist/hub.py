@@ -31,6 +31,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from .errors import CheckpointError, ConfigError
 
@@ -77,7 +78,7 @@ class HubModelConfig:
     label_names: list[str] | None
 
 
-def is_hub_ref(value: object) -> bool:
+def is_hub_ref(value: object) -> TypeGuard[str]:
     """Whether a weights setting names the hub (``hf-hub:...``) rather than a local path."""
     return isinstance(value, str) and value.startswith(PREFIX)
 

@@ -22,5 +22,6 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: f
 
 def classification_loss(output, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     if isinstance(output, tuple):  # DeiT distilled heads without a teacher
-        return sum(cross_entropy(o, target, label_smoothing) for o in output) / len(output)
+        losses = [cross_entropy(o, target, label_smoothing) for o in output]
+        return sum(losses[1:], losses[0]) / len(losses)
     return cross_entropy(output, target, label_smoothing)

@@ -97,7 +97,8 @@ def check_file(ckpt: Path, name: str, record: dict, *, full: bool) -> str | None
 def expected_files(meta: dict) -> list[str]:
     """Files every complete checkpoint of this meta has (the manifest must list them)."""
     payload = "dcp/.metadata" if meta.get("fsdp") else "state.pt"
-    ranks = meta.get("world_size") if isinstance(meta.get("world_size"), int) else 1
+    world_size = meta.get("world_size")
+    ranks = world_size if isinstance(world_size, int) else 1
     return [payload, *(f"rank-{r:05d}.pt" for r in range(ranks))]
 
 

@@ -10,7 +10,9 @@
   the next block. Group lr = lr * decay ** (L + 1 - id). A model with its own ``layer_ids()``
   (timm models: timm's ``group_matcher``, the grouping of ``timm.optim.param_groups_layer_decay``)
   assigns the ids itself.
-- Per-step schedule: linear warmup from 0, then cosine to ``min_lr`` (:class:`Schedule`).
+- Per-step schedule: linear warmup from 0, then cosine to ``min_lr`` (:class:`Schedule`),
+  checkpointed with its peak lr and run length as one component (:class:`LrSchedule`), which
+  a resume then fits to this run's peak lr and length.
 Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.``.
 """
 
@@ -20,17 +22,19 @@ import dataclasses
 import fnmatch
 import functools
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
 from .models.pretrained import clean_param_name
+from .models.protocol import VitDistModel
 
 
 def layer_ids(model: nn.Module, blocks: list[nn.Module]) -> tuple[dict[str, int], int]:
     """Map parameter name -> layer id (see module docstring); returns (ids, num_layers + 2), or
     the model's own ``layer_ids()`` where it answers (not None; ``models.protocol``)."""
-    if (result := model.layer_ids()) is not None:
+    if (result := cast(VitDistModel, model).layer_ids()) is not None:  # a vit_dist model's
         return result
     block_of: dict[int, int] = {}
     for i, blk in enumerate(blocks):
@@ -157,10 +161,7 @@ def build_scheduler(optimizer, schedule: Schedule):
 
 
 def set_peak_lr(optimizer, scheduler, old_peak: float, new_peak: float) -> None:
-    """Scale every group's lr (and the scheduler's base lrs) from ``old_peak`` to ``new_peak``.
-
-    A resumed scheduler carries the checkpoint's peak lr; this run's (a changed ``optim.lr``,
-    or a world size that changes the batch-scaled lr) must win, not be silently ignored."""
+    """Scale every group's lr (and the scheduler's base lrs) from ``old_peak`` to ``new_peak``."""
     ratio = new_peak / old_peak
     scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
     for g in optimizer.param_groups:
@@ -180,23 +181,81 @@ class RunLength:
     epochs: int | None = None
 
 
+class LrSchedule:
+    """The lr schedule as a checkpointed component (``train_state.Stateful``): the LambdaLR
+    scheduler over a :class:`Schedule`, and the peak lr and run length it was made for.
+
+    ``load_state_dict`` restores a checkpoint's schedule as it was saved; a resume then makes
+    it this run's with :meth:`set_peak` and :meth:`fit_length` (each says what changed)."""
+
+    def __init__(self, optimizer, schedule: Schedule, peak_lr: float, length: RunLength):
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.scheduler = build_scheduler(optimizer, schedule)
+        self.peak_lr = peak_lr
+        self.length = length
+        self._configured = dataclasses.replace(schedule)  # this run's own, for another run length
+
+    def step(self) -> None:
+        self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "schedule": dataclasses.asdict(self.schedule),
+            "peak_lr": self.peak_lr,
+            "length": dataclasses.asdict(self.length),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        vars(self.schedule).update(state["schedule"])  # in place: the scheduler calls this one
+        self.peak_lr = float(state["peak_lr"])
+        self.length = RunLength(**state["length"])
+
+    def set_peak(self, peak_lr: float) -> float | None:
+        """Make ``peak_lr`` the schedule's peak (this run's ``optim.lr``, scaled by the global
+        batch under ``optim.base_batch_size``, must win over a checkpoint's, not be silently
+        ignored); returns the peak it replaced, or None when that was the same."""
+        if math.isclose(self.peak_lr, peak_lr, rel_tol=1e-12):
+            return None
+        old = self.peak_lr
+        set_peak_lr(self.optimizer, self.scheduler, old, peak_lr)
+        self.peak_lr = peak_lr
+        return old
+
+    def fit_length(self, length: RunLength, *, step: int, steps_left) -> str | None:
+        """Continue the schedule on this run's ``length`` (:func:`resume_schedule`); returns a
+        warning for the user when the length changed, else None."""
+        warning = resume_schedule(
+            self.schedule, self._configured, self.length, length, step=step, steps_left=steps_left
+        )
+        self.length = length
+        return warning
+
+
 def resume_schedule(
-    schedule: Schedule, saved: dict, saved_length: RunLength, length: RunLength, *, step: int, steps_left
+    schedule: Schedule,
+    configured: Schedule,
+    saved_length: RunLength,
+    length: RunLength,
+    *,
+    step: int,
+    steps_left,
 ) -> str | None:
-    """Continue a checkpoint's schedule (``saved``: its fields) on this run's ``schedule``, in
-    place; returns a warning for the user when the length changed, else None.
+    """Continue a checkpoint's ``schedule`` (loaded, made for ``saved_length``) on this run's
+    ``length``, in place; returns a warning for the user when the length changed, else None.
 
     - the same plan: the checkpoint's schedule, re-anchored or not, goes on as saved;
     - another number of steps per epoch (world size, batch size) with the length in epochs:
       the epochs still hold, so the schedule is re-anchored at ``step`` to end after
       ``steps_left()`` more steps, and the lr goes on from where it was;
-    - another ``train.steps`` / ``train.epochs``: the schedule of the new length, as configured.
+    - another ``train.steps`` / ``train.epochs``: this run's ``configured`` schedule, the one
+      of the new length.
     """
     if saved_length.planned_steps == length.planned_steps:
-        vars(schedule).update(saved)
         return None
     if not length.in_steps and saved_length.steps_per_epoch != length.steps_per_epoch:
-        vars(schedule).update(saved)
         left = steps_left()
         schedule.reanchor(step, step + left)
         return (
@@ -204,6 +263,7 @@ def resume_schedule(
             f"{left} steps left to the end of train.epochs={length.epochs}; the lr schedule goes on from "
             f"{100.0 * schedule.anchor_position / max(1, schedule.total):.1f}% of its length"
         )
+    vars(schedule).update(dataclasses.asdict(configured))
     return (
         f"train.steps/train.epochs changed ({saved_length.planned_steps} -> {length.planned_steps} "
         "steps): the lr schedule is the one for the new length"

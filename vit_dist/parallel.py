@@ -133,7 +133,7 @@ def no_grad_sync(model: nn.Module, enabled: bool):
     if isinstance(model, DistributedDataParallel):
         with model.no_sync():
             yield
-    elif is_fsdp(model):
+    elif isinstance(model, FSDPModule):  # is_fsdp
         model.set_requires_gradient_sync(False)
         try:
             yield

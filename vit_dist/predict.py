@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from .cli import parse_args, run_cli
 from .config_help import Key
@@ -87,7 +88,7 @@ class Preprocess:
     def __init__(self, info: dict):
         from .data.transforms import AugmentConfig, SampleTransform  # torch: only once predicting
 
-        aug = dict(
+        aug: dict[str, Any] = dict(
             img_size=int(info["img_size"]),
             crop_pct=float(info["crop_pct"]),
             interpolation=resize_filter(info.get("interpolation")),

@@ -21,9 +21,12 @@ SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 class PreemptionWatch:
     def __init__(self, env: DistEnv):
         self.signal_name: str | None = None  # the preemption signal this process received
-        self._group = None
+        self._group: dist.ProcessGroup | None = None
         if dist.is_initialized() and env.world_size > 1:
-            self._group = dist.new_group(backend="gloo") if env.backend != "gloo" else dist.group.WORLD
+            group = dist.new_group(backend="gloo") if env.backend != "gloo" else dist.group.WORLD
+            if isinstance(group, int):  # GroupMember.NON_GROUP_MEMBER: never, every rank is a member
+                raise RuntimeError("this rank is not a member of the preemption watch's process group")
+            self._group = group
 
     def install(self) -> None:
         """Route the preemption signals to this watch (from now on, in this process)."""

@@ -16,11 +16,10 @@ batches.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -30,7 +29,7 @@ from .amp import DTYPES, LossScaler, autocast
 from .config import Config, dump_config
 from .data import MixupCutmix, build_loader, loader_config
 from .distill import distillation_loss, frozen_teacher
-from .distributed import DistEnv, all_gather_object, all_reduce, barrier, sum_over_ranks
+from .distributed import DistEnv, all_gather_object, all_reduce, barrier
 from .ema import ModelEma
 from .errors import CheckpointError, ConfigError, Preempted, TrainingError
 from .evaluation import evaluate_model
@@ -47,21 +46,24 @@ from .metrics import (
 )
 from .metrics.runlog import FINAL_EVAL_FILE
 from .models import build_model, flops_per_image
-from .optim import (
-    RunLength,
-    Schedule,
-    build_optimizer,
-    build_scheduler,
-    param_groups,
-    resume_schedule,
-    set_peak_lr,
-)
+from .optim import LrSchedule, RunLength, Schedule, build_optimizer, param_groups
 from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
 from .preemption import PreemptionWatch
 from .rundir import claim_output_dir
 from .sync_debug import sync_guard
 from .testing import faults
+from .train_state import (
+    JobDataCounts,
+    JobDataPosition,
+    RngState,
+    Stateful,
+    TrainState,
+    load_components,
+)
 from .weights import export_checkpoint
+
+if TYPE_CHECKING:
+    from .models.protocol import VitDistModule
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +92,32 @@ class Trainer:
         torch.manual_seed(cfg.train.seed * 1000 + 1 + env.rank)
         self._build_optimization()
 
-        self.step = 0
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.samples_seen = 0
-        self.best_top1 = -1.0
-        self.skipped_steps = torch.zeros((), device=self.device)
+        self.state = TrainState(skipped_steps=torch.zeros((), device=self.device))
+        self._name_components()
         self.peak = peak_flops(self.device, DTYPES[cfg.precision])
         self._resume()
         # Resumed at the step its end was recorded at: fit() reports the result and writes
         # nothing (a longer train.steps / train.epochs makes total_steps larger: it trains on).
-        self.already_complete = self.step >= self.total_steps and self.claim.finished_step == self.step
+        self.already_complete = (
+            self.state.step >= self.total_steps and self.claim.finished_step == self.state.step
+        )
         if not self.already_complete:
             self._start_writing()
         self.logger = RunLogger.for_run(
             cfg,
             is_main=env.is_main and not self.already_complete,
             total_steps=self.total_steps,
-            start_step=self.step,
+            start_step=self.state.step,
         )
         self.timer = StepTimer()
         self.input_advisor = InputBoundAdvisor(cfg.data.workers)
         self._dtypes_logged = False
         self.preemption = PreemptionWatch(env)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (train.py reports it)."""
+        return self.state.step
 
     def _build_data(self) -> None:
         cfg, env = self.cfg, self.env
@@ -145,7 +150,7 @@ class Trainer:
         self.num_params = sum(p.numel() for p in model.parameters())
         model.to(self.device)
         self.model = parallelize(model, self.env, cfg.parallel, precision=cfg.precision)
-        self.plain_model = unwrap(self.model)
+        self.plain_model = cast("VitDistModule", unwrap(self.model))  # the model build_model made
         self.fsdp = is_fsdp(self.model)
         self.teacher = (
             frozen_teacher(cfg, self.num_classes, self.env, fsdp=self.fsdp)
@@ -182,8 +187,14 @@ class Trainer:
             )
         # What the config asks for; a resume with another number of steps per epoch changes
         # total_steps (not this) so that train.epochs still holds (optim.resume_schedule).
+        if t.steps:
+            planned_steps = t.steps
+        elif t.epochs is not None:
+            planned_steps = t.epochs * self.steps_per_epoch
+        else:  # never: config validation asks for one of them
+            raise ConfigError("train.epochs or train.steps must be set")
         self.length = RunLength(
-            planned_steps=t.steps or t.epochs * self.steps_per_epoch,
+            planned_steps=planned_steps,
             steps_per_epoch=self.steps_per_epoch,
             in_steps=bool(t.steps),
             epochs=t.epochs,
@@ -202,8 +213,9 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(groups, self.lr, o.betas, o.eps, self.device)
         min_ratio = min(1.0, o.min_lr / self.lr) if self.lr > 0 else 0.0
-        self.schedule = Schedule(self.total_steps, self.warmup_steps, min_ratio)
-        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        self.lr_schedule = LrSchedule(
+            self.optimizer, Schedule(self.total_steps, self.warmup_steps, min_ratio), self.lr, self.length
+        )
         self.scaler = LossScaler(self.device, enabled=cfg.precision == "fp16")
         self.ema = ModelEma(core, cfg.ema.decay) if cfg.ema.decay > 0 else None
 
@@ -238,25 +250,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoint_meta(self, data_counts: tuple[int, int]) -> dict:
+    def _name_components(self) -> None:
+        """The training state a checkpoint saves and a resume restores, by name
+        (``train_state.py``: a new piece of state is one line here), and the tensors it
+        saves beside them (``checkpoint.TensorState``)."""
+        self.run_components: dict[str, Stateful] = {
+            "train": self.state,
+            "schedule": self.lr_schedule,
+            "scaler": self.scaler,
+        }
+        if self.ema is not None:
+            self.run_components["ema"] = self.ema  # the update count; the weights are tensors
+        self.rank_components: dict[str, Stateful] = {"data": self.train_loader, "rng": RngState()}
+        # In place of the rank components on another world size.
+        self.data_counts = JobDataCounts(self.train_loader, self.device, self.env.is_main)
+        self.job_components: dict[str, Stateful] = {
+            "data": JobDataPosition(self.train_loader),
+            "data_counts": self.data_counts,
+        }
+        self.tensors = ckpt.TensorState(
+            model=self.plain_model,
+            optimizer=self.optimizer,
+            ema=self.ema.params if self.ema is not None else None,
+            fsdp=self.fsdp,
+        )
+
+    def _checkpoint_meta(self) -> dict:
+        """What describes the run beside its state: the model (check_compatible, weights.py,
+        distill.py rebuild it from these), the config and the run lineage."""
         return {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            # The data position (the same on every rank but for its bad-sample counts): what a
-            # resume on another world size re-plans the rest of the epoch from.
-            "data": self.train_loader.state_dict(),
-            # (bad samples, samples read) of all ranks: the counts a resume on another world
-            # size carries on from (per-rank counts mean nothing there).
-            "data_counts": list(data_counts),
-            "samples_seen": self.samples_seen,
-            "best_top1": self.best_top1,
-            "scheduler": self.scheduler.state_dict(),
-            "schedule": dataclasses.asdict(self.schedule),
-            "peak_lr": self.lr,
-            "planned_steps": self.length.planned_steps,
-            "steps_per_epoch": self.steps_per_epoch,
-            "scaler": self.scaler.state_dict(),
-            "ema_updates": self.ema.updates if self.ema else 0,
             "model_name": self.cfg.model.name,
             "model_kwargs": dict(self.plain_model.model_kwargs),
             "num_classes": self.num_classes,
@@ -264,24 +286,15 @@ class Trainer:
             "run_id": self.run_id,  # the run that wrote it (rundir): pruning keeps to its own
         }
 
-    def _job_data_counts(self) -> tuple[int, int]:
-        """(bad samples, samples read) summed over ranks: a collective."""
-        loader = self.train_loader
-        bad, seen = sum_over_ranks([loader.bad_samples, loader.samples_seen], self.device).tolist()
-        return int(bad), int(seen)
-
     def save(self, *, best: bool = False) -> Path:
-        counts = self._job_data_counts()  # a collective, like the save
         return ckpt.save_checkpoint(
             self.out,
             self.env,
-            step=self.step,
-            model=self.plain_model,
-            optimizer=self.optimizer,
-            fsdp=self.fsdp,
-            ema=self.ema.state_dict() if self.ema else None,
-            meta=self._checkpoint_meta(counts),
-            rank_state={"data": self.train_loader.state_dict()},
+            step=self.state.step,
+            tensors=self.tensors,
+            meta=self._checkpoint_meta(),
+            state={**self.run_components, **self.job_components},
+            rank_state=self.rank_components,
             keep=self.cfg.checkpoint.keep,
             best=best,
         )
@@ -297,78 +310,56 @@ class Trainer:
             num_classes=self.num_classes,
             model_kwargs=dict(self.plain_model.model_kwargs),
         )
-        meta, rank_state = ckpt.load_checkpoint(
-            path,
-            self.env,
-            model=self.plain_model,
-            optimizer=self.optimizer,
-            fsdp=self.fsdp,
-            ema=self.ema.state_dict() if self.ema else None,
-        )
-        self.step = int(meta["step"])
-        self.epoch = int(meta["epoch"])
-        self.step_in_epoch = int(meta["step_in_epoch"])
-        self.samples_seen = int(meta["samples_seen"])
-        self.best_top1 = float(meta["best_top1"])
-        self.scheduler.load_state_dict(meta["scheduler"])
-        self._resume_peak_lr(meta["peak_lr"], path)
-        if self.scaler.enabled and meta["scaler"].get("enabled"):
-            self.scaler.load_state_dict(meta["scaler"])
-        if self.ema:
-            self.ema.updates = int(meta["ema_updates"])
+        meta, rank_state = ckpt.load_checkpoint(path, self.env, self.tensors)
+        saved = meta.get("state", {})
+        load_components(self.run_components, saved, path)
         if rank_state is not None:
-            # Other loader workers or batch size: the loader re-plans the rest of the epoch.
-            self.train_loader.load_state_dict(rank_state["data"])
-            ckpt.set_rng_state(rank_state["rng"])
+            load_components(self.rank_components, rank_state, path)
         else:
-            # Another world size: the rest of the interrupted epoch is re-planned for it, every
-            # sample still once. Rank 0 carries the job's bad-sample counts on (the others
-            # start at 0), so the all-rank sums, and the limit on them, go on where they were.
+            # Another world size: the job's position and counts stand in for the ranks' own.
             self._warn_main(
                 "world size changed since %s (%s -> %d): the rest of epoch %d is re-planned for it",
                 path,
                 meta.get("world_size"),
                 self.env.world_size,
-                self.epoch,
+                self.state.epoch,
             )
-            self.train_loader.load_state_dict(meta["data"], counters=False)
-            if self.env.is_main:
-                self.train_loader.bad_samples, self.train_loader.samples_seen = map(int, meta["data_counts"])
-        saved_length = RunLength(
-            planned_steps=meta["planned_steps"], steps_per_epoch=meta["steps_per_epoch"], in_steps=False
-        )
-        warning = resume_schedule(
-            self.schedule,
-            meta["schedule"],
-            saved_length,
-            self.length,
-            step=self.step,
-            steps_left=self._steps_left_in_configured_epochs,
+            load_components(self.job_components, saved, path)
+        self._resume_peak_lr(path)
+        self._resume_run_length(path)
+        self._warn_main("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+
+    def _resume_peak_lr(self, path: Path) -> None:
+        """This run's peak lr (optim.lr, scaled by the global batch when optim.base_batch_size
+        is set) replaces the checkpoint's, with a warning when they differ."""
+        saved_peak = self.lr_schedule.set_peak(self.lr)
+        if saved_peak is not None:
+            self._warn_main(
+                "peak lr %.4g in %s, %.4g for this run (optim.lr, global batch %d): the schedule goes on "
+                "at the new peak",
+                saved_peak,
+                path,
+                self.lr,
+                self.global_batch,
+            )
+
+    def _resume_run_length(self, path: Path) -> None:
+        """The checkpoint's lr schedule fitted to this run's length (optim.resume_schedule);
+        with it, the number of steps the run trains to."""
+        warning = self.lr_schedule.fit_length(
+            self.length, step=self.state.step, steps_left=self._steps_left_in_configured_epochs
         )
         if warning:
             self._warn_main("%s (since %s)", warning, path)
-        self.total_steps = self.schedule.last_step
-        self._warn_main("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        self.total_steps = self.lr_schedule.schedule.last_step
 
     def _steps_left_in_configured_epochs(self) -> int:
         """Optimizer steps from here to the end of ``train.epochs`` (the data position loaded)."""
         left = self.train_loader.batches_left() // self.accum
-        return left + max(0, self.cfg.train.epochs - self.epoch - 1) * self.steps_per_epoch
-
-    def _resume_peak_lr(self, saved_peak: float, path: Path) -> None:
-        """This run's peak lr (optim.lr, scaled by the global batch when optim.base_batch_size
-        is set) replaces the checkpoint's, with a warning when they differ."""
-        if math.isclose(saved_peak, self.lr, rel_tol=1e-12):
-            return
-        set_peak_lr(self.optimizer, self.scheduler, saved_peak, self.lr)
-        self._warn_main(
-            "peak lr %.4g in %s, %.4g for this run (optim.lr, global batch %d): the schedule goes on "
-            "at the new peak",
-            saved_peak,
-            path,
-            self.lr,
-            self.global_batch,
-        )
+        epochs = self.cfg.train.epochs
+        if epochs is None:  # never: only a length in epochs asks (optim.resume_schedule)
+            raise ConfigError("train.epochs is not set")
+        return left + max(0, epochs - self.state.epoch - 1) * self.steps_per_epoch
 
     def _warn_main(self, msg: str, *args) -> None:
         if self.env.is_main:
@@ -412,7 +403,7 @@ class Trainer:
                         )
                     else:
                         loss = classification_loss(out, y, cfg.train.label_smoothing)
-                if faults.armed("nan", self.step + 1, self.env.rank):
+                if faults.armed("nan", self.state.step + 1, self.env.rank):
                     loss = loss * float("nan")
                 self.scaler.scale_loss(loss / self.accum).backward()
             loss_sum += loss.detach()
@@ -426,16 +417,16 @@ class Trainer:
         found_inf = (~torch.isfinite(norm) | ~torch.isfinite(loss_sum)).float()
         self._optimizer_step(found_inf)
         self.scaler.update(found_inf)
-        self.scheduler.step()
+        self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None and (self.step + 1) % cfg.ema.every == 0:
+        if self.ema is not None and (self.state.step + 1) % cfg.ema.every == 0:
             self.ema.update(self.plain_model)
-        self.skipped_steps += found_inf
+        self.state.skipped_steps += found_inf
         self.last_grad_norm = norm.detach()
         self.last_found_inf = found_inf
-        self.step += 1
-        self.step_in_epoch += 1
-        self.samples_seen += self.global_batch
+        self.state.step += 1
+        self.state.step_in_epoch += 1
+        self.state.samples_seen += self.global_batch
         return loss_sum / self.accum
 
     # ------------------------------------------------------------------ evaluation
@@ -451,7 +442,7 @@ class Trainer:
         )
 
     def evaluate(self) -> dict:
-        rec = {"step": self.step, "epoch": self.epoch, **self._evaluate_once()}
+        rec = {"step": self.state.step, "epoch": self.state.epoch, **self._evaluate_once()}
         if self.ema is not None:
             with self.ema.swapped_in(self.plain_model):
                 e = self._evaluate_once()
@@ -479,11 +470,11 @@ class Trainer:
 
     def _log_step(self, loss_window: torch.Tensor, n_window: int) -> None:
         """Collective: every rank calls it at the same steps."""
-        stats = torch.stack([loss_window.detach().float().to(self.device), self.skipped_steps.float()])
+        stats = torch.stack([loss_window.detach().float().to(self.device), self.state.skipped_steps.float()])
         all_reduce(stats)
         loss = stats[0].item() / (n_window * self.env.world_size)
         skipped = int(stats[1].item() / self.env.world_size)
-        bad, seen = self._job_data_counts()
+        bad, seen = self.data_counts.totals()
         self.train_loader.check_bad_fraction(bad, seen)  # the same sums on every rank: all stop
         t = self.timer.summary(sync_fn=torch.cuda.synchronize if self.device.type == "cuda" else None)
         steps = max(t["steps"], 1)
@@ -494,9 +485,9 @@ class Trainer:
             self._warn_main("%s", advice)
         self.logger.log_train(
             {
-                "step": self.step,
-                "epoch": self.epoch,
-                "samples_seen": self.samples_seen,
+                "step": self.state.step,
+                "epoch": self.state.epoch,
+                "samples_seen": self.state.samples_seen,
                 "loss": loss,
                 "lr": self.optimizer.param_groups[-1]["lr"] / self.optimizer.param_groups[-1]["lr_scale"],
                 "grad_norm": float(self.last_grad_norm.item()),
@@ -533,20 +524,24 @@ class Trainer:
         if self.env.is_main:
             atomic.write_json(
                 self.out / "preempted.json",
-                {"step": self.step, "checkpoint": str(path), "signal": self.preemption.signal_name or "peer"},
+                {
+                    "step": self.state.step,
+                    "checkpoint": str(path),
+                    "signal": self.preemption.signal_name or "peer",
+                },
                 indent=None,
             )
         barrier()  # no rank exits (and gets the job torn down) before the marker is written
         self.logger.finish(None)
         raise Preempted(
-            f"preemption signal: checkpoint saved at step {self.step} ({path}); resume with resume=auto"
+            f"preemption signal: checkpoint saved at step {self.state.step} ({path}); resume with resume=auto"
         )
 
     # ------------------------------------------------------------------ the loop
 
     def _at_multiple_of(self, every: int) -> bool:
         """Whether this step is one of every ``every`` steps (never when ``every`` is 0)."""
-        return every > 0 and self.step % every == 0
+        return every > 0 and self.state.step % every == 0
 
     def fit(self) -> dict:
         if self.already_complete:
@@ -563,56 +558,56 @@ class Trainer:
         n_window = 0
         final_eval = None
         # The first steps of a process compile, allocate and warm up (and may synchronise).
-        guarded_from = self.step + 2
+        guarded_from = self.state.step + 2
         if cfg.train.sync_debug != "off" and self.device.type != "cuda":
             self._warn_main(
                 "train.sync_debug=%s applies to CUDA only; ignored on %s", cfg.train.sync_debug, self.device
             )
-        while self.step < self.total_steps:
-            self.train_loader.set_epoch(self.epoch)
+        while self.state.step < self.total_steps:
+            self.train_loader.set_epoch(self.state.epoch)
             # The epoch's steps left: after a re-plan for other settings this is not
             # steps_per_epoch - step_in_epoch (the rest of the epoch was cut another way).
             left = self.train_loader.batches_left() // self.accum
             it = iter(self.train_loader)
-            todo = min(left, self.total_steps - self.step)
+            todo = min(left, self.total_steps - self.state.step)
             for _ in range(todo):
-                mode = cfg.train.sync_debug if self.step >= guarded_from else "off"
-                with sync_guard(mode, self.device, self.step + 1):
+                mode = cfg.train.sync_debug if self.state.step >= guarded_from else "off"
+                with sync_guard(mode, self.device, self.state.step + 1):
                     loss_window += self.train_step(it)
                 n_window += 1
                 self.timer.step_end()
                 if not self._dtypes_logged:
                     self._log_dtypes()
                     self._dtypes_logged = True
-                if self._at_multiple_of(cfg.logging.every) or self.step == self.total_steps:
+                if self._at_multiple_of(cfg.logging.every) or self.state.step == self.total_steps:
                     self._log_step(loss_window, n_window)
                     loss_window.zero_()
                     n_window = 0
                 if self.val_loader is not None and self._at_multiple_of(cfg.eval.every):
                     final_eval = self._eval_and_track()
-                if self._at_multiple_of(cfg.checkpoint.every) and self.step < self.total_steps:
+                if self._at_multiple_of(cfg.checkpoint.every) and self.state.step < self.total_steps:
                     self.save()
-                faults.maybe_kill("kill", self.step, self.env.rank)
-                faults.maybe_signal(self.step, self.env.rank)
+                faults.maybe_kill("kill", self.state.step, self.env.rank)
+                faults.maybe_signal(self.state.step, self.env.rank)
                 if self.preemption.requested():
                     self._preempt()
             del it  # stops this epoch's loader workers
             if todo == left:  # the epoch ran to its end (not cut by total_steps)
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.step < self.total_steps:
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+                if self.state.step < self.total_steps:
                     if self.val_loader is not None and cfg.eval.every == 0:
                         final_eval = self._eval_and_track()
                     if cfg.checkpoint.every == 0:
                         self.save()
-        if self.val_loader is not None and (final_eval is None or final_eval["step"] != self.step):
+        if self.val_loader is not None and (final_eval is None or final_eval["step"] != self.state.step):
             final_eval = self._eval_and_track(save_best=False)
-        final = self.save(best=final_eval is not None and final_eval["top1"] >= self.best_top1)
+        final = self.save(best=final_eval is not None and final_eval["top1"] >= self.state.best_top1)
         self._export(final)
         self.logger.finish(final_eval)
         if self.env.is_main:
             # Last: a run killed before this line is not finished, and a resume completes it.
-            self.claim.record_finished(self.step)
+            self.claim.record_finished(self.state.step)
         barrier()
         self.claim.release()
         return final_eval or {}
@@ -639,9 +634,9 @@ class Trainer:
     def _eval_and_track(self, save_best: bool = True) -> dict:
         rec = self.evaluate()
         self.logger.log_eval(rec)
-        improved = rec["top1"] > self.best_top1
+        improved = rec["top1"] > self.state.best_top1
         if improved:
-            self.best_top1 = rec["top1"]
-            if save_best and self.step < self.total_steps:
+            self.state.best_top1 = rec["top1"]
+            if save_best and self.state.step < self.total_steps:
                 self.save(best=True)
         return rec

@@ -36,6 +36,23 @@ def _model(width: int = 8) -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, optim
 
 
+class _Position:
+    """A stand-in for a training-state component (train_state.Stateful)."""
+
+    def __init__(self, pos: int):
+        self.pos = pos
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos = state["pos"]
+
+
+def _tensors(model, optim, *, fsdp=False) -> ck.TensorState:
+    return ck.TensorState(model=model, optimizer=optim, ema=None, fsdp=fsdp)
+
+
 def _save(out, step, *, run_id="run-a", keep=10, best=False, model=None, env=ENV, fsdp=False):
     if model is None:
         model, optim = _model()
@@ -45,12 +62,10 @@ def _save(out, step, *, run_id="run-a", keep=10, best=False, model=None, env=ENV
         out,
         env,
         step=step,
-        model=model,
-        optimizer=optim,
-        fsdp=fsdp,
-        ema=None,
+        tensors=_tensors(model, optim, fsdp=fsdp),
         meta={"run_id": run_id} if run_id is not None else {},
-        rank_state={"data": {"pos": step}},
+        state={"train": _Position(step)},
+        rank_state={"data": _Position(step)},
         keep=keep,
         best=best,
     )
@@ -182,7 +197,7 @@ def test_a_pickle_with_code_is_refused_and_runs_nothing(tmp_path):
     assert ck.checkpoint_problem(ckpt) is None
     model, optim = _model()
     with pytest.raises(CheckpointError, match="cannot be loaded .*never runs code"):
-        ck.load_checkpoint(ckpt, ENV, model=model, optimizer=optim, fsdp=False, ema=None)
+        ck.load_checkpoint(ckpt, ENV, _tensors(model, optim))
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         load_weights(model, ckpt)
     assert not marker.exists()
@@ -223,8 +238,8 @@ def test_an_os_error_during_a_save_is_one_line_and_keeps_the_previous(tmp_path, 
     ck.verify_checkpoint(previous, full=True)
     assert ck.resolve_resume("auto", tmp_path, ENV) == previous
     model, optim = _model()
-    meta, rank_state = ck.load_checkpoint(previous, ENV, model=model, optimizer=optim, fsdp=False, ema=None)
-    assert meta["step"] == 5 and rank_state["data"] == {"pos": 5}
+    meta, rank_state = ck.load_checkpoint(previous, ENV, _tensors(model, optim))
+    assert meta["step"] == 5 and meta["state"] == {"train": {"pos": 5}} and rank_state == {"data": {"pos": 5}}
 
 
 class _Killed(BaseException):

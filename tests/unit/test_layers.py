@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "vit_dist.ema": 2,
     "vit_dist.optim": 2,
     "vit_dist.checkpoint": 2,
+    "vit_dist.train_state": 2,  # the training state as named components (checkpoint.py saves them)
     "vit_dist.manifest": 2,
     "vit_dist.rundir": 2,
     "vit_dist.weights": 2,

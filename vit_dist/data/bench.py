@@ -39,6 +39,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from ..errors import DataError
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 from .index import load_offsets
 from .meta import read_meta, write_meta
@@ -56,7 +57,7 @@ def _photos(scale: int) -> list[bytes]:
     for array in load_sample_images().images:
         im = Image.fromarray(array)
         if scale != 1:
-            im = im.resize((im.width * scale, im.height * scale), Image.BICUBIC)
+            im = im.resize((im.width * scale, im.height * scale), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
@@ -210,8 +211,11 @@ def _read_rate(loader: ShardLoader, streams: int, seconds: float) -> float:
     the other in this process, the way the streams read them (seeking where the shard has a
     usable index), over whole epochs for at least ``seconds``."""
     shards, c = loader.shards, loader.cfg
+    sizes = shards.sizes
+    if sizes is None:  # never: the shards benchmarked here are written with their dataset.json
+        raise DataError(f"{shards.spec}: the read benchmark needs the shards' sample counts")
     plans = all_stream_plans(
-        shards.sizes,
+        sizes,
         seed=c.seed,
         epoch=0,
         world_size=1,
@@ -224,7 +228,7 @@ def _read_rate(loader: ShardLoader, streams: int, seconds: float) -> float:
     while n == 0 or time.perf_counter() - t0 < seconds:
         for plan in plans:
             for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard):
-                url, size = shards.urls[shard], shards.sizes[shard]
+                url, size = shards.urls[shard], sizes[shard]
                 offsets = load_offsets(indexes[shard], url, size)
                 n += sum(
                     1 for _ in read_runs(url, [(s.start, s.stop) for s in group], count=size, offsets=offsets)
@@ -250,7 +254,7 @@ def bench_seek(
         root = photo_folder(Path(tmp) / "folder", images, 4, scale)
         indexed = write_shards(str(root), Path(tmp) / "indexed", shard_samples=images, progress=False)
         plain = _without_index(indexed, Path(tmp) / "plain")
-        runs = {}
+        runs: dict[str, tuple] = {}  # name -> (loader, to_device, split, figures, firsts, rates, reads)
         for name, directory in (("index (seek)", indexed), ("no index (stream through)", plain)):
             cfg = DataConfig(
                 str(directory),

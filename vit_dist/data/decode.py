@@ -206,11 +206,11 @@ def to_rgb8(im: Image.Image) -> Image.Image:
 
 
 # data.interpolation -> the PIL filter and the torchvision mode of the same resize.
-_PIL_FILTER = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+_PIL_FILTER = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _TV_MODE = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
-def _filters(interpolation: str) -> tuple[int, InterpolationMode]:
+def _filters(interpolation: str) -> tuple[Image.Resampling, InterpolationMode]:
     if interpolation not in _PIL_FILTER:
         raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTER)}, got {interpolation!r}")
     return _PIL_FILTER[interpolation], _TV_MODE[interpolation]

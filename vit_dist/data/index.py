@@ -32,7 +32,7 @@ import tarfile
 
 from ..atomic import write_bytes
 from ..errors import DataError
-from .tar_reader import split_name
+from .tar_reader import member_data, split_name
 
 log = logging.getLogger("vit_dist.data")
 
@@ -156,7 +156,7 @@ def build_index(shard_path: str | os.PathLike, *, labels: set[int] | None = None
                 end = member.offset_data + -(-member.size // _BLOCK) * _BLOCK
                 if labels is not None and ext == "cls" and member.size <= 64:
                     with contextlib.suppress(ValueError, UnicodeDecodeError):
-                        labels.add(int(tar.extractfile(member).read().decode().strip()))
+                        labels.add(int(member_data(tar, member).read().decode().strip()))
             globals_ = {k: v for k, v in tar.pax_headers.items() if k != "comment"}
     except (OSError, EOFError, tarfile.TarError) as e:
         raise DataError(

@@ -67,7 +67,7 @@ def write_meta(directory: str | os.PathLike, meta: dict[str, Any]) -> Path:
     return write_json(Path(directory) / META_NAME, {"format": FORMAT, **meta})
 
 
-def escape_problem(directory: str | os.PathLike, name: str) -> str | None:
+def escape_problem(directory: str | os.PathLike, name: object) -> str | None:
     """Why ``name`` (relative to ``directory``) does not stay inside ``directory``, or None.
 
     Refused: an absolute path, an empty, ``.`` or ``..`` component, a backslash or NUL, and a
@@ -90,7 +90,7 @@ def escape_problem(directory: str | os.PathLike, name: str) -> str | None:
     return None
 
 
-def index_name_problem(directory: str | os.PathLike, name: str) -> str | None:
+def index_name_problem(directory: str | os.PathLike, name: object) -> str | None:
     """Why ``name``, as listed in ``directory``'s ``dataset.json``, is not a plain file inside
     ``directory`` (see :func:`escape_problem`; also refused: any ``scheme:`` prefix), or None."""
     if isinstance(name, str) and _SCHEME.match(name):
@@ -98,7 +98,7 @@ def index_name_problem(directory: str | os.PathLike, name: str) -> str | None:
     return escape_problem(directory, name)
 
 
-def shard_file(directory: str | os.PathLike, name: str) -> str:
+def shard_file(directory: str | os.PathLike, name: object) -> str:
     """The absolute path of the shard ``name`` listed in ``directory``'s ``dataset.json``.
 
     Raises :class:`DataError` (one line naming the entry and the index) when the name is not a
@@ -107,7 +107,7 @@ def shard_file(directory: str | os.PathLike, name: str) -> str:
     """
     index = Path(directory) / META_NAME
     problem = index_name_problem(directory, name)
-    if problem is not None:
+    if problem is not None or not isinstance(name, str):  # no problem: a str
         raise DataError(
             f"{index} lists shard {name!r}, which is not a file inside {directory} ({problem}): "
             f"list plain relative file names only"

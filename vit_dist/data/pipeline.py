@@ -57,6 +57,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -136,6 +137,12 @@ class DataConfig:
         if self.batch_size < 1 or self.workers < 0:
             raise DataError(f"batch_size must be >= 1 and workers >= 0 ({self.batch_size}, {self.workers})")
 
+    def epoch_samples(self) -> int:
+        """``samples_per_epoch``, which resampled mode needs (``__post_init__`` checks it)."""
+        if not self.samples_per_epoch:
+            raise DataError("mode='resampled' needs samples_per_epoch (the epoch length)")
+        return self.samples_per_epoch
+
 
 # The DataConfig fields that the config's DataSection holds under the same name and meaning
 # (not ``train``: there it is the training shard spec, here whether the loader trains).
@@ -156,8 +163,11 @@ def loader_config(cfg: Config, *, train: bool, device: torch.device) -> DataConf
     normalize_on = d.normalize_on
     if normalize_on == "auto":  # uint8 to an accelerator (a quarter of the bytes), floats on CPU
         normalize_on = "worker" if device.type == "cpu" else "device"
+    shards = d.train if train else d.val
+    if shards is None:  # callers build a validation loader only where data.val is set
+        raise DataError(f"data.{'train' if train else 'val'} is not set: no shards to load")
     return DataConfig(
-        shards=d.train if train else d.val,
+        shards=shards,
         split="train" if train else "val",
         train=train,
         batch_size=cfg.train.batch_size if train else (cfg.eval.batch_size or cfg.train.batch_size),
@@ -194,14 +204,14 @@ class ShardStream(IterableDataset):
         c = self.cfg
         if c.mode == "resampled":
             return resampled_batches(
-                c.samples_per_epoch, self.world_size, self.num_streams, c.batch_size, history
+                c.epoch_samples(), self.world_size, self.num_streams, c.batch_size, history
             )
         return [p.num_batches for p in self._exact_plans(epoch, history)]
 
     def _exact_plans(self, epoch: int, history: tuple[Segment, ...]):
         c = self.cfg
         return exact_plan(
-            self.shards.sizes,
+            self.shards.counted_sizes(),
             seed=c.seed,
             epoch=epoch,
             rank=self.rank,
@@ -212,10 +222,11 @@ class ShardStream(IterableDataset):
             history=history,
         )
 
-    def _read(self, shard: int, runs: list[tuple[int, int]]) -> Iterator:
+    def _read(self, shard: int, runs: list[tuple[int, int | None]]) -> Iterator:
         """The samples ``runs`` of shard ``shard``: seeking by its index when it has a usable one
-        and can seek (a local file, an http(s) URL), else streaming through it (``pipe:``, ...)."""
-        url, n, indexes = self.shards.urls[shard], self.shards.sizes[shard], self.shards.indexes
+        and can seek (a local file, an http(s) URL), else streaming through it (``pipe:``, ...).
+        The shard's size is known (an exact epoch, or a resampled draw of a counted shard)."""
+        url, n, indexes = self.shards.urls[shard], self.shards.counted_sizes()[shard], self.shards.indexes
         index = indexes[shard] if indexes else None
         offsets = shard_bytes = None
         if index is not None and (os.path.isabs(url) or is_http(url)):
@@ -259,7 +270,7 @@ class ShardStream(IterableDataset):
             plan = self._exact_plans(epoch, history)[worker]
             num_batches = plan.num_batches
             # A re-planned stream may hold scattered samples of a shard: one pass per shard.
-            items = itertools.chain.from_iterable(
+            items: Iterator[Any] = itertools.chain.from_iterable(
                 self._read(shard, [(s.start, s.stop) for s in group])
                 for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard)
             )
@@ -386,7 +397,7 @@ class ShardLoader:
         capped = None
         if cfg.mode == "exact":
             workers, why = fit_workers(
-                shards.sizes, seekable, world_size, cfg.workers, cfg.batch_size, train=cfg.train
+                shards.counted_sizes(), seekable, world_size, cfg.workers, cfg.batch_size, train=cfg.train
             )
             if workers != cfg.workers:
                 capped, cfg = (cfg.workers, why), dataclasses.replace(cfg, workers=workers)
@@ -419,9 +430,10 @@ class ShardLoader:
         """One start-up line (rank 0): streams, seekable shards and the read amplification of an
         epoch: bytes read / bytes of the split (1.0 when every stream seeks to its samples)."""
         c, shards, W = self.cfg, self.shards, self.dataset.num_streams
+        sizes = shards.counted_sizes()  # an exact epoch's
         # Every stream of the job (rank 0 reports for all): one pass, not exact_plan per rank.
         plans = all_stream_plans(
-            shards.sizes,
+            sizes,
             seed=c.seed,
             epoch=0,
             world_size=self.world_size,
@@ -431,7 +443,7 @@ class ShardLoader:
         )
         per_sample = [
             os.path.getsize(u) / n if os.path.isabs(u) and n and os.path.isfile(u) else 1.0
-            for u, n in zip(shards.urls, shards.sizes)
+            for u, n in zip(shards.urls, sizes)
         ]
         read, split = read_amplification(plans, seekable, per_sample)
         amplification = read / split if split else 1.0
@@ -445,8 +457,8 @@ class ShardLoader:
             "data: %s split: %d samples in %d shards (%d indexed), %d ranks x %d loader workers = %d "
             "streams%s; read amplification %.2f (bytes read / bytes of the split)%s",
             c.split,
-            sum(shards.sizes),
-            len(shards.sizes),
+            sum(sizes),
+            len(sizes),
             sum(seekable),
             self.world_size,
             W,
@@ -544,8 +556,8 @@ class ShardLoader:
     def _left_samples(self, epoch: int, history: tuple[Segment, ...]) -> int:
         c = self.cfg
         if c.mode == "resampled":
-            return resampled_left(c.samples_per_epoch, history)
-        return plan_left(self.shards.sizes, c.seed, epoch, shuffle=c.train, history=history)
+            return resampled_left(c.epoch_samples(), history)
+        return plan_left(self.shards.counted_sizes(), c.seed, epoch, shuffle=c.train, history=history)
 
     def __iter__(self) -> Iterator[dict]:
         c = self.cfg
@@ -616,7 +628,7 @@ def seekable_shards(shards: ShardList) -> list[bool]:
     indexes = shards.indexes or [None] * len(shards.urls)
     return [
         (os.path.isabs(url) or is_http(url)) and usable_index(index, url, n) is None
-        for url, index, n in zip(shards.urls, indexes, shards.sizes)
+        for url, index, n in zip(shards.urls, indexes, shards.counted_sizes())
     ]
 
 

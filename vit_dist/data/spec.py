@@ -67,6 +67,12 @@ class ShardList:
     def num_samples(self) -> int | None:
         return None if self.sizes is None else sum(self.sizes)
 
+    def counted_sizes(self) -> list[int]:
+        """``sizes``, where they must be known (an exact epoch: :func:`with_sizes`)."""
+        if self.sizes is None:
+            raise DataError(f"the sample counts of the shards of {self.spec} are unknown")
+        return self.sizes
+
 
 def is_remote(url: str) -> bool:
     return bool(_REMOTE.match(url))
@@ -84,7 +90,8 @@ def resolve_shards(
     lists = [_resolve_one(p.strip(), split) for p in parts]
     urls = [u for sl in lists for u in sl.urls]
     classes = next((sl.classes for sl in lists if sl.classes is not None), None)
-    sizes = None if any(sl.sizes is None for sl in lists) else [n for sl in lists for n in sl.sizes]
+    known = [sl.sizes for sl in lists if sl.sizes is not None]
+    sizes = [n for s in known for n in s] if len(known) == len(lists) else None
     indexes = [i for sl in lists for i in (sl.indexes or [None] * len(sl.urls))]
     if meta is not None:
         index = read_meta(meta)
@@ -144,16 +151,18 @@ def _resolve_one(part: str, split: str) -> ShardList:
     )
 
 
-def index_file(path: str, name: str | None = None, directory: str | os.PathLike | None = None) -> str | None:
+def index_file(path: str, name: object = None, directory: str | os.PathLike | None = None) -> str | None:
     """The index of the shard at local ``path`` (an http(s) shard: where it would lie in the meta
     directory): the file ``name`` that ``directory``'s dataset.json lists for it, else
     ``<shard>.idx`` beside it when that is a file. A listed name must stay
     inside ``directory`` like a shard name (``meta.index_name_problem``); the loader checks the
     index itself before using it (``index.load_offsets``)."""
     if name is not None:
+        if directory is None:
+            raise TypeError(f"index_file: the listed index {name!r} needs the directory that lists it")
         directory = os.path.abspath(directory)
         problem = index_name_problem(directory, name)
-        if problem is not None:
+        if problem is not None or not isinstance(name, str):  # no problem: a str
             raise DataError(
                 f"{os.path.join(directory, META_NAME)} lists index {name!r}, which is not a file inside "
                 f"{directory} ({problem}): list plain relative file names only"

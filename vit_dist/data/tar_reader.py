@@ -30,8 +30,9 @@ import logging
 import os
 import tarfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO, Any, cast
 
 from webdataset.gopen import gopen
 
@@ -66,15 +67,32 @@ def read_slice(
     return read_runs(url, [(start, stop)], max_bytes=max_bytes)
 
 
+def member_data(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    """The data of the regular-file member ``member`` of ``tar``, as a file to read."""
+    f = tar.extractfile(member)
+    if f is None:  # tarfile gives no file for a directory or device: callers pass isfile() members
+        raise tarfile.ReadError(f"member {member.name} is not a regular file")
+    return f
+
+
+def _closed_runs(runs: list[tuple[int, int | None]]) -> list[tuple[int, int]] | None:
+    """``runs`` when its last run has a stop, which then every run has (only the last may be open:
+    :func:`read_runs`); None when the last run reads to the end of the shard."""
+    if runs[-1][1] is None:
+        return None
+    return cast("list[tuple[int, int]]", runs)  # the invariant above, which the types cannot carry
+
+
 def _missing_samples(
     url: str, runs: list[tuple[int, int | None]], delivered: int, reason: str
 ) -> Iterator[BadSample]:
     """Placeholders for the wanted samples after the first ``delivered`` (a resampled read, whose
     last run has no end, has exactly one: the rest of an unknown-length shard)."""
-    if runs[-1][1] is None:
+    closed = _closed_runs(runs)
+    if closed is None:
         yield BadSample(f"{url}#{runs[-1][0]}", reason)
         return
-    wanted = itertools.chain.from_iterable(range(a, b) for a, b in runs)
+    wanted = itertools.chain.from_iterable(range(a, b) for a, b in closed)
     for i in itertools.islice(wanted, delivered, None):
         yield BadSample(f"{url}#{i}", reason)
 
@@ -84,7 +102,7 @@ def _stream_past(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
     it by reading the same bytes, but one block per call and without stopping at the end of
     the stream, which a header declaring terabytes turns into a near-endless loop; here a
     header that lies ends in ``tarfile.ReadError`` at the end of the data."""
-    f = tar.extractfile(member)
+    f = member_data(tar, member)
     try:
         while f.read(_DRAIN_CHUNK):
             pass
@@ -159,6 +177,7 @@ def read_runs(
     n = len(offsets) - 1
     for k, (a, b) in enumerate(runs):
         lo, hi = offsets[min(a, n)], offsets[n if b is None else min(b, n)]
+        opener: Callable[..., Any]  # called with no arguments
         if os.path.isabs(url):
             opener = lambda lo=lo, hi=hi: _Window(_open_local(url), lo, hi)
         else:
@@ -225,7 +244,10 @@ def _read_pass(
 
     def wanted(i: int) -> bool:
         nonlocal run
-        while run < len(runs) and runs[run][1] is not None and runs[run][1] <= i:
+        while run < len(runs):
+            stop = runs[run][1]
+            if stop is None or stop > i:
+                break
             run += 1
         return run < len(runs) and runs[run][0] <= i
 
@@ -264,11 +286,12 @@ def _read_pass(
                         )
                     _stream_past(tar, member)
                 elif keep and oversized is None:  # skipped samples are streamed past, never read
-                    current[ext] = tar.extractfile(member).read(max_bytes)
+                    current[ext] = member_data(tar, member).read(max_bytes)
             if current is not None and keep:
                 yield _finished(current, oversized)
                 yielded += 1
-        total = None if last_stop is None else sum(b - a for a, b in runs)
+        closed = _closed_runs(runs)
+        total = None if closed is None else sum(b - a for a, b in closed)
         if total is None and yielded == 0:  # resampled epochs: an empty shard must not spin forever
             log.warning("shard %s holds no samples; counted as one bad sample", url)
             yield BadSample(url, f"shard {url} holds no samples")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -70,7 +71,8 @@ class AugmentConfig:
         """The settings of a config's ``data`` section: every field it names alike, lists as tuples."""
         names = {f.name for f in dataclasses.fields(section)}
         values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls) if f.name in names}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kwargs)
 
 
 NO_ERASE = (0, 0, 0, 0)  # an erasing rectangle (top, left, height, width) that clears nothing

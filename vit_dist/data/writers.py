@@ -42,7 +42,9 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -74,7 +76,7 @@ def _encode(job: tuple) -> tuple[bytes | None, str]:
     try:
         if kind == "digit":  # payload: (8, 8) float array in [0, 16], resize: output side
             im = Image.fromarray((payload * (255 / 16)).astype(np.uint8)).resize(
-                (resize, resize), Image.BICUBIC
+                (resize, resize), Image.Resampling.BICUBIC
             )
             return _jpeg(im.convert("RGB"), quality), ""
         data = Path(payload).read_bytes()
@@ -88,7 +90,7 @@ def _encode(job: tuple) -> tuple[bytes | None, str]:
             scale = resize / min(im.size)
             out = (max(resize, round(im.size[0] * scale)), max(resize, round(im.size[1] * scale)))
             im.draft("RGB", out)  # JPEG: decode at reduced scale when possible
-            im = to_rgb8(im).resize(out, Image.BICUBIC, reducing_gap=3.0)
+            im = to_rgb8(im).resize(out, Image.Resampling.BICUBIC, reducing_gap=3.0)
         return _jpeg(to_rgb8(im), quality), ""
     except Exception as e:  # unreadable source image: skipped and counted by the writer
         return None, f"{payload if kind != 'digit' else 'digit'}: {type(e).__name__}: {e}"
@@ -109,7 +111,8 @@ class _ShardSink:
     def __init__(self, out: Path, split: str, max_samples: int | None, max_bytes: int | None):
         self.out, self.split, self.max_samples, self.max_bytes = out, split, max_samples, max_bytes
         self.shards: list[dict] = []
-        self._tar = self._tmp = None
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
         self._count = self._bytes = 0
         self._offsets: list[int] = []  # where each sample's first header starts (index.py)
 
@@ -120,17 +123,16 @@ class _ShardSink:
             or (self.max_bytes and self._bytes + size > self.max_bytes)
         ):
             self._close()
-        if self._tar is None:
-            self._open()
-        self._offsets.append(self._tar.offset)
+        tar = self._tar if self._tar is not None else self._open()
+        self._offsets.append(tar.offset)
         for name, data in ((f"{key}.jpg", image), (f"{key}.cls", str(label).encode())):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0  # mtime 0: reproducible bytes
-            self._tar.addfile(info, io.BytesIO(data))
+            tar.addfile(info, io.BytesIO(data))
         self._count += 1
         self._bytes += size
 
-    def _open(self) -> None:
+    def _open(self) -> tarfile.TarFile:
         name = f"{self.split}-{len(self.shards):06d}.tar"
         self._name = name
         self._tmp = self.out / f".{name}.tmp-{os.getpid()}"
@@ -138,14 +140,18 @@ class _ShardSink:
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._count = self._bytes = 0
         self._offsets = []
+        return self._tar
 
     def _close(self) -> None:
-        end = self._tar.offset  # the last sample's data ends here; end-of-archive blocks follow
-        self._tar.close()
-        with open(self._tmp, "rb") as fh:  # on disk before the index that will list it
+        tar, tmp = self._tar, self._tmp
+        if tar is None or tmp is None:  # never: callers close an open shard only
+            raise RuntimeError("no shard is open")
+        end = tar.offset  # the last sample's data ends here; end-of-archive blocks follow
+        tar.close()
+        with open(tmp, "rb") as fh:  # on disk before the index that will list it
             os.fsync(fh.fileno())
         final = self.out / self._name
-        os.replace(self._tmp, final)  # atomic: a shard with its final name is complete
+        os.replace(tmp, final)  # atomic: a shard with its final name is complete
         size = final.stat().st_size
         index = f"{self._name}{INDEX_SUFFIX}"
         write_index(self.out / index, [*self._offsets, end], size)  # atomic too
@@ -255,10 +261,10 @@ def _listed_shards(out: Path) -> set[str]:
     listed += [f"{n}{INDEX_SUFFIX}" for n in listed[:] if isinstance(n, str) and not n.endswith(INDEX_SUFFIX)]
     listed += [n.split("/", 1)[1] for n in listed if isinstance(n, str) and n.startswith(STAGING_PREFIX)]
     listed += meta["replaces"] if isinstance(meta.get("replaces"), list) else []
-    names = set()
+    names: set[str] = set()
     for name in listed:
         problem = "the index itself" if name == META_NAME else index_name_problem(out, name)
-        if problem is not None:
+        if problem is not None or not isinstance(name, str):  # no problem: a str
             log.warning("not removing %r listed in %s: %s", name, out / META_NAME, problem)
         else:
             names.add(name)
@@ -410,6 +416,8 @@ def write_shards(
         shard_bytes=shard_bytes,
         workers=workers,
     )
+    splits: dict[str, list[tuple[Any, int]]]  # {split: [(digit array or image path, label)]}
+    jobs_of: Callable[[list], list[tuple]]
     if source == "digits":
         classes, splits = _digits(seed)
         jobs_of = lambda items: [("digit", a, img_size, quality) for a, _ in items]
@@ -417,7 +425,11 @@ def write_shards(
         classes, splits = _scan_folder(Path(source))
         jobs_of = lambda items: [("file", p, resize, quality) for p, _ in items]
     old = _prepare_out(out, list(splits), overwrite=overwrite)
-    meta = {"source": source, "classes": classes, "image_size": img_size if source == "digits" else resize}
+    meta: dict[str, Any] = {
+        "source": source,
+        "classes": classes,
+        "image_size": img_size if source == "digits" else resize,
+    }
     meta["splits"] = {}
     staging = out / f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     staging.mkdir()  # honours the umask (mkdtemp's is 0700): readers go through it mid-publish

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..atomic import atomic_path
 from .jsonl import EVAL_FILE, METRICS_FILE, RESUMES_FILE, as_number, read_jsonl
@@ -65,7 +67,12 @@ def epoch_starts(records: list[dict]) -> list[tuple[float, int]]:
 
 
 def _draw_panel(
-    ax, title: str, lines: list, resumes: list[float] = (), epochs: list = (), logy: bool = False
+    ax,
+    title: str,
+    lines: list,
+    resumes: Sequence[float] = (),
+    epochs: Sequence[tuple[float, int]] = (),
+    logy: bool = False,
 ):
     """One subplot: ``lines`` holds (steps, values, plot keyword arguments); "no data" if all
     are empty. ``resumes``: steps to mark with a dashed line; ``epochs``: (step, epoch) ticks
@@ -129,7 +136,7 @@ def draw_curves(output_dir: str | os.PathLike, *, epoch_axis: bool | None = None
         smoothed = _moving_average(loss, max(len(steps) // 50, 5))
         loss_lines.append((steps, smoothed, {"lw": 1.5, "label": "train loss (smoothed)"}))
     loss_lines.append((*_series(evals, "loss"), {"marker": "o", "ms": 3, "label": "eval loss"}))
-    panel = dict(resumes=resumes, epochs=epochs)
+    panel: dict[str, Any] = dict(resumes=resumes, epochs=epochs)
     _draw_panel(axes[0], "loss", loss_lines, **panel)
     _draw_panel(axes[1], "learning rate", [(*_series(train, "lr"), {"lw": 1.2})], **panel)
     top1 = [(*_series(evals, "top1"), {"marker": "o", "ms": 3, "label": "top1"})]

@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..atomic import write_json
 from ..config import Config
@@ -57,6 +57,9 @@ from .jsonl import (
 from .sink import MetricSink, SinkFactory
 from .tensorboard_sink import TENSORBOARD_DIR, TensorBoardSink, check_tensorboard
 from .wandb_sink import WandbSink, resolve_wandb_mode
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 FINAL_EVAL_FILE = "eval.json"
 SUMMARY_FILE = "summary.json"
@@ -214,7 +217,7 @@ class RunLogger:
         self.best_eval: dict | None = None  # the best evaluation so far (highest top-1, earliest)
         self.last_eval: dict | None = None
         self.last_train: dict | None = None
-        self._bar = None
+        self._bar: tqdm | None = None
         self._finished = False
         # Raised on every rank alike (see create).
         if progress not in ("auto", "bar", "lines"):

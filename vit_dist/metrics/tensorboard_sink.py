@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import ConfigError
 from .jsonl import as_number
@@ -52,8 +52,8 @@ class TensorBoardSink:
     def __init__(self, info: Callable[[str], None]) -> None:
         self.info = info
         self.path: Path | None = None
-        self._file = None
-        self._writer = None
+        self._file: BinaryIO | None = None
+        self._writer: Any = None  # tensorboard's RecordWriter (untyped)
 
     def start(self, log_dir: Path, start_step: int = 0) -> None:
         """Open a new event file in ``log_dir``; ``start_step > 0`` (a resume) marks the steps
@@ -98,7 +98,8 @@ class TensorBoardSink:
     def log(self, data: dict, step: Any) -> None:
         """Write the numeric values of ``data`` at ``step`` as scalars; on failure, warn once and
         stop TensorBoard logging."""
-        if self._writer is None or as_number(step) is None:
+        number_step = as_number(step)
+        if self._writer is None or number_step is None:
             return
         from tensorboard.compat.proto import event_pb2, summary_pb2  # loaded by start: no cost
 
@@ -111,13 +112,15 @@ class TensorBoardSink:
             return
         try:
             event = event_pb2.Event(
-                wall_time=time.time(), step=int(as_number(step)), summary=summary_pb2.Summary(value=values)
+                wall_time=time.time(), step=int(number_step), summary=summary_pb2.Summary(value=values)
             )
             self._write(event)
         except Exception as e:
             self._fail("write", e)
 
     def _write(self, event) -> None:
+        if self._writer is None or self._file is None:  # never: start opened both, log checks
+            raise RuntimeError("the TensorBoard event file is not open")
         self._writer.write(event.SerializeToString())
         self._file.flush()  # like the JSONL files: readable while the run goes
 

@@ -52,6 +52,7 @@ class StepTimer:
 
     def summary(self, sync_fn=None) -> dict:
         """``{step_time, data_wait_frac, steps}`` of the window since the last summary; resets."""
+        end: float | None
         if sync_fn is not None:
             sync_fn()
             end = time.perf_counter()

@@ -22,12 +22,15 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from ..atomic import write_text
 from .jsonl import as_number
 from .sink import scalars
+
+if TYPE_CHECKING:
+    from wandb.sdk.wandb_run import Run
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 # The longest ``finish`` waits for wandb's service (uploads, the last system-metric samples);
@@ -160,7 +163,7 @@ class WandbSink:
 
     def __init__(self, info: Callable[[str], None]) -> None:
         self.info = info
-        self.run = None
+        self.run: Run | None = None
         self.mode: str = "disabled"  # the mode actually in use after resolution/fallback
         self.run_dir: str | None = None
         self.output_dir: Path | None = None
@@ -185,16 +188,26 @@ class WandbSink:
         self.output_dir = output_dir
         self._settings = dict(system_metrics=system_metrics, system_interval=system_interval)
         try:
-            self._start(mode, project, entity, run_name, config, resuming)
+            self._start(output_dir, mode, project, entity, run_name, config, resuming)
         except Exception as e:  # W&B trouble never stops a run
             self.info(f"warning: wandb set-up failed ({type(e).__name__}: {e}); not logging to W&B")
             self.run, self.mode, self.run_dir = None, "disabled", None
 
     def _start(
-        self, mode: str, project: str, entity: str | None, run_name: str | None, config: dict, resuming: bool
+        self,
+        output_dir: Path,
+        requested: str,
+        project: str,
+        entity: str | None,
+        run_name: str | None,
+        config: dict,
+        resuming: bool,
     ) -> None:
-        if mode == "disabled":
+        if requested == "disabled":
             return
+        if requested not in ("online", "offline"):
+            raise ValueError(f"wandb mode {requested!r}: expected one resolve_wandb_mode returns")
+        mode: Literal["online", "offline"] = "online" if requested == "online" else "offline"
         if mode == "online" and not wandb_key_configured():
             self.info("warning: wandb online requested but no WANDB_API_KEY or netrc entry; logging offline")
             mode = "offline"
@@ -205,19 +218,19 @@ class WandbSink:
             self.info(f"warning: wandb unavailable ({type(e).__name__}: {e}); not logging to W&B")
             return
 
-        id_file = self.output_dir / WANDB_ID_FILE
+        id_file = output_dir / WANDB_ID_FILE
         run_id = None
         if resuming and id_file.exists():
             run_id = id_file.read_text().strip() or None
         resume = "allow" if run_id else None
         run_id = run_id or new_run_id()
 
-        init_kwargs = dict(
+        init_kwargs: dict[str, Any] = dict(
             project=project,
             entity=entity,
-            name=run_name or self.output_dir.name,
+            name=run_name or output_dir.name,
             config=dict(config or {}),
-            dir=str(self.output_dir),
+            dir=str(output_dir),
             id=run_id,
             resume=resume,
         )
@@ -292,7 +305,8 @@ class WandbSink:
             return
         if self.mode == "offline" and self.run_dir:
             self.info(f"wandb: offline run saved; upload it with:\n  wandb sync {self.run_dir}")
-            segments = offline_segments(self.output_dir, run.id)
+            # A run exists only after start, which set output_dir.
+            segments = offline_segments(self.output_dir, run.id) if self.output_dir is not None else []
             if len(segments) > 1:
                 # Each resumed process writes its own offline directory for the same run id.
                 self.info(

@@ -39,13 +39,15 @@ class DistilledVisionTransformer(VisionTransformer):
         self.head_dist = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def _prefix_tokens(self, b: int) -> list[torch.Tensor]:
-        return [self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1)]
+        return [*super()._prefix_tokens(b), self.dist_token.expand(b, -1, -1)]  # class token first
 
     def init_weights(self) -> None:
         super().init_weights()
         trunc_normal_(self.dist_token, std=0.02)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward_head(  # type: ignore[override]  # both heads in training (return_both_heads): a tuple
+        self, x: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x_cls = self.head(self.head_drop(x[:, 0]))
         x_dist = self.head_dist(self.head_drop(x[:, 1]))
         if self.training or self.return_both_heads:

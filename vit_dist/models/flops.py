@@ -11,6 +11,8 @@ forward FLOPs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -27,11 +29,15 @@ def flops_per_image(model: VitDistModel, executed: bool = False) -> int:
     return int(model.flops_per_image(executed=executed))
 
 
-def count_flops(model: nn.Module, img_size: int | None = None, in_chans: int | None = None) -> int:
-    """Forward FLOPs of one image counted by FlopCounterMode (eval mode, no grad, CPU friendly)."""
-    size = img_size or model.img_size
+def count_flops(
+    model: nn.Module, img_size: int | tuple[int, int] | None = None, in_chans: int | None = None
+) -> int:
+    """Forward FLOPs of one image counted by FlopCounterMode (eval mode, no grad, CPU friendly);
+    a size not given is the model's own (then it must be a ``VitDistModel``)."""
+    size = img_size or cast(VitDistModel, model).img_size
     h, w = (size, size) if isinstance(size, int) else size
-    x = torch.zeros(1, in_chans or model.in_chans, h, w, device=next(model.parameters()).device)
+    chans = in_chans or cast(VitDistModel, model).in_chans
+    x = torch.zeros(1, chans, h, w, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:

@@ -178,6 +178,8 @@ class DropPath(nn.Module):
     With the tensor, every block of one shape shares a single compiled graph.
     """
 
+    keep_prob: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:

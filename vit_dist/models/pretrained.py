@@ -55,6 +55,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    obj: object
     if path.endswith(".safetensors"):
         obj = load_file(path, device="cpu")
     else:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -109,6 +109,14 @@ class VitDistModel(Protocol):
         parallelises by data only (DDP / FSDP over ``transformer_blocks()``); a model family
         opts in to tensor parallelism by returning its plan here."""
         ...
+
+
+if TYPE_CHECKING:
+
+    class VitDistModule(nn.Module, VitDistModel):
+        """For the type checker only: an ``nn.Module`` with every member of :class:`VitDistModel`,
+        what ``create_model`` returns. No class derives from it and nothing is an instance of it
+        (Python types have no intersection); ``create_model`` casts what it builds to it."""
 
 
 class ModelDefaults:

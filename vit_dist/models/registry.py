@@ -26,6 +26,7 @@ import fnmatch
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
@@ -33,9 +34,11 @@ from ..config import Config
 from ..errors import ConfigError
 from ..options import did_you_mean
 from .pretrained import load_pretrained
-from .protocol import VitDistModel
 from .timm_models import PREFIX as TIMM_PREFIX
 from .timm_models import check_timm_kwargs, create_timm_model, list_timm_models, timm_installed
+
+if TYPE_CHECKING:
+    from .protocol import VitDistModule
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def check_model_kwargs(name: str, overrides: dict) -> None:
             )
 
 
-def create_model(name: str, **overrides) -> VitDistModel:
+def create_model(name: str, **overrides) -> VitDistModule:
     """Build a registered model (timm name), a free-form family ('vit', 'deit_distilled', 'swin')
     or, as ``timm:<name>``, timm's own model; a ``VitDistModel`` (``models.protocol``) either way."""
     if name.startswith(TIMM_PREFIX):
@@ -129,13 +132,14 @@ def create_model(name: str, **overrides) -> VitDistModel:
     spec = resolve_spec(name)
     check_model_kwargs(name, overrides)
     kwargs = {**spec.kwargs, **overrides}
-    model = spec.cls(**kwargs)
+    # A registered class is a family of ours: ModelDefaults + nn.Module (tests check the contract).
+    model = cast("VitDistModule", spec.cls(**kwargs))
     model.model_name = name
     model.model_kwargs = kwargs
     return model
 
 
-def build_model(cfg: Config, num_classes: int) -> VitDistModel:
+def build_model(cfg: Config, num_classes: int) -> VitDistModule:
     """The plain model a run config describes: ``model.name`` and its keywords, with the data's
     image size, channels and ``num_classes`` as defaults, and ``model.pretrained`` loaded."""
     kwargs = dict(cfg.model.kwargs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,8 @@ def shifted_window_mask(
 class WindowAttention(Attention):
     """Multi-head self-attention inside windows, with a learned relative position bias per head."""
 
+    relative_position_index: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(
         self,
         dim: int,
@@ -132,7 +135,9 @@ class WindowAttention(Attention):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, heads)
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(  # type: ignore[override]  # windows of (B, nW, N, C), no n_query: not a drop-in Attention
+        self, x: torch.Tensor, attn_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (B, nW, N, C) windows; attn_bias: (nW or 1, heads, N, N), shared by all images."""
         b, nw, n, c = x.shape
         h, d = self.num_heads, self.head_dim
@@ -152,13 +157,15 @@ def _window_and_shift(
     resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Per axis: a window at least as large as the map shrinks to the map and is not shifted (timm)."""
-    win = tuple(r if r <= w else w for r, w in zip(resolution, window))
-    sh = tuple(0 if r <= w else s for r, w, s in zip(resolution, win, shift))
+    win = (min(resolution[0], window[0]), min(resolution[1], window[1]))
+    sh = (0 if resolution[0] <= win[0] else shift[0], 0 if resolution[1] <= win[1] else shift[1])
     return win, sh
 
 
 class SwinTransformerBlock(nn.Module):
     """(Shifted) window attention + MLP, pre-norm, on a (B, H, W, C) map."""
+
+    attn_mask: torch.Tensor | None  # a buffer (register_buffer)
 
     def __init__(
         self,
@@ -300,6 +307,7 @@ class SwinStage(nn.Module):
     ):
         super().__init__()
         self.input_resolution = input_resolution
+        self.downsample: nn.Module
         if downsample:
             self.downsample = PatchMerging(dim, out_dim)
             self.output_resolution = ((input_resolution[0] + 1) // 2, (input_resolution[1] + 1) // 2)
@@ -329,12 +337,16 @@ class SwinStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
 
+    def swin_blocks(self) -> list[SwinTransformerBlock]:
+        """``blocks``, typed: __init__ fills it with SwinTransformerBlocks only."""
+        return cast("list[SwinTransformerBlock]", list(self.blocks))
+
     def flops(self, h: int, w: int) -> int:
         total = 0
         if isinstance(self.downsample, PatchMerging):
             total += self.downsample.flops(h, w)
             h, w = (h + 1) // 2, (w + 1) // 2
-        return total + sum(blk.flops(h, w) for blk in self.blocks)
+        return total + sum(blk.flops(h, w) for blk in self.swin_blocks())
 
 
 class ClassifierHead(nn.Module):
@@ -434,14 +446,19 @@ class SwinTransformer(ModelDefaults, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def stages(self) -> list[SwinStage]:
+        """``layers``, typed: __init__ fills it with SwinStages only."""
+        return cast("list[SwinStage]", list(self.layers))
+
     def transformer_blocks(self) -> list[nn.Module]:
         """Every SwinTransformerBlock in execution order (the units FSDP / checkpointing wrap)."""
-        return [blk for stage in self.layers for blk in stage.blocks]
+        return [blk for stage in self.stages() for blk in stage.blocks]
 
     def init_non_persistent_buffers(self) -> None:
         """Rebuild index / mask buffers, e.g. after ``to_empty()`` on a model created on the meta device."""
-        for blk in self.transformer_blocks():
-            blk.init_buffers()
+        for stage in self.stages():
+            for blk in stage.swin_blocks():
+                blk.init_buffers()
         reset_drop_paths(self)
 
     def no_weight_decay(self) -> set[str]:
@@ -453,7 +470,7 @@ class SwinTransformer(ModelDefaults, nn.Module):
         h, w = to_2tuple(img_size if img_size is not None else self.img_size)
         total = self.patch_embed.flops(h, w)
         h, w = h // self.patch_embed.patch_size[0], w // self.patch_embed.patch_size[1]
-        for stage in self.layers:
+        for stage in self.stages():
             total += stage.flops(h, w)
             if isinstance(stage.downsample, PatchMerging):
                 h, w = (h + 1) // 2, (w + 1) // 2
@@ -482,7 +499,8 @@ class SwinTransformer(ModelDefaults, nn.Module):
                 if key.startswith("head.") and not key.startswith("head.fc."):
                     key = "head.fc." + key[len("head.") :]
             if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key]:
-                attn = self.get_submodule(key.rsplit(".", 1)[0])
+                # Only a WindowAttention has a relative_position_bias_table.
+                attn = cast(WindowAttention, self.get_submodule(key.rsplit(".", 1)[0]))
                 value = _resize_bias_table(value, attn.window_size)
             out[key] = value
         return out

@@ -28,6 +28,7 @@ import functools
 import inspect
 import re
 import sys
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -37,6 +38,13 @@ from ..options import did_you_mean
 from .blocks import repeated_blocks
 from .flops import count_flops
 from .protocol import ModelDefaults
+
+if TYPE_CHECKING:
+    from .protocol import VitDistModule
+
+    _Module = nn.Module  # TimmAdapter is mixed into timm's nn.Module classes only (_adapted)
+else:
+    _Module = object  # at run time a plain mixin: the timm class provides nn.Module
 
 PREFIX = "timm:"
 # timm.create_model keywords that fetch or load weights, or return something other than a
@@ -164,10 +172,10 @@ def check_timm_kwargs(name: str, kwargs: dict) -> None:
 
 
 def _count(model: nn.Module, size: tuple[int, int, int]) -> int:
-    return count_flops(model, img_size=size[1:], in_chans=size[0])
+    return count_flops(model, img_size=(size[1], size[2]), in_chans=size[0])
 
 
-def create_timm_model(name: str, **kwargs) -> nn.Module:
+def create_timm_model(name: str, **kwargs) -> VitDistModule:
     """timm's ``name`` (no ``timm:`` prefix) built with ``kwargs``, adapted (module docstring)."""
     timm, passed, size, twin = _resolve(name, kwargs)
     try:
@@ -184,14 +192,15 @@ def create_timm_model(name: str, **kwargs) -> nn.Module:
                 f"data.in_chans): {_first_line(e)}"
             ) from None
     model.__class__ = _adapted(type(model))
-    model.model_name = PREFIX + name
-    model.model_kwargs = dict(kwargs)
-    model.timm_flops = flops
-    model.timm_input_size = size
-    return model
+    adapted = cast(TimmAdapter, model)  # its class now has TimmAdapter first (_adapted)
+    adapted.model_name = PREFIX + name
+    adapted.model_kwargs = dict(kwargs)
+    adapted.timm_flops = flops
+    adapted.timm_input_size = size
+    return cast("VitDistModule", adapted)  # TimmAdapter on a timm model: the whole contract
 
 
-class TimmAdapter(ModelDefaults):
+class TimmAdapter(ModelDefaults, _Module):
     """A timm model as a ``VitDistModel`` (mixed into its class, ahead of it; no parameters).
 
     The one place that asks a timm class what it offers (:meth:`_timm_hook`): timm's optional
@@ -199,6 +208,7 @@ class TimmAdapter(ModelDefaults):
 
     timm_flops: int
     timm_input_size: tuple[int, int, int]  # (channels, height, width) it was built for
+    num_classes: int  # timm's model sets it
 
     def _timm_hook(self, name: str):
         """timm's own method ``name`` of this model (bound), or None where its class has none:
@@ -242,7 +252,7 @@ class TimmAdapter(ModelDefaults):
         return int(self.timm_flops)
 
     @property
-    def classifier_prefixes(self) -> tuple[str, ...]:
+    def classifier_prefixes(self) -> tuple[str, ...]:  # type: ignore[override]  # read-only: timm's pretrained_cfg
         head = getattr(self, "pretrained_cfg", {}).get("classifier") or ()
         return tuple(f"{h}." for h in ((head,) if isinstance(head, str) else head))
 

@@ -8,6 +8,7 @@ Parameter names equal timm's ``VisionTransformer`` so timm and DeiT checkpoints 
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -171,7 +172,7 @@ class VisionTransformer(ModelDefaults, nn.Module):
         reset_drop_paths(self)
 
     def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        pos = self.pos_embed
+        pos: torch.Tensor = self.pos_embed
         if grid != self.patch_embed.grid_size:  # another input size: interpolate on the fly
             pos = resample_abs_pos_embed(pos, grid, self.num_prefix_tokens, self.patch_embed.grid_size)
         x = torch.cat([*self._prefix_tokens(x.shape[0]), x], dim=1)  # (B, prefix + N, D)
@@ -216,12 +217,10 @@ class VisionTransformer(ModelDefaults, nn.Module):
         n = self.patch_embed.num_patches + self.num_prefix_tokens
         heads = (1 + self.num_extra_tokens) if self.num_classes > 0 else 0
         n_out = self._last_block_tokens() if executed else None
+        blocks = cast("list[Block]", list(self.blocks))  # __init__ fills it with Blocks only
         return (
             self.patch_embed.flops()
-            + sum(
-                blk.flops(n, n_out if i == len(self.blocks) - 1 else None)
-                for i, blk in enumerate(self.blocks)
-            )
+            + sum(blk.flops(n, n_out if i == len(blocks) - 1 else None) for i, blk in enumerate(blocks))
             + heads * 2 * self.embed_dim * self.num_classes
         )
 

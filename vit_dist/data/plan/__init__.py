@@ -403,6 +403,13 @@ def consumed_per_worker(start_batch: int, batches_per_worker: list[int]) -> tupl
     return done, nxt
 
 
+def planned_stop(s: Slice) -> int:
+    """The stop of a slice of an epoch plan (planned slices always end at a known sample)."""
+    if s.stop is None:
+        raise ValueError(f"a planned slice has no stop: {s}")
+    return s.stop
+
+
 def read_amplification(
     plans: list[StreamPlan], seekable: list[bool], bytes_per_sample: list[float]
 ) -> tuple[float, float]:
@@ -412,9 +419,10 @@ def read_amplification(
     ``bytes_per_sample[s]``: shard ``s``'s mean sample size (any constant when unknown)."""
     read = split = 0.0
     for plan in plans:
-        for shard, group in itertools.groupby(plan.slices, key=lambda s: s.shard):
-            group = list(group)
-            samples = sum(s.stop - s.start for s in group)
+        for shard, grouped in itertools.groupby(plan.slices, key=lambda s: s.shard):
+            group = list(grouped)
+            stops = [planned_stop(s) for s in group]
+            samples = sum(stop - s.start for s, stop in zip(group, stops))
             split += samples * bytes_per_sample[shard]
-            read += (samples if seekable[shard] else group[-1].stop) * bytes_per_sample[shard]
+            read += (samples if seekable[shard] else stops[-1]) * bytes_per_sample[shard]
     return read, split

@@ -27,7 +27,15 @@ from ...cli import run_cli
 from ...errors import ConfigError, DataError
 from ..pipeline import fit_workers
 from . import Segment
-from .simulate import SplitBytes, exact_figures, resampled_figures, split_from_meta, uniform_split
+from .simulate import (
+    ExactFigures,
+    ResampledFigures,
+    SplitBytes,
+    exact_figures,
+    resampled_figures,
+    split_from_meta,
+    uniform_split,
+)
 
 COST_MODEL = """cost model of the bytes read: a stream reads its part of a shard in one pass. With the
 shard's byte-offset index (<shard>.idx, python -m vit_dist.data.shards --index) it seeks to each
@@ -213,6 +221,7 @@ def plan(argv: list[str] | None = None) -> dict:
     )
     streams = a.world_size * max(1, workers)
     head = f"{a.world_size:,} ranks x {max(1, workers)} workers = {streams:,} streams, batch {a.batch_size}"
+    fig: ExactFigures | ResampledFigures
     if a.mode == "exact":
         fig = exact_figures(split, shuffle=train, history=history if replan else (), index=index, **kw)
         print(f"exact epoch {a.epoch} (seed {a.seed}, {'shuffled' if train else 'in order'}): {head}")

@@ -45,6 +45,7 @@ from ..spec import index_file
 from . import (
     Segment,
     StreamPlan,
+    planned_stop,
     resampled_batches,
     resampled_shards,
     resampled_start,
@@ -84,8 +85,9 @@ class SplitBytes:
 
     def offset(self, shard: int, i: int) -> int:
         """Byte offset of sample ``i`` of ``shard`` (``i = num_samples``: the end of its samples)."""
-        if self.has_index(shard):
-            return self.offsets[shard][i]
+        offsets = self.offsets[shard] if self.offsets is not None else None
+        if offsets is not None:  # has_index(shard)
+            return offsets[i]
         if self.num_bytes is None:
             return i  # unknown sizes: a sample is one unit
         n = self.sizes[shard]
@@ -140,7 +142,9 @@ def split_from_meta(directory: str | os.PathLike, split: str, *, indexes: bool =
             continue
         try:
             offsets.append(
-                read_index(path, num_samples=sizes[i], shard_bytes=num_bytes[i] if sized else None)
+                read_index(
+                    path, num_samples=sizes[i], shard_bytes=num_bytes[i] if num_bytes is not None else None
+                )
             )
         except DataError as e:
             offsets.append(None)
@@ -276,7 +280,7 @@ def exact_figures(
         b_used = 0
         groups = 0
         for shard, group in itertools.groupby(p.slices, key=lambda s: s.shard):
-            seek, stream = split.read_cost(shard, [(s.start, s.stop) for s in group])
+            seek, stream = split.read_cost(shard, [(s.start, planned_stop(s)) for s in group])
             seek_all += seek
             stream_all += stream
             b_used += seek if split.seeks(shard, index) else stream
