@@ -191,8 +191,8 @@ class Trainer:
             planned_steps = t.steps
         elif t.epochs is not None:
             planned_steps = t.epochs * self.steps_per_epoch
-        else:  # never: config validation asks for one of them
-            raise ConfigError("train.epochs or train.steps must be set")
+        else:  # a bug: config validation asks for one of them
+            raise RuntimeError("neither train.steps nor train.epochs survived config validation")
         self.length = RunLength(
             planned_steps=planned_steps,
             steps_per_epoch=self.steps_per_epoch,
@@ -357,8 +357,8 @@ class Trainer:
         """Optimizer steps from here to the end of ``train.epochs`` (the data position loaded)."""
         left = self.train_loader.batches_left() // self.accum
         epochs = self.cfg.train.epochs
-        if epochs is None:  # never: only a length in epochs asks (optim.resume_schedule)
-            raise ConfigError("train.epochs is not set")
+        if epochs is None:  # a bug: only a length in epochs asks (optim.resume_schedule)
+            raise RuntimeError("steps left in train.epochs asked of a run whose length is in steps")
         return left + max(0, epochs - self.state.epoch - 1) * self.steps_per_epoch
 
     def _warn_main(self, msg: str, *args) -> None:

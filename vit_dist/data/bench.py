@@ -39,7 +39,6 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from ..errors import DataError
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 from .index import load_offsets
 from .meta import read_meta, write_meta
@@ -211,9 +210,7 @@ def _read_rate(loader: ShardLoader, streams: int, seconds: float) -> float:
     the other in this process, the way the streams read them (seeking where the shard has a
     usable index), over whole epochs for at least ``seconds``."""
     shards, c = loader.shards, loader.cfg
-    sizes = shards.sizes
-    if sizes is None:  # never: the shards benchmarked here are written with their dataset.json
-        raise DataError(f"{shards.spec}: the read benchmark needs the shards' sample counts")
+    sizes = shards.counted_sizes()  # written here with their dataset.json: counted
     plans = all_stream_plans(
         sizes,
         seed=c.seed,

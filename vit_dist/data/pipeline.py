@@ -130,15 +130,15 @@ class DataConfig:
     def __post_init__(self):
         if self.mode not in ("exact", "resampled"):
             raise DataError(f"mode must be 'exact' or 'resampled', got {self.mode!r}")
-        if self.mode == "resampled" and not self.samples_per_epoch:
-            raise DataError("mode='resampled' needs samples_per_epoch (the epoch length)")
+        if self.mode == "resampled":
+            self.epoch_samples()  # refuses a resampled loader without an epoch length
         if not self.train and self.mode != "exact":
             raise DataError("evaluation data must use mode='exact' (exactly-once evaluation)")
         if self.batch_size < 1 or self.workers < 0:
             raise DataError(f"batch_size must be >= 1 and workers >= 0 ({self.batch_size}, {self.workers})")
 
     def epoch_samples(self) -> int:
-        """``samples_per_epoch``, which resampled mode needs (``__post_init__`` checks it)."""
+        """``samples_per_epoch``, which resampled mode needs (``__post_init__`` asks it once)."""
         if not self.samples_per_epoch:
             raise DataError("mode='resampled' needs samples_per_epoch (the epoch length)")
         return self.samples_per_epoch
