@@ -7,10 +7,12 @@ port and every W&B directory (config, cache, data) inside the test's tmp_path.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from vit_dist.config import LoggingSection
 from vit_dist.metrics import RunLogger
 
 
@@ -67,10 +69,21 @@ def eval_record(step: int, **kw) -> dict:
     return rec
 
 
+# make_logger's keywords that are LoggingSection fields: its own names, and these for some.
+_SETTINGS = {f.name: f.name for f in dataclasses.fields(LoggingSection)} | {
+    "wandb_enabled": "wandb",
+    "wandb_mode": "mode",
+    "run_name": "name",
+}
+
+
 def make_logger(out: Path, **kw) -> RunLogger:
+    """``RunLogger.create`` with test defaults: ``kw`` are its own keywords (is_main, start_step,
+    ...) or the ``logging`` section's settings (wandb_enabled, wandb_mode, progress, ...)."""
     kw.setdefault("is_main", True)
     kw.setdefault("total_steps", 100)
     kw.setdefault("config", {"model": "vit_tiny", "lr": 1e-3})
     kw.setdefault("wandb_enabled", False)
     kw.setdefault("progress", "lines")
-    return RunLogger.create(str(out), **kw)
+    settings = LoggingSection(**{_SETTINGS[k]: kw.pop(k) for k in list(kw) if k in _SETTINGS})
+    return RunLogger.create(str(out), settings, **kw)

@@ -108,7 +108,24 @@ class DataSection:
         lo=1,
         doc="a sample with a tar member declaring more bytes is a bad sample, never read into memory",
     )
-    # augmentation (train); DeiT's ImageNet recipe by default
+    # preprocessing of every image, trained or evaluated (augmentation: AugmentSection)
+    crop_pct: float = _field(
+        0.875, lo=0.0, hi=1.0, lo_open=True, doc="eval: resize to img_size / crop_pct, center crop img_size"
+    )
+    interpolation: Literal["bilinear", "bicubic"] = _field(
+        "bilinear",
+        doc="resize filter of the train crop and the eval resize; timm's and DeiT's weights used bicubic",
+    )
+    mean: list[float] = _field(factory=lambda: [0.485, 0.456, 0.406], doc="per-channel normalisation mean")
+    std: list[float] = _field(factory=lambda: [0.229, 0.224, 0.225], doc="per-channel normalisation std")
+
+
+@dataclass
+class AugmentSection:
+    """Training-time augmentation (``augment.*``); DeiT's ImageNet recipe by default. Evaluation
+    and prediction use none of it: their preprocessing (``data.img_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``) is the data section's."""
+
     scale: list[float] = _field(factory=lambda: [0.08, 1.0], doc="random resized crop: area range [min, max]")
     ratio: list[float] = _field(
         factory=lambda: [0.75, 4 / 3], doc="random resized crop: aspect ratio range [min, max]"
@@ -125,15 +142,6 @@ class DataSection:
     cutmix: float = _field(1.0, lo=0.0, doc="Beta(a, a) for cutmix; 0 = off")
     mixup_prob: float = _field(1.0, lo=0.0, hi=1.0, doc="probability that a batch is mixed at all")
     switch_prob: float = _field(0.5, lo=0.0, hi=1.0, doc="with both on: probability of cutmix over mixup")
-    crop_pct: float = _field(
-        0.875, lo=0.0, hi=1.0, lo_open=True, doc="eval: resize to img_size / crop_pct, center crop img_size"
-    )
-    interpolation: Literal["bilinear", "bicubic"] = _field(
-        "bilinear",
-        doc="resize filter of the train crop and the eval resize; timm's and DeiT's weights used bicubic",
-    )
-    mean: list[float] = _field(factory=lambda: [0.485, 0.456, 0.406], doc="per-channel normalisation mean")
-    std: list[float] = _field(factory=lambda: [0.229, 0.224, 0.225], doc="per-channel normalisation std")
 
 
 @dataclass
@@ -246,6 +254,7 @@ class CheckpointSection:
 class Config:
     model: ModelSection = _field(factory=ModelSection)
     data: DataSection = _field(factory=DataSection)
+    augment: AugmentSection = _field(factory=AugmentSection)
     train: TrainSection = _field(factory=TrainSection)
     optim: OptimSection = _field(factory=OptimSection)
     ema: EmaSection = _field(factory=EmaSection)
@@ -402,6 +411,9 @@ def _check_range(key: str, value: Any, meta) -> None:
         raise ConfigError(f"{key}: {_shown(value)} must be <= {hi}")
 
 
+_AUGMENT_KEYS = frozenset(f.name for f in dataclasses.fields(AugmentSection))
+
+
 def _build(cls, raw: dict, prefix: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
@@ -414,6 +426,10 @@ def _build(cls, raw: dict, prefix: str):
         kwargs["kwargs"] = {k: _free_value(prefix + str(k), v) for k, v in extra.items()}
     elif extra:
         k = next(iter(extra))
+        if prefix == "data." and k in _AUGMENT_KEYS:  # where these lived before AugmentSection
+            raise ConfigError(
+                f"config key 'data.{k}' is now 'augment.{k}' (augmentation has its own section)"
+            )
         raise ConfigError(
             f"unknown config key {prefix + str(k)!r}{did_you_mean(prefix + str(k), _all_keys())}"
         )
@@ -433,13 +449,13 @@ def _build(cls, raw: dict, prefix: str):
 def _check_consistency(cfg: Config) -> None:
     if cfg.data.mode == "resampled" and not cfg.data.samples_per_epoch:
         raise ConfigError("data.samples_per_epoch is required with data.mode=resampled (the epoch length)")
-    for name in ("betas", "scale", "ratio"):
-        sec = cfg.optim if name == "betas" else cfg.data
-        v = getattr(sec, name)
+    for key, v in (
+        ("optim.betas", cfg.optim.betas),
+        ("augment.scale", cfg.augment.scale),
+        ("augment.ratio", cfg.augment.ratio),
+    ):
         if len(v) != 2:
-            raise ConfigError(
-                f"{'optim' if name == 'betas' else 'data'}.{name}: expected 2 numbers, got {v!r}"
-            )
+            raise ConfigError(f"{key}: expected 2 numbers, got {v!r}")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")
     d = cfg.distill

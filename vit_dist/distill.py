@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import read_meta, resolve_checkpoint_dir
-from .config import Config
+from .config import DataSection, DistillSection
 from .distributed import DistEnv
 from .errors import CheckpointError, ConfigError
 from .hub import is_hub_ref
@@ -130,11 +130,13 @@ def _hub_sidecar(ref: str, num_classes: int) -> dict:
     return {"model_name": name, "model_kwargs": kwargs, "mean": list(hc.mean), "std": list(hc.std)}
 
 
-def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple[nn.Module, str]:
+def build_teacher(
+    dcfg: DistillSection, num_classes: int, img_size: int, in_chans: int
+) -> tuple[nn.Module, str]:
     """The frozen teacher (on CPU, fp32) and a one-line description of where it came from; a
     hub teacher carries its input statistics as ``model.input_stats`` (mean, std), any other None
     (``models.protocol``; a torchvision teacher is given the member)."""
-    hub = is_hub_ref(dcfg.teacher_weights)
+    hub = dcfg.teacher_weights if is_hub_ref(dcfg.teacher_weights) else None
     weights = Path(dcfg.teacher_weights) if dcfg.teacher_weights and not hub else None
     if weights is not None and not weights.exists():
         raise FileNotFoundError(f"distill.teacher_weights not found: {weights}")
@@ -142,10 +144,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
         model, source = _teacher_from_checkpoint(weights)
     else:
         side: dict | None
-        if hub:  # weights: the reference itself, which load_pretrained resolves
-            side, weights = _hub_sidecar(dcfg.teacher_weights, num_classes), dcfg.teacher_weights
-        else:
-            side = _sidecar(weights) if weights is not None else None
+        side = _hub_sidecar(hub, num_classes) if hub else _sidecar(weights) if weights is not None else None
         name = dcfg.teacher or (side or {}).get("model_name")
         if not name:
             raise ConfigError(
@@ -159,8 +158,9 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
             kwargs.setdefault("in_chans", in_chans)
             model = create_model(name, **kwargs)
             source = "random init (no weights!)"
-            if weights:
-                report = load_pretrained(model, weights, verbose=False)
+            ref = hub or weights  # a hub reference (load_pretrained resolves it) or a local file
+            if ref is not None:
+                report = load_pretrained(model, ref, verbose=False)
                 if report.head_reinitialised:  # a random classifier would teach noise
                     raise CheckpointError(
                         f"distill.teacher_weights={dcfg.teacher_weights}: {'; '.join(report.notes)}; "
@@ -193,7 +193,7 @@ def build_teacher(dcfg, num_classes: int, img_size: int, in_chans: int) -> tuple
             raise ConfigError(
                 f"distill.teacher={name!r} is neither a vit_dist model, timm:<name> nor a torchvision classifier"
             )
-    if weights is None:
+    if weights is None and not hub:
         log.warning("distill: the teacher %s has no weights (distill.teacher_weights unset)", dcfg.teacher)
     model.eval()
     model.requires_grad_(False)
@@ -218,11 +218,13 @@ class FrozenTeacher(nn.Module):
         return out[0] if isinstance(out, tuple) else out  # (B, C)
 
 
-def frozen_teacher(cfg: Config, num_classes: int, env: DistEnv, *, fsdp: bool) -> FrozenTeacher:
-    """The run's teacher (``distill.*``) on ``env.device``, re-normalising the student's input,
-    replicated on every rank or, under FSDP when it is larger than
-    ``distill.shard_teacher_above_gb``, sharded (see the module docstring)."""
-    d, distill = cfg.data, cfg.distill
+def frozen_teacher(
+    distill: DistillSection, d: DataSection, precision: str, num_classes: int, env: DistEnv, *, fsdp: bool
+) -> FrozenTeacher:
+    """The run's teacher (``distill.*``) on ``env.device``, re-normalising the student's input
+    (the ``data`` section's statistics), replicated on every rank or, under FSDP when it is
+    larger than ``distill.shard_teacher_above_gb``, sharded at ``precision`` (see the module
+    docstring)."""
     model, source = build_teacher(distill, num_classes, d.img_size, d.in_chans)
     # A hub teacher's own statistics (its config.json) unless distill.teacher_mean/std say otherwise.
     # Every teacher has the contract's input_stats (build_teacher gives a torchvision one the member).
@@ -232,7 +234,7 @@ def frozen_teacher(cfg: Config, num_classes: int, env: DistEnv, *, fsdp: bool) -
     gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     sharded = fsdp and gb > distill.shard_teacher_above_gb
     if sharded:
-        shard_frozen(model, env, cfg.precision)
+        shard_frozen(model, env, precision)
     if env.is_main:
         log.info(
             "distill (%s, alpha %s, tau %s): teacher %s, %.2f GB, %s",

@@ -79,10 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         check_model_kwargs(cfg.model.name, cfg.model.kwargs)
         env = init_distributed()
         try:
-            loader = build_loader(
-                loader_config(cfg, train=False, device=env.device), env.rank, env.world_size
+            settings = loader_config(
+                cfg.data,
+                cfg.augment,
+                train=False,
+                batch_size=cfg.eval.batch_size or cfg.train.batch_size,
+                seed=cfg.train.seed,
+                device=env.device,
             )
-            model = build_model(cfg, cfg.data.num_classes or loader.num_classes)
+            loader = build_loader(settings, env.rank, env.world_size)
+            model = build_model(cfg.model, cfg.data, cfg.data.num_classes or loader.num_classes)
             source = load_weights(model, opts["checkpoint"], use_ema=use_ema)
             model.to(env.device)
             result = evaluate_model(model, loader, env.device, cfg.precision)

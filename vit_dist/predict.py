@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from .cli import parse_args, run_cli
 from .config_help import Key
@@ -67,14 +67,14 @@ def load_model(path: str, *, ema: bool = False):
     return load_export(p)
 
 
-def resize_filter(name: str | None) -> str:
+def resize_filter(name: str | None) -> Literal["bilinear", "bicubic"]:
     """The weights' resize filter (an export or a hub ``pretrained_cfg``), if ours has it:
     exports from before ``data.interpolation`` existed were made with bilinear; a filter we do
     not implement (lanczos, nearest, random) falls back to bilinear with a warning."""
-    if name is None:
+    if name is None or name == "bilinear":
         return "bilinear"
-    if name in ("bilinear", "bicubic"):
-        return name
+    if name == "bicubic":
+        return "bicubic"
     print(
         f"warning: the weights ask for {name!r} resizing, which vit_dist does not do; using bilinear",
         file=sys.stderr,
@@ -86,18 +86,20 @@ class Preprocess:
     """Image file bytes -> (1, 3, S, S), the training run's evaluation transform."""
 
     def __init__(self, info: dict):
-        from .data.transforms import AugmentConfig, SampleTransform  # torch: only once predicting
+        # torch (the transforms): only once predicting
+        from .config import DataSection
+        from .data.transforms import SampleTransform
 
-        aug: dict[str, Any] = dict(
+        data = DataSection(
             img_size=int(info["img_size"]),
             crop_pct=float(info["crop_pct"]),
             interpolation=resize_filter(info.get("interpolation")),
-            mean=tuple(info["mean"]),
-            std=tuple(info["std"]),
+            mean=[float(m) for m in info["mean"]],
+            std=[float(s) for s in info["std"]],
         )
-        self.default = SampleTransform(AugmentConfig(**aug), train=False)
+        self.default = SampleTransform(data, None)
         # torchvision.io decodes JPEG/PNG/GIF/WebP only; PIL reads the rest (BMP, TIFF, ...).
-        self.pil = SampleTransform(AugmentConfig(**aug, backend="pil"), train=False)
+        self.pil = SampleTransform(data, None, backend="pil")
 
     def __call__(self, data: bytes):
         try:

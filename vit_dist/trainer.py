@@ -27,7 +27,7 @@ from . import atomic
 from . import checkpoint as ckpt
 from .amp import DTYPES, LossScaler, autocast
 from .config import Config, dump_config
-from .data import MixupCutmix, build_loader, loader_config
+from .data import MixupCutmix, ShardLoader, build_loader, loader_config
 from .distill import distillation_loss, frozen_teacher
 from .distributed import DistEnv, all_gather_object, all_reduce, barrier
 from .ema import ModelEma
@@ -103,11 +103,15 @@ class Trainer:
         )
         if not self.already_complete:
             self._start_writing()
-        self.logger = RunLogger.for_run(
-            cfg,
+        self.logger = RunLogger.create(
+            cfg.output_dir,
+            cfg.logging,
             is_main=env.is_main and not self.already_complete,
             total_steps=self.total_steps,
+            config=cfg.to_dict(),
             start_step=self.state.step,
+            # An epoch axis on the curves for runs whose length is given in epochs.
+            epoch_axis=cfg.train.steps is None and cfg.train.epochs is not None,
         )
         self.timer = StepTimer()
         self.input_advisor = InputBoundAdvisor(cfg.data.workers)
@@ -121,29 +125,28 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, env = self.cfg, self.env
-        self.train_loader = build_loader(
-            loader_config(cfg, train=True, device=self.device), env.rank, env.world_size
-        )
-        self.val_loader = (
-            build_loader(loader_config(cfg, train=False, device=self.device), env.rank, env.world_size)
-            if cfg.data.val
-            else None
-        )
-        self.num_classes = self.train_loader.num_classes
-        d = cfg.data
-        self.mixup = (
-            MixupCutmix(
-                self.num_classes, d.mixup, d.cutmix, d.switch_prob, d.mixup_prob, cfg.train.label_smoothing
+
+        def loader(train: bool, batch_size: int) -> ShardLoader:
+            settings = loader_config(
+                cfg.data,
+                cfg.augment,
+                train=train,
+                batch_size=batch_size,
+                seed=cfg.train.seed,
+                device=self.device,
             )
-            if (d.mixup > 0 or d.cutmix > 0) and d.mixup_prob > 0
-            else None
-        )
+            return build_loader(settings, env.rank, env.world_size)
+
+        self.train_loader = loader(True, cfg.train.batch_size)
+        self.val_loader = loader(False, cfg.eval.batch_size or cfg.train.batch_size) if cfg.data.val else None
+        self.num_classes = self.train_loader.num_classes
+        self.mixup = MixupCutmix.for_training(cfg.augment, self.num_classes, cfg.train.label_smoothing)
 
     def _build_model(self) -> None:
         """The plain model, parallelized (``self.model`` trains; ``self.plain_model`` is the
         module under any DDP wrapper, which checkpoints, EMA and export use), and the teacher."""
         cfg = self.cfg
-        model = build_model(cfg, self.num_classes)
+        model = build_model(cfg.model, cfg.data, self.num_classes)
         if self.env.is_main and is_hub_ref(cfg.model.pretrained):
             self._compare_preprocessing(cfg.model.pretrained)
         self.flops_per_image = flops_per_image(model)
@@ -153,7 +156,7 @@ class Trainer:
         self.plain_model = cast("VitDistModule", unwrap(self.model))  # the model build_model made
         self.fsdp = is_fsdp(self.model)
         self.teacher = (
-            frozen_teacher(cfg, self.num_classes, self.env, fsdp=self.fsdp)
+            frozen_teacher(cfg.distill, cfg.data, cfg.precision, self.num_classes, self.env, fsdp=self.fsdp)
             if cfg.distill.type != "none"
             else None
         )

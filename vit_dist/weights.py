@@ -144,7 +144,7 @@ def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tupl
     num_classes = int(meta["num_classes"])
     # Every weight comes from the checkpoint: don't read model.pretrained (it may be gone).
     cfg.model.pretrained = None
-    model = build_model(cfg, num_classes)
+    model = build_model(cfg.model, cfg.data, num_classes)
     load_weights(model, checkpoint_dir, use_ema=ema)
     model.eval()
     info = {

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vit_dist.data import AugmentConfig, DataConfig, ShardLoader
+from vit_dist.config import DataSection
+from vit_dist.data import DataConfig, ShardLoader
 from vit_dist.distributed import sum_over_ranks
 from vit_dist.evaluation import EvalSums
 
@@ -20,7 +21,7 @@ SIZES = [60, 60, 60, 60, 60, 57]  # 357 samples: odd, and not a multiple of any 
 
 def _eval(shards: str, rank: int, world: int, workers: int):
     cfg = DataConfig(
-        shards, split="val", train=False, batch_size=32, workers=workers, augment=AugmentConfig(16)
+        shards, data=DataSection(img_size=16, workers=workers), split="val", training=False, batch_size=32
     )
     loader = ShardLoader(cfg, rank=rank, world_size=world)
     torch.manual_seed(0)

@@ -13,8 +13,8 @@ from support.data_hostile import (
     _hostile_shards,
 )
 
+from vit_dist.config import DataSection
 from vit_dist.data.pipeline import DataConfig, ShardLoader
-from vit_dist.data.transforms import AugmentConfig
 
 # ---------------------------------------------------------------- the header and the pixel limit
 
@@ -36,7 +36,7 @@ def test_hostile_and_odd_samples_train_to_the_end_counted_as_bad(
 ):
     shards = _hostile_shards(make_data_shards)
     cfg = DataConfig(
-        str(shards), batch_size=4, workers=workers, shuffle_buffer=8, augment=AugmentConfig(img_size=S)
+        str(shards), data=DataSection(img_size=S, workers=workers, shuffle_buffer=8), batch_size=4
     )
     loader = ShardLoader(cfg)
     for epoch in (0, 1):

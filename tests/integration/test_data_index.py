@@ -8,7 +8,7 @@ import os
 from collections import Counter
 
 import pytest
-from support.data_index import AUG, _streams, _valid
+from support.data_index import _data, _streams, _valid
 
 from vit_dist.data import DataConfig, ShardLoader
 from vit_dist.data.writers import index_shards
@@ -26,7 +26,7 @@ def test_a_pipe_url_streams_through_the_indexed_shards(make_data_shards, caplog)
     shards = make_data_shards([10, 10])
     index_shards(shards)
     spec = "pipe:cat " + str(shards / "train-{000000..000001}.tar")
-    cfg = DataConfig(spec, meta=str(shards), train=False, batch_size=4, workers=2, augment=AUG)
+    cfg = DataConfig(spec, data=_data(meta=str(shards), workers=2), training=False, batch_size=4)
     with caplog.at_level(logging.INFO, logger="vit_dist.data"):
         per_rank = [_streams(ShardLoader(cfg, rank=r, world_size=2)) for r in range(2)]
     keys = [k for streams in per_rank for b in streams for k in _valid(b)]
@@ -38,8 +38,8 @@ def test_resume_and_replan_with_fewer_shards_than_streams(make_data_shards):
     sizes = [41, 30]
     shards = make_data_shards(sizes)
     index_shards(shards)
-    cfg = lambda **kw: DataConfig(str(shards), batch_size=4, augment=AUG, shuffle_buffer=8, **kw)
-    make = lambda world, rank, workers: ShardLoader(cfg(workers=workers), rank=rank, world_size=world)
+    cfg = lambda workers: DataConfig(str(shards), data=_data(workers=workers, shuffle_buffer=8), batch_size=4)
+    make = lambda world, rank, workers: ShardLoader(cfg(workers), rank=rank, world_size=world)
     # same settings: the rest of the same batches
     full = list(make(2, 1, 3))
     first = make(2, 1, 3)
@@ -112,7 +112,7 @@ def test_http_shards_with_an_index_are_read_by_byte_ranges(make_data_shards, cap
     server = _Server(shards, ranges=ranges)
     try:
         spec = server.url + "/train-{000000..000001}.tar"
-        cfg = DataConfig(spec, meta=str(shards), batch_size=4, workers=3, augment=AUG, shuffle_buffer=8)
+        cfg = DataConfig(spec, data=_data(meta=str(shards), workers=3, shuffle_buffer=8), batch_size=4)
         with caplog.at_level(logging.INFO, logger="vit_dist.data"):
             per_rank = [_streams(ShardLoader(cfg, rank=r, world_size=2)) for r in range(2)]
     finally:

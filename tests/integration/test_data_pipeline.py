@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -12,7 +13,8 @@ import pytest
 import torch
 from support.data_pipeline import UNEVEN, _cfg, _corrupt, _epoch, _valid_keys
 
-from vit_dist.data import AugmentConfig, DataConfig, DataError, ShardLoader, resolve_shards
+from vit_dist.config import AugmentSection, DataSection
+from vit_dist.data import DataConfig, DataError, ShardLoader, resolve_shards
 
 
 def test_exact_two_ranks_two_workers_every_sample_once_equal_batches(make_data_shards):
@@ -168,7 +170,7 @@ def test_brace_and_pipe_specs_read_the_same_samples(make_data_shards):
     local = resolve_shards(str(shards / "train-{000000..000002}.tar"))
     assert local.sizes == [5, 7, 4] and local.classes is not None
     cfg = _cfg(
-        "pipe:cat " + str(shards / "train-{000000..000002}.tar"), workers=0, meta=str(shards), train=False
+        "pipe:cat " + str(shards / "train-{000000..000002}.tar"), workers=0, meta=str(shards), training=False
     )
     batches = _epoch(ShardLoader(cfg), 0)
     assert sorted(_valid_keys(batches)) == sorted(
@@ -205,9 +207,10 @@ def test_uncaught_error_with_live_workers_exits_instead_of_hanging(make_data_sha
     shards = make_data_shards([40, 40])
     script = tmp_path / "crash.py"
     script.write_text(
-        "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
+        "from vit_dist.config import DataSection\n"
+        "from vit_dist.data import DataConfig, ShardLoader\n"
         "if __name__ == '__main__':\n"
-        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, workers=2)\n"
+        f"    cfg = DataConfig({str(shards)!r}, data=DataSection(img_size=16, workers=2), batch_size=4)\n"
         "    it = iter(ShardLoader(cfg))\n"
         "    next(it)\n"
         "    raise RuntimeError('boom with live loader workers')\n"
@@ -235,8 +238,9 @@ def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(m
     shards = make_data_shards([40, 40])
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
-        f"cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, workers=2,\n"
+        "from vit_dist.config import DataSection\n"
+        "from vit_dist.data import DataConfig, ShardLoader\n"
+        f"cfg = DataConfig({str(shards)!r}, data=DataSection(img_size=16, workers=2), batch_size=4,\n"
         "                 worker_start_method='forkserver')\n"
         "next(iter(ShardLoader(cfg)))\n"
     )
@@ -249,10 +253,13 @@ def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(m
 @pytest.mark.parametrize("train", [True, False])
 def test_uint8_batches_normalised_on_the_device_equal_the_workers_floats(make_data_shards, train):
     shards = make_data_shards([20, 13])
-    aug = AugmentConfig(img_size=16, random_erasing=0.5)
-    kw = dict(workers=1, augment=aug, train=train, shuffle_buffer=16 if train else 0)
-    floats = ShardLoader(DataConfig(str(shards), batch_size=8, **kw))
-    uint8 = ShardLoader(DataConfig(str(shards), batch_size=8, normalize_in_workers=False, **kw))
+    aug = AugmentSection(random_erasing=0.5)
+    data = DataSection(img_size=16, workers=1, shuffle_buffer=16 if train else 0, normalize_on="worker")
+    kw = dict(augment=aug, training=train, batch_size=8)
+    floats = ShardLoader(DataConfig(str(shards), data=data, **kw))
+    on_device = dataclasses.replace(data, normalize_on="device")
+    uint8 = ShardLoader(DataConfig(str(shards), data=on_device, **kw))
+    assert floats.cfg.normalize_in_workers and not uint8.cfg.normalize_in_workers
     a, b = _epoch(floats, 0), _epoch(uint8, 0)
     assert len(a) == len(b) == len(floats) and [x["key"] for x in a] == [y["key"] for y in b]
     erased = 0
@@ -281,9 +288,10 @@ def test_workers_and_forkserver_end_when_their_process_is_killed(make_data_shard
     script.write_text(
         "import multiprocessing, time\n"
         "from multiprocessing import forkserver\n"
-        "from vit_dist.data import AugmentConfig, DataConfig, ShardLoader\n"
+        "from vit_dist.config import DataSection\n"
+        "from vit_dist.data import DataConfig, ShardLoader\n"
         "if __name__ == '__main__':\n"
-        f"    cfg = DataConfig({str(shards)!r}, augment=AugmentConfig(img_size=16), batch_size=4, workers=2,\n"
+        f"    cfg = DataConfig({str(shards)!r}, data=DataSection(img_size=16, workers=2), batch_size=4,\n"
         f"                     worker_start_method={method!r})\n"
         "    it = iter(ShardLoader(cfg))\n"
         "    next(it)\n"

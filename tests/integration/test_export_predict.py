@@ -167,7 +167,8 @@ def _parse(stdout: str) -> dict[str, list[tuple[int, str, float]]]:
 
 def test_predict_cli_on_digit_images(ddp_run, tmp_path, capsys):
     from vit_dist import predict
-    from vit_dist.data.transforms import AugmentConfig, SampleTransform
+    from vit_dist.config import DataSection
+    from vit_dist.data.transforms import SampleTransform
     from vit_dist.models import load_pretrained
     from vit_dist.weights import export_checkpoint
 
@@ -194,9 +195,7 @@ def test_predict_cli_on_digit_images(ddp_run, tmp_path, capsys):
     info = json.loads(weights.with_suffix(".json").read_text())
     model = _fresh_model(info)
     load_pretrained(model, weights, verbose=False)
-    transform = SampleTransform(
-        AugmentConfig(img_size=16, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3), train=False
-    )
+    transform = SampleTransform(DataSection(img_size=16, crop_pct=1.0, mean=[0.5] * 3, std=[0.5] * 3), None)
     for path in images:
         rows = blocks[str(path)]
         assert [r for r, _, _ in rows] == [1, 2, 3, 4, 5]

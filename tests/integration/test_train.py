@@ -156,7 +156,7 @@ def test_normalising_on_the_device_trains_exactly_as_in_the_workers(digits_data_
                 f"data.val={digits_data_dir}",
                 "train.steps=3",
                 "data.workers=1",
-                "data.random_erasing=0.5",
+                "augment.random_erasing=0.5",
                 f"data.normalize_on={where}",
                 "logging.wandb=false",
                 f"output_dir={tmp_path / where}",

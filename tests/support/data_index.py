@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from vit_dist.data import AugmentConfig
+from vit_dist.config import DataSection
 
-AUG = AugmentConfig(img_size=16)
+
+def _data(**kw) -> DataSection:
+    """The ``data`` section these tests load with: 16px images, and ``kw``."""
+    return DataSection(img_size=16, **kw)
 
 
 def _streams(loader, epoch=0):

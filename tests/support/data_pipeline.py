@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from vit_dist.data import AugmentConfig, DataConfig
+import dataclasses
 
-AUG = AugmentConfig(img_size=16)
+from vit_dist.config import DataSection
+from vit_dist.data import DataConfig
+
+# The data section's keys that _cfg takes as keywords (``training`` is DataConfig's own).
+_SECTION = {f.name for f in dataclasses.fields(DataSection)} - {
+    f.name for f in dataclasses.fields(DataConfig)
+}
 
 
 UNEVEN = [37, 5, 20, 13, 29, 1, 18]  # 123 samples, deliberately uneven shards
 
 
 def _cfg(shards, **kw):
+    """A loader's settings: 16px images, and ``kw`` as the ``data`` section's keys (workers,
+    mode, shuffle_buffer, ...) or DataConfig's own fields (batch_size, seed, ...)."""
     kw.setdefault("batch_size", 8)
     kw.setdefault("workers", 2)
     kw.setdefault("shuffle_buffer", 16)
-    return DataConfig(str(shards), augment=AUG, **kw)
+    data = {k: kw.pop(k) for k in list(kw) if k in _SECTION}
+    return DataConfig(str(shards), data=DataSection(img_size=16, **data), **kw)
 
 
 def _epoch(loader, epoch):

@@ -48,7 +48,7 @@ def test_yaml_then_overrides_win(tmp_path):
         (["train.epochs=0"], "train.epochs: 0 must be >= 1"),
         (["train.epochs=1", "optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         (["train.epochs=1", "train.batch_size=2.5"], "train.batch_size: expected an integer"),
-        (["train.epochs=1", "data.hflip=1.5"], "data.hflip: 1.5 must be <= 1.0"),
+        (["train.epochs=1", "augment.hflip=1.5"], "augment.hflip: 1.5 must be <= 1.0"),
         (["train.epochs=1", "data.mode=resampled"], "data.samples_per_epoch is required"),
         (["train.epochs=1", "logging.wandb=maybe"], "logging.wandb: expected true/false"),
         ([], "set train.epochs or train.steps"),
@@ -60,6 +60,20 @@ def test_bad_values_name_the_key(overrides, message):
         load_config(None, overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_augmentation_keys_under_data_name_their_own_section(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.epochs=1", "data.mixup=0.5"])
+    assert str(e.value) == "config key 'data.mixup' is now 'augment.mixup' (augmentation has its own section)"
+    p = tmp_path / "old.yaml"
+    p.write_text("train: {epochs: 1}\ndata: {img_size: 32, hflip: 0.0}\n")  # a config from before
+    with pytest.raises(ConfigError, match=r"'data\.hflip' is now 'augment\.hflip'"):
+        load_config(p)
+    cfg = load_config(None, ["train.epochs=1", "augment.mixup=0.5"])
+    assert cfg.augment.mixup == 0.5
+    with pytest.raises(ConfigError, match=r"^augment\.scale: expected 2 numbers"):
+        load_config(None, ["train.epochs=1", "augment.scale=[0.5]"])
 
 
 def test_missing_and_broken_files(tmp_path):
@@ -137,7 +151,7 @@ NON_FINITE = ["nan", ".nan", "inf", ".inf", "-.inf", "-Infinity", "1e400"]
 
 def test_the_schema_walk_finds_the_float_and_list_keys():
     assert {"optim.lr", "data.max_bad_fraction", "optim.clip_grad", "optim.layer_decay"} <= set(FLOAT_KEYS)
-    assert {"optim.betas", "data.scale", "data.ratio", "data.mean", "data.std"} <= set(FLOAT_LIST_KEYS)
+    assert {"optim.betas", "augment.scale", "augment.ratio", "data.mean", "data.std"} <= set(FLOAT_LIST_KEYS)
     assert {"distill.teacher_mean", "distill.teacher_std"} <= set(FLOAT_LIST_KEYS)
     assert {"train.batch_size", "train.epochs", "train.steps", "eval.batch_size"} <= {k for k, _ in INT_KEYS}
 

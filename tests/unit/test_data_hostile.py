@@ -26,10 +26,11 @@ from support.data_hostile import (
     _with_lying_member,
 )
 
+from vit_dist.config import AugmentSection, DataSection
 from vit_dist.data.decode import check_image_size, image_size
 from vit_dist.data.pipeline import DataConfig, ShardLoader
 from vit_dist.data.tar_reader import BadSample, read_runs
-from vit_dist.data.transforms import AugmentConfig, SampleTransform
+from vit_dist.data.transforms import SampleTransform
 from vit_dist.errors import DataError
 
 # ---------------------------------------------------------------- the header and the pixel limit
@@ -45,11 +46,7 @@ def test_image_size_reads_the_size_from_the_header_of_every_format():
     app0_end = 4 + int.from_bytes(wide[4:6], "big")
     padded = wide[:app0_end] + b"junk\xff\x00" * 100 + b"\xff\xff" + wide[app0_end:]
     assert image_size(padded) == (40, 24)
-    assert SampleTransform(AugmentConfig(img_size=8, backend="tv"), train=False).uint8(padded)[0].shape == (
-        3,
-        8,
-        8,
-    )
+    assert SampleTransform(DataSection(img_size=8), None, backend="tv").uint8(padded)[0].shape == (3, 8, 8)
     with pytest.raises(ValueError):
         image_size(b"\xff\xd8\xff\xe0 a JPEG with no frame header")
 
@@ -59,7 +56,7 @@ def test_image_size_reads_the_size_from_the_header_of_every_format():
 def test_a_pixel_bomb_is_refused_from_its_header_before_any_decoder_runs(decodes, backend, train):
     bomb = _pixel_bomb()
     assert len(bomb) < 1000
-    transform = SampleTransform(AugmentConfig(img_size=S, backend=backend), train=train)
+    transform = SampleTransform(DataSection(img_size=S), AugmentSection() if train else None, backend=backend)
     with pytest.raises(DataError, match=r"20000x20000 .* over data\.max_image_pixels=89478485"):
         transform.uint8(bomb)
     assert not _bomb_decoded(decodes)
@@ -73,9 +70,10 @@ def test_max_image_pixels_is_one_limit_for_every_path(fmt, train):
     with pytest.raises(DataError, match="64x48 = 3072 pixels, over data.max_image_pixels=3071"):
         check_image_size(data, 64 * 48 - 1)
     for backend in ("tv", "pil", "auto"):
-        fits = SampleTransform(AugmentConfig(img_size=S, backend=backend, max_image_pixels=3072), train=train)
+        augment = AugmentSection() if train else None
+        fits = SampleTransform(DataSection(img_size=S, max_image_pixels=3072), augment, backend=backend)
         assert fits.uint8(data)[0].shape == (3, S, S)
-        over = SampleTransform(AugmentConfig(img_size=S, backend=backend, max_image_pixels=3071), train=train)
+        over = SampleTransform(DataSection(img_size=S, max_image_pixels=3071), augment, backend=backend)
         with pytest.raises(DataError, match="max_image_pixels=3071"):
             over.uint8(data)
 
@@ -87,12 +85,12 @@ def test_max_image_pixels_is_one_limit_for_every_path(fmt, train):
 @pytest.mark.parametrize("name", list(ODD))
 def test_every_image_mode_decodes_to_8bit_rgb_with_scaled_values(name, backend):
     _, data, expected, tolerance = ODD[name]
-    evaluate = SampleTransform(AugmentConfig(img_size=S, crop_pct=1.0, backend=backend), train=False)
+    evaluate = SampleTransform(DataSection(img_size=S, crop_pct=1.0), None, backend=backend)
     image, _ = evaluate.uint8(data)  # an S x S image, an S x S center crop: the decoded pixels
     assert image.dtype == torch.uint8 and image.shape == (3, S, S)
     diff = np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected.astype(int))
     assert diff.max() <= tolerance, f"{name}: off by up to {diff.max()}"
-    train = SampleTransform(AugmentConfig(img_size=S, backend=backend), train=True)
+    train = SampleTransform(DataSection(img_size=S), AugmentSection(), backend=backend)
     torch.manual_seed(0)
     image, _ = train.uint8(data)
     assert image.dtype == torch.uint8 and image.shape == (3, S, S)
@@ -106,7 +104,7 @@ def test_a_sample_that_is_not_uint8_rgb_of_the_output_size_is_refused(monkeypatc
 
     monkeypatch.setattr(transforms, "decode_random_resized_crop", lambda *a, **k: wrong)
     with pytest.raises(DataError, match=rf"not uint8 \(3, {S}, {S}\)"):
-        SampleTransform(AugmentConfig(img_size=S, hflip=0, randaugment_ops=0), train=True).uint8(b"")
+        SampleTransform(DataSection(img_size=S), AugmentSection(hflip=0, randaugment_ops=0)).uint8(b"")
 
 
 # ---------------------------------------------------------------- tar members
@@ -144,11 +142,9 @@ def test_hostile_and_odd_samples_evaluate_to_the_end_decoded_or_counted(
     shards = _hostile_shards(make_data_shards)
     cfg = DataConfig(
         str(shards),
-        train=False,
+        data=DataSection(img_size=S, crop_pct=1.0, workers=0, normalize_on="device"),
+        training=False,
         batch_size=4,
-        workers=0,
-        augment=AugmentConfig(img_size=S, crop_pct=1.0),
-        normalize_in_workers=False,
     )
     loader = ShardLoader(cfg)
     batches = list(loader)
@@ -172,8 +168,15 @@ def test_max_sample_bytes_and_max_image_pixels_reach_the_loader_from_the_config(
     data = {"train": "/x", "val": "/y", "max_image_pixels": 1000, "max_sample_bytes": 4096}
     cfg = config_from_dict({"train": {"epochs": 1}, "data": data})
     for train in (True, False):
-        d = loader_config(cfg, train=train, device=torch.device("cpu"))
-        assert d.max_sample_bytes == 4096 and d.augment.max_image_pixels == 1000
+        d = loader_config(
+            cfg.data,
+            cfg.augment,
+            train=train,
+            batch_size=cfg.train.batch_size,
+            seed=0,
+            device=torch.device("cpu"),
+        )
+        assert d.data.max_sample_bytes == 4096 and d.data.max_image_pixels == 1000
     with pytest.raises(ConfigError, match="data.max_image_pixels"):
         config_from_dict({"train": {"epochs": 1}, "data": {"max_image_pixels": 10**9}})
 

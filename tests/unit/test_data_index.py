@@ -12,7 +12,7 @@ import tarfile
 from collections import Counter
 
 import pytest
-from support.data_index import AUG, _streams, _valid
+from support.data_index import _data, _streams, _valid
 
 from vit_dist.data import DataConfig, ShardLoader, index, tar_reader
 from vit_dist.data import shards as shards_cli
@@ -133,7 +133,7 @@ def test_a_bad_index_is_one_warning_and_the_shard_is_streamed_through(make_data_
     for name, data in cases.items():
         (shards / f"train-000000.tar{INDEX_SUFFIX}").write_bytes(data)
         index._warned.clear()  # once per process and problem: start each case afresh
-        loader = ShardLoader(DataConfig(str(shards), train=False, batch_size=4, workers=0, augment=AUG))
+        loader = ShardLoader(DataConfig(str(shards), data=_data(workers=0), training=False, batch_size=4))
         with caplog.at_level(logging.WARNING, logger="vit_dist.data"):
             caplog.clear()
             keys = [k for b in loader for k, v in zip(b["key"], b["valid"].tolist()) if v]
@@ -200,7 +200,9 @@ def test_index_cli_on_webdataset_shardwriter_shards_without_dataset_json(tmp_pat
         for i in range(s["num_samples"]):  # a seek to any sample reads exactly that sample
             assert list(read_runs(path, [(i, i + 1)], offsets=offsets)) == [streamed[i]]
     # the directory is now a data set the loader reads exactly once, seeking
-    loader = ShardLoader(DataConfig(str(out), split="val", train=False, batch_size=4, workers=0, augment=AUG))
+    loader = ShardLoader(
+        DataConfig(str(out), data=_data(workers=0), split="val", training=False, batch_size=4)
+    )
     keys = [k for b in loader for k, v in zip(b["key"], b["valid"].tolist()) if v]
     assert sorted(keys) == [f"img{i:05d}" for i in range(17)]
 
@@ -248,7 +250,7 @@ class _Counting:
 def _bytes_read(shards, world, workers, monkeypatch, train=True):
     monkeypatch.setattr(tar_reader, "_open_local", _Counting)
     _Counting.total = 0
-    cfg = DataConfig(str(shards), train=train, batch_size=4, workers=workers, augment=AUG, shuffle_buffer=8)
+    cfg = DataConfig(str(shards), data=_data(workers=workers, shuffle_buffer=8), training=train, batch_size=4)
     per_rank = [_streams(ShardLoader(cfg, rank=r, world_size=world)) for r in range(world)]
     return _Counting.total, per_rank
 
@@ -295,10 +297,10 @@ def test_evaluation_of_two_shards_fits_any_topology_exactly_once(make_data_shard
     shards = make_data_shards(sizes, split="val")
     if indexed:
         index_shards(shards)
-    cfg = DataConfig(str(shards), split="val", train=False, batch_size=4, workers=8, augment=AUG)
+    cfg = DataConfig(str(shards), data=_data(workers=8), split="val", training=False, batch_size=4)
     with caplog.at_level(logging.INFO, logger="vit_dist.data"):
         loaders = [ShardLoader(cfg, rank=r, world_size=4) for r in range(4)]
-    workers = {lo.cfg.workers for lo in loaders}
+    workers = {lo.cfg.data.workers for lo in loaders}
     # Indexed: re-split over as many workers as a rank has batches (13 samples: 4 batches of 4);
     # without an index: capped to the shards.
     assert workers == ({4} if indexed else {1})
@@ -327,4 +329,4 @@ def test_an_index_listed_outside_the_directory_is_refused_at_start_up(make_data_
     meta["splits"]["train"]["shards"][1]["index"] = "../elsewhere.idx"
     (shards / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"lists index '../elsewhere.idx', which is not a file inside"):
-        ShardLoader(DataConfig(str(shards), batch_size=4, workers=0, augment=AUG))
+        ShardLoader(DataConfig(str(shards), data=_data(workers=0), batch_size=4))

@@ -143,7 +143,7 @@ def test_no_more_loader_streams_than_a_rank_has_batches(make_data_shards, caplog
     shards = make_data_shards(UNEVEN)
     with caplog.at_level(logging.INFO, logger="vit_dist.data"):
         loaders = [ShardLoader(_cfg(shards, workers=16), rank=r, world_size=2) for r in range(2)]
-    assert [lo.cfg.workers for lo in loaders] == [8, 8] and [len(lo) for lo in loaders] == [8, 8]
+    assert [lo.cfg.data.workers for lo in loaders] == [8, 8] and [len(lo) for lo in loaders] == [8, 8]
     assert "(data.workers=16 capped: a rank has 8 batch(es))" in caplog.text
     assert fit_workers(UNEVEN, None, 2, 4, 8, train=True) == (4, "")  # enough batches: untouched
     assert fit_workers(UNEVEN, None, 2, 0, 8, train=True) == (0, "")  # the main process stays

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from vit_dist.cli import run_cli
+from vit_dist.config import DataSection
 from vit_dist.data import tar_reader
 from vit_dist.data.index import index_shard, load_offsets
 from vit_dist.data.pipeline import DataConfig, ShardLoader
@@ -75,7 +76,9 @@ def test_cli_on_written_shards_matches_the_loader(digits_data_dir, capsys):
     assert fig["streams"] == 6 and fig["ranks"] == 2 and fig["workers"] == 3
     assert fig["split_samples"] == fig["samples"] == sum(sizes) == 1437
     assert (fig["samples_per_stream_min"], fig["samples_per_stream_max"]) == (1437 // 6, -(-1437 // 6))
-    loader = ShardLoader(DataConfig(str(digits_data_dir), batch_size=32, workers=3), rank=1, world_size=2)
+    loader = ShardLoader(
+        DataConfig(str(digits_data_dir), data=DataSection(workers=3), batch_size=32), rank=1, world_size=2
+    )
     assert fig["batches_per_rank"] == len(loader) == 3 * -(-240 // 32)
     assert fig["padded_samples"] == 6 * 8 * 32 - 1437
     # The writer indexes every shard: the loader seeks, reading each sample's bytes once.
@@ -186,7 +189,7 @@ def test_resume_replan_matches_the_loaders_numbers(make_data_shards, capsys):
         "bad_samples": 0,
         "samples_seen": 0,
     }
-    cfg = DataConfig(str(shards), batch_size=5, workers=1, shuffle_buffer=4)
+    cfg = DataConfig(str(shards), data=DataSection(workers=1, shuffle_buffer=4), batch_size=5)
     plans = all_stream_plans(
         UNEVEN,
         seed=0,
@@ -236,7 +239,9 @@ def test_resampled_resume_replan_matches_the_loader(make_data_shards, capsys):
         **dict(epoch=0, batch=3, seed=0, world_size=2, workers=2, batch_size=8, shuffle_buffer=1000),
         **dict(mode="resampled", segments=[], bad_samples=0, samples_seen=0),
     }
-    cfg = DataConfig(str(shards), batch_size=5, workers=1, mode="resampled", samples_per_epoch=150)
+    cfg = DataConfig(
+        str(shards), data=DataSection(workers=1, mode="resampled", samples_per_epoch=150), batch_size=5
+    )
     loader = ShardLoader(cfg, rank=0, world_size=3)
     loader.load_state_dict(state, counters=False)
     assert fig["resume"]["replanned"] and fig["batches_per_rank"] == loader.batches_left() == -(
@@ -247,9 +252,11 @@ def test_resampled_resume_replan_matches_the_loader(make_data_shards, capsys):
 def test_evaluation_workers_are_capped_as_the_loader_caps_them(make_data_shards, capsys):
     shards = make_data_shards([30, 25], split="val")
     argv = [shards, "--split", "val", "--world-size", 1, "--workers", 8, "--batch-size", 4]
-    loader = lambda: ShardLoader(DataConfig(str(shards), split="val", train=False, batch_size=4, workers=8))
+    loader = lambda: ShardLoader(
+        DataConfig(str(shards), data=DataSection(workers=8), split="val", training=False, batch_size=4)
+    )
     lines, fig = _plan(capsys, *argv)
-    assert fig["workers"] == loader().cfg.workers == 2 and fig["shuffle_buffer"] == 0
+    assert fig["workers"] == loader().cfg.data.workers == 2 and fig["shuffle_buffer"] == 0
     assert any(
         line.startswith("data.workers=8 capped to 2 as the loader does: without an index") for line in lines
     )
@@ -257,7 +264,7 @@ def test_evaluation_workers_are_capped_as_the_loader_caps_them(make_data_shards,
     for p in sorted(shards.glob("*.tar")):
         index_shard(p)
     _, fig = _plan(capsys, *argv)
-    assert fig["workers"] == loader().cfg.workers == 8 and fig["batches_per_rank"] == len(loader())
+    assert fig["workers"] == loader().cfg.data.workers == 8 and fig["batches_per_rank"] == len(loader())
 
 
 def test_the_planner_never_opens_a_shard(digits_data_dir, tmp_path, capsys):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from vit_dist.config import AugmentSection, DataSection
 from vit_dist.data.decode import decode_random_resized_crop, decode_resize_center_crop
-from vit_dist.data.transforms import AugmentConfig, MixupCutmix, SampleTransform
+from vit_dist.data.transforms import MixupCutmix, SampleTransform
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,9 @@ def photo_jpeg() -> bytes:
 @pytest.mark.parametrize("backend", ["tv", "pil", "auto"])
 @pytest.mark.parametrize("train", [True, False])
 def test_sample_transform_shape_dtype_and_determinism(photo_jpeg, backend, train):
-    t = SampleTransform(AugmentConfig(img_size=64, backend=backend, color_jitter=0.3), train=train)
+    t = SampleTransform(
+        DataSection(img_size=64), AugmentSection(color_jitter=0.3) if train else None, backend=backend
+    )
     torch.manual_seed(0)
     a = t(photo_jpeg)
     torch.manual_seed(0)
@@ -38,7 +41,7 @@ def test_sample_transform_shape_dtype_and_determinism(photo_jpeg, backend, train
 def test_trivial_augment_and_png_input():
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(buf, "PNG")
-    out = SampleTransform(AugmentConfig(img_size=32, trivial_augment=True), train=True)(buf.getvalue())
+    out = SampleTransform(DataSection(img_size=32), AugmentSection(trivial_augment=True))(buf.getvalue())
     assert out.shape == (3, 32, 32)
 
 
@@ -80,8 +83,9 @@ def test_bicubic_interpolation_is_torchvisions_bicubic(photo_jpeg, backend):
     if backend == "tv":
         assert err["bicubic"] < 1.0, err  # the same operation, up to the box's rounding
     t = SampleTransform(
-        AugmentConfig(img_size=48, interpolation="bicubic", backend=backend, hflip=0.0, randaugment_ops=0),
-        train=True,
+        DataSection(img_size=48, interpolation="bicubic"),
+        AugmentSection(hflip=0.0, randaugment_ops=0),
+        backend=backend,
     )
     torch.manual_seed(3)
     crop = decode_random_resized_crop(photo_jpeg, 48, backend=backend, interpolation="bicubic")
@@ -95,12 +99,18 @@ def test_interpolation_key_and_resize_filter_of_weights():
     from vit_dist.config import ConfigError, load_config
     from vit_dist.predict import resize_filter
 
-    assert (
-        AugmentConfig.from_section(
-            load_config(None, ["data.interpolation=bicubic", "train.steps=1"]).data
-        ).interpolation
-        == "bicubic"
-    )
+    overrides = [
+        "data.interpolation=bicubic",
+        "augment.hflip=0",
+        "augment.randaugment_ops=0",
+        "train.steps=1",
+    ]
+    cfg = load_config(None, [*overrides, "augment.random_erasing=0"])
+    # A config's sections reach the transform as they are: data's filter, augment's settings.
+    train = SampleTransform(cfg.data, cfg.augment)
+    assert train.train and train.data.interpolation == "bicubic" and train.augment.hflip == 0.0
+    assert train.post is None and train.erasing is None  # no flip, RandAugment or erasing: as set
+    assert SampleTransform(cfg.data, None).data.interpolation == "bicubic"  # evaluation too
     with pytest.raises(ConfigError, match="interpolation"):
         load_config(None, ["data.interpolation=lanczos", "train.steps=1"])
     assert resize_filter(None) == "bilinear"  # exports from before the key existed
@@ -109,8 +119,8 @@ def test_interpolation_key_and_resize_filter_of_weights():
     from vit_dist.predict import Preprocess
 
     info = {"img_size": 32, "crop_pct": 0.9, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
-    assert Preprocess(info).default.cfg.interpolation == Preprocess(info).pil.cfg.interpolation == "bicubic"
-    assert Preprocess({**info, "interpolation": None}).default.cfg.interpolation == "bilinear"
+    assert Preprocess(info).default.data.interpolation == Preprocess(info).pil.data.interpolation == "bicubic"
+    assert Preprocess({**info, "interpolation": None}).default.data.interpolation == "bilinear"
 
 
 @pytest.mark.parametrize(
@@ -148,11 +158,11 @@ def test_uint8_then_batch_normalize_equals_torchvisions_float_pipeline(photo_jpe
     ToDtype -> Normalize -> RandomErasing(value=0) bit for bit, from the same RNG draws."""
     from torchvision.transforms import v2
 
-    cfg = AugmentConfig(img_size=64, random_erasing=0.9, color_jitter=0.2)
-    ours = SampleTransform(cfg, train=train)
-    ref = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    data, aug = DataSection(img_size=64), AugmentSection(random_erasing=0.9, color_jitter=0.2)
+    ours = SampleTransform(data, aug if train else None)
+    ref = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
     if train:
-        ref.append(v2.RandomErasing(p=cfg.random_erasing, value=0))
+        ref.append(v2.RandomErasing(p=aug.random_erasing, value=0))
     ref = v2.Compose(ref)
     erased = 0
     for seed in range(12):
@@ -172,10 +182,11 @@ def test_uint8_then_batch_normalize_equals_torchvisions_float_pipeline(photo_jpe
 
 
 def _decode_like(t: SampleTransform, data: bytes) -> torch.Tensor:
-    c = t.cfg
-    if t.train:
-        return decode_random_resized_crop(data, c.img_size, c.scale, c.ratio, backend=c.backend)
-    return decode_resize_center_crop(data, c.img_size, c.crop_pct, backend=c.backend)
+    d, a = t.data, t.augment
+    if a is not None:
+        scale, ratio = (a.scale[0], a.scale[1]), (a.ratio[0], a.ratio[1])
+        return decode_random_resized_crop(data, d.img_size, scale, ratio, backend=t.backend)
+    return decode_resize_center_crop(data, d.img_size, d.crop_pct, backend=t.backend)
 
 
 def test_erase_mask_on_an_accelerator_equals_slicing_on_cpu():

@@ -201,7 +201,7 @@ def test_a_hub_teacher_must_predict_the_data_classes(hub, weights):
         ["train.steps=1", "data.img_size=48", "data.mean=[0.4,0.4,0.4]", "data.std=[0.3,0.3,0.3]"]
         + ["distill.type=soft", f"distill.teacher_weights=hf-hub:{ORG}/tiny-vit"],
     )
-    frozen = frozen_teacher(cfg, 10, cpu, fsdp=False)
+    frozen = frozen_teacher(cfg.distill, cfg.data, cfg.precision, 10, cpu, fsdp=False)
     pixels = torch.rand(2, 3, 48, 48)
     student_input = (pixels - 0.4) / 0.3
     torch.testing.assert_close(frozen.renorm(student_input), (pixels - 0.5) / 0.5, rtol=1e-5, atol=1e-5)
@@ -217,7 +217,7 @@ def test_the_fine_tuning_recipe_loads():
     assert cfg.model.name == "vit_base_patch16_224"
     assert cfg.model.pretrained == "hf-hub:timm/vit_base_patch16_224.augreg_in21k"
     assert cfg.optim.layer_decay is not None and cfg.optim.lr < 5e-4
-    assert cfg.data.mixup == 0 and cfg.data.cutmix == 0
+    assert cfg.augment.mixup == 0 and cfg.augment.cutmix == 0
     assert cfg.data.mean == [0.5, 0.5, 0.5] and cfg.data.std == [0.5, 0.5, 0.5]  # the in21k weights' stats
 
 

@@ -222,7 +222,7 @@ def test_non_main_rank_writes_nothing(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     # Bad arguments fail on every rank, not on rank 0 alone (which would hang the others).
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^logging.mode must be"):
         make_logger(out, is_main=False, wandb_mode="sometimes")
     with pytest.raises(ValueError):
         make_logger(out, is_main=False, progress="fancy")

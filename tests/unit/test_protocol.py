@@ -189,4 +189,4 @@ def test_user_mistakes_in_model_keywords_are_config_errors(name, kwargs, match):
 def test_build_model_img_size_mismatch_is_a_config_error():
     cfg = load_config(None, ["train.steps=1", "model.name=vit", "model.img_size=48", "data.img_size=32"])
     with torch.device("meta"), pytest.raises(ConfigError, match="differs from data.img_size"):
-        build_model(cfg, 10)
+        build_model(cfg.model, cfg.data, 10)

@@ -22,11 +22,10 @@ Modules, one job each:
 from ..errors import DataError
 from .pipeline import DataConfig, ShardLoader, build_loader, dist_rank_world, loader_config
 from .spec import ShardList, resolve_shards
-from .transforms import AugmentConfig, MixupCutmix, SampleTransform
+from .transforms import MixupCutmix, SampleTransform
 from .writers import ensure_digits_shards, write_shards
 
 __all__ = [
-    "AugmentConfig",
     "DataConfig",
     "DataError",
     "MixupCutmix",

@@ -33,19 +33,21 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from ..config import AugmentSection, DataSection
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 from .index import load_offsets
 from .meta import read_meta, write_meta
 from .pipeline import DataConfig, ShardLoader
-from .plan.simulate import all_stream_plans, exact_figures, split_from_meta
+from .plan import all_stream_plans
+from .plan.simulate import exact_figures, split_from_meta
 from .tar_reader import read_runs
-from .transforms import AugmentConfig
 from .writers import write_shards
 
 
@@ -127,7 +129,7 @@ def _loader_rate(batches, to_device, device: torch.device, seconds: float) -> fl
 def bench_loaders(
     size: int, images: int, classes: int, workers: int, batch_size: int, seconds: float, device: str = "cpu"
 ) -> list[dict]:
-    aug = AugmentConfig(img_size=size)
+    aug = AugmentSection()
     with tempfile.TemporaryDirectory() as tmp:
         root = photo_folder(Path(tmp) / "folder", images, classes)
         shards = write_shards(
@@ -140,15 +142,9 @@ def bench_loaders(
         pin = dev.type == "cuda"
         rates = {}
         for name, in_workers in (("vit_dist shards", True), ("vit_dist uint8", False)):
-            cfg = DataConfig(
-                str(shards),
-                batch_size=batch_size,
-                workers=workers,
-                augment=aug,
-                shuffle_buffer=64,
-                pin_memory=pin,
-                normalize_in_workers=in_workers,
-            )
+            on: Literal["worker", "device"] = "worker" if in_workers else "device"
+            data = DataSection(img_size=size, workers=workers, shuffle_buffer=64, normalize_on=on)
+            cfg = DataConfig(str(shards), data=data, augment=aug, batch_size=batch_size, device=dev.type)
             loader = ShardLoader(cfg)
             rates[name] = _loader_rate(
                 lambda ld=loader: ld, lambda b, ld=loader: ld.images(b, dev), dev, seconds
@@ -161,7 +157,7 @@ def bench_loaders(
                 v2.RandomHorizontalFlip(),
                 v2.RandAugment(num_ops=aug.randaugment_ops, magnitude=aug.randaugment_magnitude),
                 v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(aug.mean), list(aug.std)),
+                v2.Normalize(DataSection().mean, DataSection().std),
                 v2.RandomErasing(p=aug.random_erasing, value=0),
             ]
         )
@@ -244,7 +240,7 @@ def bench_seek(
 ) -> list[dict]:
     """``streams`` loader workers reading one shard of ``images`` photos, each its own slice:
     seeking with the shard's index against streaming through it (see the module docstring)."""
-    aug = AugmentConfig(img_size=size)
+    aug = AugmentSection()
     dev = torch.device(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,15 +249,8 @@ def bench_seek(
         plain = _without_index(indexed, Path(tmp) / "plain")
         runs: dict[str, tuple] = {}  # name -> (loader, to_device, split, figures, firsts, rates, reads)
         for name, directory in (("index (seek)", indexed), ("no index (stream through)", plain)):
-            cfg = DataConfig(
-                str(directory),
-                batch_size=batch_size,
-                workers=streams,
-                augment=aug,
-                shuffle_buffer=64,
-                pin_memory=dev.type == "cuda",
-                normalize_in_workers=False,
-            )
+            data = DataSection(img_size=size, workers=streams, shuffle_buffer=64, normalize_on="device")
+            cfg = DataConfig(str(directory), data=data, augment=aug, batch_size=batch_size, device=dev.type)
             loader = ShardLoader(cfg)
             split = split_from_meta(directory, "train")
             fig = exact_figures(split, world_size=1, num_workers=streams, batch_size=batch_size, shuffle=True)

@@ -62,11 +62,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..config import Config, DataSection
+from ..config import AugmentSection, DataSection
 from ..errors import DataError
 from .index import load_offsets, read_header, usable_index
 from .plan import (
     Segment,
+    all_stream_plans,
     consumed_per_worker,
     derive_seed,
     exact_plan,
@@ -80,10 +81,9 @@ from .plan import (
     shuffle_buffer,
     stream_seed,
 )
-from .plan.simulate import all_stream_plans
 from .spec import ShardList, resolve_shards, with_sizes
-from .tar_reader import DEFAULT_MAX_SAMPLE_BYTES, BadSample, is_http, read_runs, read_slice
-from .transforms import NO_ERASE, AugmentConfig, SampleTransform
+from .tar_reader import BadSample, is_http, read_runs, read_slice
+from .transforms import DEFAULT_BACKEND, NO_ERASE, SampleTransform
 from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
 
 log = logging.getLogger("vit_dist.data")
@@ -96,85 +96,85 @@ _PAD = object()  # a padding slot of an exact epoch (not a sample: not counted a
 
 @dataclass
 class DataConfig:
-    """The loader's settings (:func:`loader_config` builds them from a run's config); fields
-    that mean what a ``data:`` config key means have its name. ``batch_size`` is per rank."""
+    """One loader's settings. What the user sets comes as the run's own sections, declared once
+    in ``config.py``: ``data`` (shards' layout, workers, buffer, limits, preprocessing) and
+    ``augment`` (training augmentation). The fields beside them are what a loader adds: its
+    shards and split, whether it trains (``training``; ``data.train`` names the training
+    shards), and what the trainer derives (the per-rank batch, the seed, the device type the
+    batches go to). :func:`loader_config` builds one for a run."""
 
     shards: str | list[str]
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     split: str = "train"
-    train: bool = True
+    training: bool = True  # shuffled and augmented; False: every sample once, in order, not augmented
     batch_size: int = 64
-    workers: int = 4  # loader worker processes; 0 loads in the main process
-    mode: str = "exact"  # "exact" or "resampled"
-    samples_per_epoch: int | None = None  # resampled mode: global samples per epoch
-    shuffle_buffer: int = 1000  # train only; 0 disables
     seed: int = 0
-    num_classes: int | None = None  # default: len(classes) of dataset.json
-    meta: str | None = None  # directory of a dataset.json for remote shards
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    pin_memory: bool = False
-    prefetch: int = 2  # batches each worker loads ahead
-    # False: batches leave the workers as uint8 and ShardLoader.images() normalises them on the
-    # device, so a quarter of the bytes cross shared memory, pinning and the copy to the GPU.
-    normalize_in_workers: bool = True
+    device: str = "cpu"  # the type of the device the batches go to ("cuda": pinned, normalised there)
+    backend: str = DEFAULT_BACKEND  # the image decoder: "auto", "tv" or "pil" (decode.py)
     # "auto": fork on Linux where the interpreter forks safely, else forkserver; see
     # workers.start_method. Workers only decode on the CPU, and fork starts them in milliseconds.
     worker_start_method: str = "auto"
     # A stalled read (a pipe: command waiting on a dead object store) must not hang the run:
     # no batch from the workers for this many seconds is a DataError. 0 disables.
     worker_timeout: float = 600.0
-    max_bad_fraction: float = 0.01
     bad_min_seen: int = 1000
-    # A sample with a tar member declaring more bytes is bad, and never read (tar_reader.py).
-    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
 
     def __post_init__(self):
-        if self.mode not in ("exact", "resampled"):
-            raise DataError(f"mode must be 'exact' or 'resampled', got {self.mode!r}")
-        if self.mode == "resampled":
+        d = self.data
+        if d.mode not in ("exact", "resampled"):
+            raise DataError(f"mode must be 'exact' or 'resampled', got {d.mode!r}")
+        if d.mode == "resampled":
             self.epoch_samples()  # refuses a resampled loader without an epoch length
-        if not self.train and self.mode != "exact":
+        if not self.training and d.mode != "exact":
             raise DataError("evaluation data must use mode='exact' (exactly-once evaluation)")
-        if self.batch_size < 1 or self.workers < 0:
-            raise DataError(f"batch_size must be >= 1 and workers >= 0 ({self.batch_size}, {self.workers})")
+        if self.batch_size < 1 or d.workers < 0:
+            raise DataError(f"batch_size must be >= 1 and workers >= 0 ({self.batch_size}, {d.workers})")
+
+    @property
+    def pin_memory(self) -> bool:
+        """``data.pin_memory`` where it serves: a copy to a CUDA device."""
+        return self.data.pin_memory and self.device == "cuda"
+
+    @property
+    def normalize_in_workers(self) -> bool:
+        """Whether the workers normalise (float32 batches) or the device does (uint8 batches:
+        a quarter of the bytes through shared memory, pinning and the copy). ``auto``: the
+        workers for a CPU, the device for an accelerator."""
+        on = self.data.normalize_on
+        return on == "worker" or (on == "auto" and self.device == "cpu")
 
     def epoch_samples(self) -> int:
-        """``samples_per_epoch``, which resampled mode needs (``__post_init__`` asks it once)."""
-        if not self.samples_per_epoch:
+        """``data.samples_per_epoch``, which resampled mode needs (``__post_init__`` asks it once)."""
+        if not self.data.samples_per_epoch:
             raise DataError("mode='resampled' needs samples_per_epoch (the epoch length)")
-        return self.samples_per_epoch
+        return self.data.samples_per_epoch
 
 
-# The DataConfig fields that the config's DataSection holds under the same name and meaning
-# (not ``train``: there it is the training shard spec, here whether the loader trains).
-_FROM_SECTION = tuple(
-    f.name
-    for f in dataclasses.fields(DataConfig)
-    if f.name != "train" and f.name in {s.name for s in dataclasses.fields(DataSection)}
-)
-
-
-def loader_config(cfg: Config, *, train: bool, device: torch.device) -> DataConfig:
-    """The run's training loader (``train=True``) or validation loader, feeding ``device``."""
-    d = cfg.data
-    section = {name: getattr(d, name) for name in _FROM_SECTION}
-    if not train:  # evaluation reads every sample once, in order
-        section.update(mode="exact", samples_per_epoch=None, shuffle_buffer=0)
-    section["pin_memory"] = d.pin_memory and device.type == "cuda"  # pinning serves a CUDA copy only
-    normalize_on = d.normalize_on
-    if normalize_on == "auto":  # uint8 to an accelerator (a quarter of the bytes), floats on CPU
-        normalize_on = "worker" if device.type == "cpu" else "device"
-    shards = d.train if train else d.val
+def loader_config(
+    data: DataSection,
+    augment: AugmentSection,
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> DataConfig:
+    """A run's training loader (``train=True``) or validation loader, feeding ``device``."""
+    shards = data.train if train else data.val
     if shards is None:  # callers build a validation loader only where data.val is set
         raise DataError(f"data.{'train' if train else 'val'} is not set: no shards to load")
+    if not train:  # evaluation reads every sample once, in order
+        data = dataclasses.replace(data, mode="exact", samples_per_epoch=None, shuffle_buffer=0)
     return DataConfig(
         shards=shards,
+        data=data,
+        augment=augment,
         split="train" if train else "val",
-        train=train,
-        batch_size=cfg.train.batch_size if train else (cfg.eval.batch_size or cfg.train.batch_size),
-        seed=cfg.train.seed,
-        augment=AugmentConfig.from_section(d),
-        normalize_in_workers=normalize_on == "worker",
-        **section,
+        training=train,
+        batch_size=batch_size,
+        seed=seed,
+        device=device.type,
     )
 
 
@@ -185,24 +185,24 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.shards, self.cfg, self.rank, self.world_size = shards, cfg, rank, world_size
         self.num_classes = num_classes
-        self.transform = SampleTransform(cfg.augment, train=cfg.train)
+        self.transform = SampleTransform(cfg.data, cfg.augment if cfg.training else None, backend=cfg.backend)
         self.epoch = 0
         self.history: tuple[Segment, ...] = ()  # finished segments of self.epoch (re-planned)
-        self.skip_batches = [0] * max(1, cfg.workers)  # per stream, set by the loader on resume
+        self.skip_batches = [0] * max(1, cfg.data.workers)  # per stream, set by the loader on resume
         self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % W (resume)
 
     @property
     def num_streams(self) -> int:
-        return max(1, self.cfg.workers)
+        return max(1, self.cfg.data.workers)
 
     def segment(self, batches: int) -> Segment:
         """This stream's settings as a finished segment of ``batches`` batches per rank."""
         c = self.cfg
-        return Segment(self.world_size, self.num_streams, c.batch_size, c.shuffle_buffer, batches)
+        return Segment(self.world_size, self.num_streams, c.batch_size, c.data.shuffle_buffer, batches)
 
     def batches_per_worker(self, epoch: int, history: tuple[Segment, ...] = ()) -> list[int]:
         c = self.cfg
-        if c.mode == "resampled":
+        if c.data.mode == "resampled":
             return resampled_batches(
                 c.epoch_samples(), self.world_size, self.num_streams, c.batch_size, history
             )
@@ -218,7 +218,7 @@ class ShardStream(IterableDataset):
             world_size=self.world_size,
             num_workers=self.num_streams,
             batch_size=c.batch_size,
-            shuffle=c.train,
+            shuffle=c.training,
             history=history,
         )
 
@@ -237,7 +237,12 @@ class ShardStream(IterableDataset):
                 except DataError:  # replaced since it was read: stream through this time
                     offsets = None
         return read_runs(
-            url, runs, max_bytes=self.cfg.max_sample_bytes, count=n, offsets=offsets, shard_bytes=shard_bytes
+            url,
+            runs,
+            max_bytes=self.cfg.data.max_sample_bytes,
+            count=n,
+            offsets=offsets,
+            shard_bytes=shard_bytes,
         )
 
     def _buffer(self, num_batches: int) -> int:
@@ -246,7 +251,11 @@ class ShardStream(IterableDataset):
         stream) a full buffer of 1,000 would read twice what the stream uses, every epoch. An
         exact stream reads only its own slice, so its buffer costs no extra reading."""
         c = self.cfg
-        return c.shuffle_buffer if c.mode == "exact" else min(c.shuffle_buffer, num_batches * c.batch_size)
+        return (
+            c.data.shuffle_buffer
+            if c.data.mode == "exact"
+            else min(c.data.shuffle_buffer, num_batches * c.batch_size)
+        )
 
     def _read_from(self, shard: int, starts: random.Random) -> Iterator:
         """A resampled draw: the whole shard from a random sample on, then its start up to that
@@ -256,7 +265,7 @@ class ShardStream(IterableDataset):
         k = resampled_start(starts, n)
         if not k:
             if n is None:
-                return read_slice(self.shards.urls[shard], max_bytes=self.cfg.max_sample_bytes)
+                return read_slice(self.shards.urls[shard], max_bytes=self.cfg.data.max_sample_bytes)
             return self._read(shard, [(0, None)])
         return itertools.chain(self._read(shard, [(k, None)]), self._read(shard, [(0, k)]))
 
@@ -266,7 +275,7 @@ class ShardStream(IterableDataset):
         c, B, epoch, history = self.cfg, self.cfg.batch_size, self.epoch, self.history
         segment = len(history)
         # shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker -> tar to samples
-        if c.mode == "exact":
+        if c.data.mode == "exact":
             plan = self._exact_plans(epoch, history)[worker]
             num_batches = plan.num_batches
             # A re-planned stream may hold scattered samples of a shard: one pass per shard.
@@ -282,7 +291,7 @@ class ShardStream(IterableDataset):
             starts = random.Random(stream_seed("start", c.seed, epoch, self.rank, worker, segment))
             items = itertools.chain.from_iterable(self._read_from(i, starts) for i in picks)
         # shuffle buffer
-        if c.train:
+        if c.training:
             rng = random.Random(stream_seed("buffer", c.seed, epoch, self.rank, worker, segment))
             items = shuffle_buffer(items, self._buffer(num_batches), rng)
         # masked padding so every stream has num_batches full batches; then cut the epoch there
@@ -330,7 +339,7 @@ class ShardStream(IterableDataset):
         return image, label, item["__key__"], rect
 
     def _batches(self, decoded: Iterator, worker: int) -> Iterator[dict]:
-        B, S = self.cfg.batch_size, self.cfg.augment.img_size
+        B, S = self.cfg.batch_size, self.cfg.data.img_size
         seen = bad = 0
         previous: list = []  # good rows of the last batch: filler when a batch has none
         while True:
@@ -356,7 +365,7 @@ class ShardStream(IterableDataset):
                     valid.append(False)
             previous = good or previous
             images = torch.stack([r[0] for r in rows])  # (B, 3, S, S) uint8
-            erase = torch.tensor([r[3] for r in rows], dtype=torch.int32) if self.cfg.train else None
+            erase = torch.tensor([r[3] for r in rows], dtype=torch.int32) if self.cfg.training else None
             if self.cfg.normalize_in_workers:
                 out = {"image": self.transform.normalize(images, erase)}  # float32
             else:
@@ -384,23 +393,33 @@ class ShardLoader:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        shards = resolve_shards(cfg.shards, cfg.split, meta=cfg.meta)
-        if cfg.mode == "exact":
+        shards = resolve_shards(cfg.shards, cfg.split, meta=cfg.data.meta)
+        if cfg.data.mode == "exact":
             shards = with_sizes(shards)
-        num_classes = cfg.num_classes or (len(shards.classes) if shards.classes else None)
+        num_classes = cfg.data.num_classes or (len(shards.classes) if shards.classes else None)
         if not num_classes:
             raise DataError(f"number of classes unknown for {shards.spec}: set num_classes (no dataset.json)")
         self.num_classes = num_classes
         self.shards = shards
         # Every rank decides the evaluation streams from the same files, so the same way.
-        seekable = seekable_shards(shards) if cfg.mode == "exact" and (rank == 0 or not cfg.train) else None
+        seekable = (
+            seekable_shards(shards) if cfg.data.mode == "exact" and (rank == 0 or not cfg.training) else None
+        )
         capped = None
-        if cfg.mode == "exact":
+        if cfg.data.mode == "exact":
             workers, why = fit_workers(
-                shards.counted_sizes(), seekable, world_size, cfg.workers, cfg.batch_size, train=cfg.train
+                shards.counted_sizes(),
+                seekable,
+                world_size,
+                cfg.data.workers,
+                cfg.batch_size,
+                train=cfg.training,
             )
-            if workers != cfg.workers:
-                capped, cfg = (cfg.workers, why), dataclasses.replace(cfg, workers=workers)
+            if workers != cfg.data.workers:
+                capped, cfg = (
+                    (cfg.data.workers, why),
+                    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=workers)),
+                )
                 self.cfg = cfg
         self.dataset = ShardStream(shards, cfg, rank, world_size, num_classes)
         self.epoch = 0
@@ -413,7 +432,7 @@ class ShardLoader:
         self.dataset.batches_per_worker(0)  # start-up check: raises now if the plan cannot be made
         if rank == 0 and seekable is not None:
             self._report(seekable, capped)
-        elif rank == 0 and cfg.mode == "resampled" and shards.sizes is not None:
+        elif rank == 0 and cfg.data.mode == "resampled" and shards.sizes is not None:
             unindexed = len(shards.urls) - sum(seekable_shards(shards))
             if unindexed:  # each draw starts at a random sample: without an index, read up to it
                 log.info(
@@ -439,7 +458,7 @@ class ShardLoader:
             world_size=self.world_size,
             num_workers=W,
             batch_size=c.batch_size,
-            shuffle=c.train,
+            shuffle=c.training,
         )
         per_sample = [
             os.path.getsize(u) / n if os.path.isabs(u) and n and os.path.isfile(u) else 1.0
@@ -500,10 +519,10 @@ class ShardLoader:
             "batch": self._consumed,
             "seed": c.seed,
             "world_size": self.world_size,
-            "workers": c.workers,
+            "workers": c.data.workers,
             "batch_size": c.batch_size,
-            "shuffle_buffer": c.shuffle_buffer,
-            "mode": c.mode,
+            "shuffle_buffer": c.data.shuffle_buffer,
+            "mode": c.data.mode,
             "segments": [dataclasses.asdict(seg) for seg in self._history],
             "bad_samples": self.bad_samples,
             "samples_seen": self.samples_seen,
@@ -517,7 +536,7 @@ class ShardLoader:
         the bad-sample counts alone (they are per rank: meaningless on another world size)."""
         c = self.cfg
         # The trainer's names for these keys, for a message the user can act on.
-        fixed = {"train.seed": ("seed", c.seed), "data.mode": ("mode", c.mode)}
+        fixed = {"train.seed": ("seed", c.seed), "data.mode": ("mode", c.data.mode)}
         changed = [
             f"{k}={state.get(name)} (now {v})" for k, (name, v) in fixed.items() if state.get(name) != v
         ]
@@ -545,7 +564,7 @@ class ShardLoader:
                 left,
                 _settings(checkpointed),
                 f"; fewer than the {streams} streams, so they are skipped"
-                if c.mode == "exact" and 0 < left < streams
+                if c.data.mode == "exact" and 0 < left < streams
                 else "",
             )
         self.epoch, self._start, self._history = int(state["epoch"]), batch, history
@@ -555,9 +574,9 @@ class ShardLoader:
 
     def _left_samples(self, epoch: int, history: tuple[Segment, ...]) -> int:
         c = self.cfg
-        if c.mode == "resampled":
+        if c.data.mode == "resampled":
             return resampled_left(c.epoch_samples(), history)
-        return plan_left(self.shards.counted_sizes(), c.seed, epoch, shuffle=c.train, history=history)
+        return plan_left(self.shards.counted_sizes(), c.seed, epoch, shuffle=c.training, history=history)
 
     def __iter__(self) -> Iterator[dict]:
         c = self.cfg
@@ -568,18 +587,18 @@ class ShardLoader:
         self._consumed = start
         if start == sum(per_worker):
             return
-        method = start_method(c.worker_start_method) if c.workers > 0 else None
+        method = start_method(c.worker_start_method) if c.data.workers > 0 else None
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the stream batches itself
-            num_workers=c.workers,
+            num_workers=c.data.workers,
             pin_memory=c.pin_memory,
             persistent_workers=False,  # workers re-read the epoch/skip set above
-            prefetch_factor=c.prefetch if c.workers > 0 else None,
+            prefetch_factor=c.data.prefetch if c.data.workers > 0 else None,
             # DataLoader draws its base seed from this generator, not from the trainer's RNG.
             generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
             multiprocessing_context=method,
-            timeout=dataloader_timeout(c.worker_timeout, c.workers),
+            timeout=dataloader_timeout(c.worker_timeout, c.data.workers),
             worker_init_fn=worker_init,
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen
@@ -601,21 +620,21 @@ class ShardLoader:
         too, just sooner; one rank given a few bad shards does not stop a healthy job."""
         c = self.cfg
         everyone = self.samples_seen * self.world_size
-        if self.bad_samples > c.max_bad_fraction * max(everyone, c.bad_min_seen):
+        if self.bad_samples > c.data.max_bad_fraction * max(everyone, c.bad_min_seen):
             about = f" (about {everyone} on all {self.world_size} ranks)" if self.world_size > 1 else ""
             raise DataError(
                 f"{self.bad_samples} bad samples of {self.samples_seen} seen on rank {self.rank}{about} exceed "
-                f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last: {self.last_bad_reason})"
+                f"max_bad_fraction={c.data.max_bad_fraction} for {self.shards.spec} (last: {self.last_bad_reason})"
             )
 
     def check_bad_fraction(self, bad: int, seen: int) -> None:
         """The limit on all ranks' counts (summed by the trainer); every rank calls it
         with the same sums, so every rank stops at the same step."""
         c = self.cfg
-        if bad > c.max_bad_fraction * max(seen, c.bad_min_seen):
+        if bad > c.data.max_bad_fraction * max(seen, c.bad_min_seen):
             raise DataError(
                 f"{bad} bad samples of {seen} seen on all {self.world_size} ranks exceed "
-                f"max_bad_fraction={c.max_bad_fraction} for {self.shards.spec} (last on rank "
+                f"max_bad_fraction={c.data.max_bad_fraction} for {self.shards.spec} (last on rank "
                 f"{self.rank}: {self.last_bad_reason or 'none'})"
             )
 

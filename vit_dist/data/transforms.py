@@ -28,51 +28,15 @@ equals mixing smoothed targets, as timm does.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torchvision.transforms import v2
 
-from ..config import DataSection
+from ..config import AugmentSection, DataSection
 from ..errors import ConfigError, DataError
-from .decode import DEFAULT_MAX_IMAGE_PIXELS, decode_random_resized_crop, decode_resize_center_crop
+from .decode import decode_random_resized_crop, decode_resize_center_crop
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # "auto": torchvision.io, except PIL draft for eval crops of large JPEGs (see decode.py).
 DEFAULT_BACKEND = "auto"
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation settings; defaults follow DeiT's ImageNet recipe."""
-
-    img_size: int = 224
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    randaugment_ops: int = 2  # 0 turns RandAugment off
-    randaugment_magnitude: int = 9
-    trivial_augment: bool = False  # TrivialAugmentWide instead of RandAugment
-    color_jitter: float = 0.0  # brightness = contrast = saturation strength; 0 = off
-    random_erasing: float = 0.25
-    crop_pct: float = 0.875
-    interpolation: str = "bilinear"  # "bilinear" or "bicubic": the crop's / resize's filter
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    backend: str = DEFAULT_BACKEND  # "auto", "tv" or "pil", see decode.py
-    # An image whose header declares more pixels is refused before decoding (data.max_image_pixels).
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-
-    @classmethod
-    def from_section(cls, section: DataSection) -> AugmentConfig:
-        """The settings of a config's ``data`` section: every field it names alike, lists as tuples."""
-        names = {f.name for f in dataclasses.fields(section)}
-        values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls) if f.name in names}
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**kwargs)
 
 
 NO_ERASE = (0, 0, 0, 0)  # an erasing rectangle (top, left, height, width) that clears nothing
@@ -81,48 +45,57 @@ NO_ERASE = (0, 0, 0, 0)  # an erasing rectangle (top, left, height, width) that 
 class SampleTransform:
     """Encoded image bytes -> uint8 (3, img_size, img_size) + erasing rectangle. Picklable.
 
-    :meth:`uint8` is what the loader workers run; calling the transform gives the normalised
-    float image of one sample (prediction, tests).
+    ``data`` gives the preprocessing every image gets (size, eval crop, filter, the image-size
+    limit, normalisation); ``augment`` the training augmentation, or None for the evaluation
+    transform (resize + center crop). :meth:`uint8` is what the loader workers run; calling the
+    transform gives the normalised float image of one sample (prediction, tests).
     """
 
-    def __init__(self, cfg: AugmentConfig, train: bool):
-        self.cfg, self.train = cfg, train
+    def __init__(self, data: DataSection, augment: AugmentSection | None, *, backend: str = DEFAULT_BACKEND):
+        self.data, self.augment, self.backend = data, augment, backend
+        self.train = augment is not None
         post: list = []
-        if train:
-            if cfg.hflip > 0:
-                post.append(v2.RandomHorizontalFlip(cfg.hflip))
-            if cfg.trivial_augment:
+        if augment is not None:
+            if augment.hflip > 0:
+                post.append(v2.RandomHorizontalFlip(augment.hflip))
+            if augment.trivial_augment:
                 post.append(v2.TrivialAugmentWide())
-            elif cfg.randaugment_ops > 0:
-                post.append(v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude))
-            if cfg.color_jitter > 0:
-                post.append(v2.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+            elif augment.randaugment_ops > 0:
+                post.append(
+                    v2.RandAugment(num_ops=augment.randaugment_ops, magnitude=augment.randaugment_magnitude)
+                )
+            if augment.color_jitter > 0:
+                j = augment.color_jitter
+                post.append(v2.ColorJitter(j, j, j))
         self.post = v2.Compose(post) if post else None
-        erasing = train and cfg.random_erasing > 0
-        self.erasing = v2.RandomErasing(p=cfg.random_erasing, value=0) if erasing else None
-        self.normalize = Normalize(cfg.mean, cfg.std)
+        self.erasing = (
+            v2.RandomErasing(p=augment.random_erasing, value=0)
+            if augment is not None and augment.random_erasing > 0
+            else None
+        )
+        self.normalize = Normalize(data.mean, data.std)
 
     def uint8(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """-> (uint8 image (3, S, S), erasing rectangle (top, left, height, width) or NO_ERASE)."""
-        c, limit = self.cfg, self.cfg.max_image_pixels
-        if self.train:
+        d, a, limit = self.data, self.augment, self.data.max_image_pixels
+        if a is not None:
             img = decode_random_resized_crop(
                 data,
-                c.img_size,
-                c.scale,
-                c.ratio,
-                backend=c.backend,
+                d.img_size,
+                (a.scale[0], a.scale[1]),
+                (a.ratio[0], a.ratio[1]),
+                backend=self.backend,
                 max_pixels=limit,
-                interpolation=c.interpolation,
+                interpolation=d.interpolation,
             )
         else:
             img = decode_resize_center_crop(
                 data,
-                c.img_size,
-                c.crop_pct,
-                backend=c.backend,
+                d.img_size,
+                d.crop_pct,
+                backend=self.backend,
                 max_pixels=limit,
-                interpolation=c.interpolation,
+                interpolation=d.interpolation,
             )
         if self.post is not None:
             img = self.post(img)
@@ -132,7 +105,7 @@ class SampleTransform:
     def _check_output(self, img: torch.Tensor) -> None:
         """Raise (a bad sample, in the loader) unless ``img`` is what a batch stacks: a sample of
         another dtype or shape would otherwise fail the whole batch at collation."""
-        S = self.cfg.img_size
+        S = self.data.img_size
         if img.dtype != torch.uint8 or tuple(img.shape) != (3, S, S):
             raise DataError(f"decoded to {img.dtype} {tuple(img.shape)}, not uint8 (3, {S}, {S})")
 
@@ -226,6 +199,16 @@ class MixupCutmix:
             choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
             weights.append(switch_prob if mixup_alpha > 0 else 1.0)
         self.mix = v2.RandomChoice(choices, p=weights) if choices else None
+
+    @classmethod
+    def for_training(
+        cls, augment: AugmentSection, num_classes: int, label_smoothing: float
+    ) -> MixupCutmix | None:
+        """The batch mixing of a run's ``augment`` section, or None when it mixes nothing."""
+        a = augment
+        if not ((a.mixup > 0 or a.cutmix > 0) and a.mixup_prob > 0):
+            return None
+        return cls(num_classes, a.mixup, a.cutmix, a.switch_prob, a.mixup_prob, label_smoothing)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mix is not None and torch.rand(()).item() < self.prob:

@@ -6,8 +6,8 @@ Nothing here talks to ``torch.distributed``: the trainer passes ``is_main`` and 
 collective (and never deadlock a rank that skipped it).
 
 Every train record and evaluation goes to each of the logger's sinks (``sink.MetricSink``):
-the JSONL files always, first; W&B and TensorBoard as ``RunLogger.create`` (or ``for_run``,
-from a config) builds them. What is derived from the whole run stays here: the progress
+the JSONL files always, first; W&B and TensorBoard as ``RunLogger.create`` builds them from
+a run's ``logging`` section. What is derived from the whole run stays here: the progress
 display, ``summary.json``, ``eval.json``, ``resumes.jsonl`` and the curves.
 
 Files written under ``output_dir`` (rank 0 only):
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..atomic import write_json
-from ..config import Config
+from ..config import LoggingSection
 from .curves import plot_curves
 from .jsonl import (
     EVAL_FILE,
@@ -111,79 +111,49 @@ class RunLogger:
     """
 
     @classmethod
-    def for_run(cls, cfg: Config, *, is_main: bool, total_steps: int, start_step: int) -> RunLogger:
-        """The logger a run's ``logging.*`` section and ``output_dir`` describe."""
-        log = cfg.logging
-        # An epoch axis on the curves for runs whose length is given in epochs.
-        epoch_axis = cfg.train.steps is None and cfg.train.epochs is not None
-        return cls.create(
-            cfg.output_dir,
-            is_main=is_main,
-            total_steps=total_steps,
-            config=cfg.to_dict(),
-            wandb_enabled=log.wandb,
-            wandb_mode=log.mode,
-            project=log.project,
-            entity=log.entity,
-            run_name=log.name,
-            progress=log.progress,
-            start_step=start_step,
-            system_metrics=log.system_metrics,
-            system_metrics_interval=log.system_metrics_interval,
-            tensorboard=log.tensorboard,
-            epoch_axis=epoch_axis,
-        )
-
-    @classmethod
     def create(
         cls,
         output_dir: str,
+        settings: LoggingSection,
         *,
         is_main: bool,
         total_steps: int,
         config: dict,
-        wandb_enabled: bool = True,
-        wandb_mode: str = "auto",
-        project: str = "vit_dist",
-        entity: str | None = None,
-        run_name: str | None = None,
-        progress: str = "auto",
         start_step: int = 0,
-        system_metrics: bool = True,
-        system_metrics_interval: float = 15.0,
-        tensorboard: bool = False,
         epoch_axis: bool | None = None,
     ) -> RunLogger:
-        """A logger with the standard sinks: the JSONL files, W&B unless ``wandb_enabled`` is
-        false, and TensorBoard events with ``tensorboard``.
+        """A logger with the standard sinks a run's ``logging`` section asks for: the JSONL
+        files, W&B unless ``logging.wandb`` is false, and TensorBoard events with
+        ``logging.tensorboard``. ``config`` is what W&B records as the run's config.
 
         A resumed run (``start_step > 0``) continues the W&B run whose id is in
         ``wandb_run_id.txt`` (``resume="allow"``); a fresh one gets a new W&B run (the old one
         would drop every step up to its last one)."""
+        s = settings
         # Argument errors are raised on every rank alike: failing on rank 0 only would leave
         # the other ranks waiting in their first collective.
-        if str(wandb_mode).lower() not in ("auto", "offline", "online"):
-            raise ValueError(f"wandb_mode must be 'auto', 'offline' or 'online', got {wandb_mode!r}")
-        if tensorboard:
+        if str(s.mode).lower() not in ("auto", "offline", "online"):
+            raise ValueError(f"logging.mode must be 'auto', 'offline' or 'online', got {s.mode!r}")
+        if s.tensorboard:
             check_tensorboard()
 
         def sinks(out: Path, info: Callable[[str], None]) -> list[MetricSink]:
             built: list[MetricSink] = []
-            if wandb_enabled:
+            if s.wandb:
                 wandb = WandbSink(info)
                 wandb.start(
                     out,
-                    resolve_wandb_mode(wandb_mode),
-                    project=project,
-                    entity=entity,
-                    run_name=run_name,
+                    resolve_wandb_mode(s.mode),
+                    project=s.project,
+                    entity=s.entity,
+                    run_name=s.name,
                     config=config,
                     resuming=int(start_step) > 0,
-                    system_metrics=system_metrics,
-                    system_interval=system_metrics_interval,
+                    system_metrics=s.system_metrics,
+                    system_interval=s.system_metrics_interval,
                 )
                 built.append(wandb)
-            if tensorboard:
+            if s.tensorboard:
                 board = TensorBoardSink(info)
                 board.start(out / TENSORBOARD_DIR, int(start_step))
                 built.append(board)
@@ -194,7 +164,7 @@ class RunLogger:
             is_main=is_main,
             total_steps=total_steps,
             sinks=sinks,
-            progress=progress,
+            progress=s.progress,
             start_step=start_step,
             epoch_axis=epoch_axis,
         )

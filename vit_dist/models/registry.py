@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
-from ..config import Config
+from ..config import DataSection, ModelSection
 from ..errors import ConfigError
 from ..options import did_you_mean
 from .pretrained import load_pretrained
@@ -139,18 +139,17 @@ def create_model(name: str, **overrides) -> VitDistModule:
     return model
 
 
-def build_model(cfg: Config, num_classes: int) -> VitDistModule:
-    """The plain model a run config describes: ``model.name`` and its keywords, with the data's
-    image size, channels and ``num_classes`` as defaults, and ``model.pretrained`` loaded."""
-    kwargs = dict(cfg.model.kwargs)
+def build_model(model: ModelSection, data: DataSection, num_classes: int) -> VitDistModule:
+    """The plain model a run's ``model`` section describes: ``model.name`` and its keywords,
+    with the data's image size, channels and ``num_classes`` as defaults, and
+    ``model.pretrained`` loaded."""
+    kwargs = dict(model.kwargs)
     kwargs.setdefault("num_classes", num_classes)
-    kwargs.setdefault("img_size", cfg.data.img_size)
-    kwargs.setdefault("in_chans", cfg.data.in_chans)
-    if kwargs["img_size"] != cfg.data.img_size:
-        raise ConfigError(
-            f"model.img_size={kwargs['img_size']} differs from data.img_size={cfg.data.img_size}"
-        )
-    model = create_model(cfg.model.name, **kwargs)
-    if cfg.model.pretrained:
-        load_pretrained(model, cfg.model.pretrained)
-    return model
+    kwargs.setdefault("img_size", data.img_size)
+    kwargs.setdefault("in_chans", data.in_chans)
+    if kwargs["img_size"] != data.img_size:
+        raise ConfigError(f"model.img_size={kwargs['img_size']} differs from data.img_size={data.img_size}")
+    built = create_model(model.name, **kwargs)
+    if model.pretrained:
+        load_pretrained(built, model.pretrained)
+    return built

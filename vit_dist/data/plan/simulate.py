@@ -2,7 +2,7 @@
 
 The loader plans one rank's streams (``exact_plan``); a planner that sizes a whole job needs all
 ``R*W`` of them, and calling ``exact_plan`` once per rank repeats the per-rank set-up ``R``
-times. :func:`all_stream_plans` asks ``plan.stream_plans``, the code behind ``exact_plan``, for
+times. ``plan.all_stream_plans`` asks ``plan.stream_plans``, the code behind ``exact_plan``, for
 every stream at once: the same checks, errors and arithmetic, the set-up done once.
 
 Cost model of the bytes a stream reads (:class:`SplitBytes`). A stream reads its slices of a
@@ -44,12 +44,11 @@ from ..meta import META_NAME, read_meta
 from ..spec import index_file
 from . import (
     Segment,
-    StreamPlan,
+    all_stream_plans,
     planned_stop,
     resampled_batches,
     resampled_shards,
     resampled_start,
-    stream_plans,
     stream_seed,
 )
 
@@ -174,32 +173,6 @@ def uniform_split(samples: int, shards: int, total_bytes: int | None = None) -> 
     return SplitBytes(sizes, nb)
 
 
-def all_stream_plans(
-    sizes: list[int],
-    *,
-    seed: int,
-    epoch: int,
-    world_size: int,
-    num_workers: int,
-    batch_size: int,
-    shuffle: bool,
-    history: tuple[Segment, ...] = (),
-) -> list[StreamPlan]:
-    """Every stream of an exact epoch (stream ``rank * num_workers + worker``), equal to
-    ``exact_plan(..., rank=rank)[worker]`` for every rank; see the module docstring."""
-    return stream_plans(
-        sizes,
-        seed=seed,
-        epoch=epoch,
-        world_size=world_size,
-        num_workers=num_workers,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        history=history,
-        which=range(world_size * num_workers),
-    )
-
-
 @dataclass
 class ExactFigures:
     """The figures of an exact epoch (or of the rest of one, re-planned) for a whole job.
@@ -258,7 +231,7 @@ def exact_figures(
     history: tuple[Segment, ...] = (),
     index: str = "auto",
 ) -> ExactFigures:
-    """Plan every stream (:func:`all_stream_plans`) and add up what it reads, by the cost model
+    """Plan every stream (``plan.all_stream_plans``) and add up what it reads, by the cost model
     named by ``index`` (one of :data:`INDEX_MODES`; see :class:`ExactFigures`)."""
     _check_index_mode(index)
     t0 = time.perf_counter()
