@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vit_dist.config import LoggingSection
+from vit_dist.core.config import LoggingSection
 from vit_dist.metrics import RunLogger
 
 

@@ -39,13 +39,13 @@ import torch
 import yaml
 from torch import nn
 
-from .amp import DTYPES, autocast
+from .core.errors import ConfigError, DataError, VitDistError
 from .data.bench import main as data_main
-from .errors import ConfigError, DataError, VitDistError
 from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
 from .models import VitDistModel, create_model, flops_per_image
-from .optim import build_optimizer, param_groups
-from .parallel import apply_compile
+from .runtime.parallel import apply_compile
+from .runtime.precision import DTYPES, autocast
+from .training.optim import build_optimizer, param_groups
 
 
 def _sync(device: torch.device) -> None:

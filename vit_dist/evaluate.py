@@ -6,7 +6,7 @@ Evaluates weights on ``data.val`` exactly once per sample across all processes (
 ``checkpoint=`` takes a training checkpoint directory (``.../checkpoints/step-N``,
 ``.../checkpoints/best``, or a run directory: its latest checkpoint), an exported weights
 file, or any timm-format file ``vit_dist.models.load_pretrained`` accepts, also on the Hugging
-Face hub (``hf-hub:ORG/NAME[@REVISION]``, see ``vit_dist.hub``; loaded into ``model.name``).
+Face hub (``hf-hub:ORG/NAME[@REVISION]``, see ``vit_dist.core.hub``; loaded into ``model.name``).
 ``ema=true`` evaluates a training checkpoint's EMA weights.
 
 Every process holds the whole model (evaluation needs no gradients or optimizer state).
@@ -18,12 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import atomic
-from .cli import parse_args, run_cli, setup_logging
-from .config_help import Key
-from .errors import ConfigError
-from .launch_env import load_run_config
-from .options import parse_bool, split_options
+from .cli.command import parse_args, run_cli, setup_logging
+from .cli.help import Key
+from .cli.launch_env import load_run_config
+from .core import atomic
+from .core.errors import ConfigError
+from .core.options import parse_bool, split_options
 
 # The command's own options (``--help`` lists them, then every config key).
 OPTIONS = (
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, _ = load_run_config(config_path, overrides, keys=("precision",))
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
-        from .rundir import existing_run  # deferred with torch (below)
+        from .checkpoint.rundir import existing_run  # deferred with torch (below)
 
         held = existing_run(Path(cfg.output_dir))
         if held:  # a run owns its directory: an evaluation must not overwrite its eval.json
@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                 "its own output_dir=..."
             )
         # torch and everything built on it load only once the command line and config are valid.
+        from .checkpoint.weights import load_weights
         from .data import build_loader, loader_config
-        from .distributed import init_distributed, shutdown
-        from .evaluation import evaluate_model, summary_line
         from .models import build_model, check_model_kwargs
-        from .weights import load_weights
+        from .runtime.distributed import init_distributed, shutdown
+        from .training.exact_eval import evaluate_model, summary_line
 
         check_model_kwargs(cfg.model.name, cfg.model.kwargs)
         env = init_distributed()

@@ -17,7 +17,7 @@ The default output directory is ``<run dir>/export/``. Both files are written at
 (temporary file, then rename), so a reader never sees half a file.
 
 The model is rebuilt exactly as training built it, from the resolved config stored in the
-checkpoint's ``meta.json`` (``vit_dist.weights``).
+checkpoint's ``meta.json`` (``vit_dist.checkpoint.weights``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 import sys
 
-from .cli import parse_args, run_cli
-from .config_help import Key
-from .errors import ConfigError
-from .options import parse_bool, split_options
+from .cli.command import parse_args, run_cli
+from .cli.help import Key
+from .core.errors import ConfigError
+from .core.options import parse_bool, split_options
 
 # The command's options (``--help`` lists them).
 OPTIONS = (
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.get("checkpoint"):
             raise ConfigError("export needs checkpoint=PATH (a checkpoint or run directory)")
         ema = parse_bool("ema", opts.get("ema", "false"))
-        from .weights import export_checkpoint  # torch: after the options are checked
+        from .checkpoint.weights import export_checkpoint  # torch: after the options are checked
 
         weights = export_checkpoint(opts["checkpoint"], opts.get("out") or None, ema=ema)
         info = json.loads(weights.with_suffix(".json").read_text())

@@ -11,7 +11,7 @@ directory or a run directory; the model and preprocessing come from its ``meta.j
 ``ema=true`` takes its EMA weights) or an exported ``.safetensors`` file with its sidecar
 ``.json`` beside it (``python -m vit_dist.export``), or ``hf-hub:ORG/NAME[@REVISION]``: a timm
 model on the Hugging Face hub, whose ``config.json`` gives the architecture, preprocessing and
-(when it has ``label_names``) the class names (``vit_dist.hub``). Class names come from the
+(when it has ``label_names``) the class names (``vit_dist.core.hub``). Class names come from the
 training data's ``dataset.json``; without one the class index is printed.
 
 Each image gets the evaluation transform of training (resize the shorter side to
@@ -27,10 +27,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from .cli import parse_args, run_cli
-from .config_help import Key
-from .errors import EXIT_DATA, ConfigError
-from .options import parse_bool, split_options
+from .cli.command import parse_args, run_cli
+from .cli.help import Key
+from .core.errors import EXIT_DATA, ConfigError
+from .core.options import parse_bool, split_options
 
 # The command's options (``--help`` lists them); every other word is an image file.
 OPTIONS = (
@@ -50,8 +50,8 @@ def load_model(path: str, *, ema: bool = False):
     """``(model in eval mode, info)`` from a training checkpoint or an exported weights file;
     ``info`` has the export sidecar's keys (model_name, classes, img_size, mean, std, ...)."""
     # torch: only after the options are checked
-    from .hub import is_hub_ref
-    from .weights import load_checkpoint_model, load_export, load_hub_model
+    from .checkpoint.weights import load_checkpoint_model, load_export, load_hub_model
+    from .core.hub import is_hub_ref
 
     if is_hub_ref(path):
         if ema:
@@ -87,7 +87,7 @@ class Preprocess:
 
     def __init__(self, info: dict):
         # torch (the transforms): only once predicting
-        from .config import DataSection
+        from .core.config import DataSection
         from .data.transforms import SampleTransform
 
         data = DataSection(

@@ -3,10 +3,10 @@
 Also under ``accelerate launch [flags] -m vit_dist.train ...`` (one process per device, DDP or
 FSDP from ``parallel.strategy``) and under ``srun`` via slurm/train.sbatch. Prints the run
 directory and the final held-out accuracy; a finished run resumed with ``resume=auto`` prints
-its result again without training. Exit codes are listed in ``vit_dist.cli``. ``--help`` lists
+its result again without training. Exit codes are listed in ``vit_dist.cli.command``. ``--help`` lists
 every config key; ``--key value`` and ``--key=value`` mean ``key=value``. accelerate's own
 ``--mixed_precision``, ``--use_fsdp`` and ``--dynamo_backend`` set the matching keys where the
-config leaves them unset (``vit_dist.launch_env``).
+config leaves them unset (``vit_dist.cli.launch_env``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import logging
 import os
 import sys
 
-from .cli import parse_args, run_cli, setup_logging
-from .launch_env import load_run_config, unused_settings
+from .cli.command import parse_args, run_cli, setup_logging
+from .cli.launch_env import load_run_config, unused_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         if unused:
             log.info(f"warning: accelerate settings vit_dist does not use: {', '.join(unused)}")
         # torch and everything built on it load only once the config is valid.
-        from .distributed import init_distributed, shutdown
-        from .evaluation import summary_line
         from .models import check_model_kwargs
-        from .trainer import Trainer
+        from .runtime.distributed import init_distributed, shutdown
+        from .training.exact_eval import summary_line
+        from .training.trainer import Trainer
 
         check_model_kwargs(cfg.model.name, cfg.model.kwargs)
         env = init_distributed(need_group=cfg.parallel.strategy == "fsdp")

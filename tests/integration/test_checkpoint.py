@@ -14,7 +14,7 @@ import torch
 from helpers import assert_ok, read_jsonl, run_evaluate, run_train
 from support.checkpoint import _reseal, _RunsCode, _truncate
 
-from vit_dist import checkpoint as ck
+from vit_dist.checkpoint import store as ck
 
 # ---------------------------------------------------------------- the manifest
 

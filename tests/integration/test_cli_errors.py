@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import run_train
 
-from vit_dist.errors import EXIT_CONFIG, EXIT_DATA
+from vit_dist.core.errors import EXIT_CONFIG, EXIT_DATA
 
 
 def _train(data: Path, out: Path, *overrides: str, timeout: int = 300):

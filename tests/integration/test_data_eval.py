@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vit_dist.config import DataSection
+from vit_dist.core.config import DataSection
 from vit_dist.data import DataConfig, ShardLoader
-from vit_dist.distributed import sum_over_ranks
-from vit_dist.evaluation import EvalSums
+from vit_dist.runtime.distributed import sum_over_ranks
+from vit_dist.training.exact_eval import EvalSums
 
 SIZES = [60, 60, 60, 60, 60, 57]  # 357 samples: odd, and not a multiple of any batch below
 

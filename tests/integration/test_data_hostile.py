@@ -13,7 +13,7 @@ from support.data_hostile import (
     _hostile_shards,
 )
 
-from vit_dist.config import DataSection
+from vit_dist.core.config import DataSection
 from vit_dist.data.pipeline import DataConfig, ShardLoader
 
 # ---------------------------------------------------------------- the header and the pixel limit

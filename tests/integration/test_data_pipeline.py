@@ -13,7 +13,7 @@ import pytest
 import torch
 from support.data_pipeline import UNEVEN, _cfg, _corrupt, _epoch, _valid_keys
 
-from vit_dist.config import AugmentSection, DataSection
+from vit_dist.core.config import AugmentSection, DataSection
 from vit_dist.data import DataConfig, DataError, ShardLoader, resolve_shards
 
 
@@ -207,7 +207,7 @@ def test_uncaught_error_with_live_workers_exits_instead_of_hanging(make_data_sha
     shards = make_data_shards([40, 40])
     script = tmp_path / "crash.py"
     script.write_text(
-        "from vit_dist.config import DataSection\n"
+        "from vit_dist.core.config import DataSection\n"
         "from vit_dist.data import DataConfig, ShardLoader\n"
         "if __name__ == '__main__':\n"
         f"    cfg = DataConfig({str(shards)!r}, data=DataSection(img_size=16, workers=2), batch_size=4)\n"
@@ -238,7 +238,7 @@ def test_a_crashed_worker_is_a_clear_error_in_seconds_not_after_worker_timeout(m
     shards = make_data_shards([40, 40])
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from vit_dist.config import DataSection\n"
+        "from vit_dist.core.config import DataSection\n"
         "from vit_dist.data import DataConfig, ShardLoader\n"
         f"cfg = DataConfig({str(shards)!r}, data=DataSection(img_size=16, workers=2), batch_size=4,\n"
         "                 worker_start_method='forkserver')\n"
@@ -288,7 +288,7 @@ def test_workers_and_forkserver_end_when_their_process_is_killed(make_data_shard
     script.write_text(
         "import multiprocessing, time\n"
         "from multiprocessing import forkserver\n"
-        "from vit_dist.config import DataSection\n"
+        "from vit_dist.core.config import DataSection\n"
         "from vit_dist.data import DataConfig, ShardLoader\n"
         "if __name__ == '__main__':\n"
         f"    cfg = DataConfig({str(shards)!r}, data=DataSection(img_size=16, workers=2), batch_size=4,\n"

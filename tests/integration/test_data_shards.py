@@ -9,9 +9,9 @@ import sys
 import pytest
 from support.data_shards import _add_unrelated_files, _assert_clean, _assert_one_complete_data_set
 
+from vit_dist.core.errors import DataError
 from vit_dist.data import shards as shards_cli
 from vit_dist.data import writers as shards_mod
-from vit_dist.errors import DataError
 
 
 def test_existing_output_needs_overwrite(folder, tmp_path):

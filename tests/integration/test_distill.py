@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import CONFIG, assert_ok, read_jsonl, run_train
 
-from vit_dist.config import load_config
+from vit_dist.core.config import load_config
 
 TINY_STUDENT = [
     "model.name=deit_distilled",
@@ -45,8 +45,8 @@ def teacher_run(digits_data_dir, tmp_path_factory):
 
 
 def test_teacher_stays_frozen_in_training(digits_data_dir, teacher_run, tmp_path):
-    from vit_dist.distributed import init_distributed
-    from vit_dist.trainer import Trainer
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
 
     cfg = load_config(
         CONFIG,

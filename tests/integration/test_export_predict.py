@@ -92,7 +92,7 @@ def _assert_exported(weights: Path, reference_sd: dict[str, torch.Tensor]) -> di
 
 
 def test_export_ddp_checkpoint_model_and_ema(ddp_run):
-    from vit_dist.weights import export_checkpoint
+    from vit_dist.checkpoint.weights import export_checkpoint
 
     state = torch.load(
         ddp_run / "checkpoints" / "step-00000006" / "state.pt", map_location="cpu", weights_only=True
@@ -167,10 +167,10 @@ def _parse(stdout: str) -> dict[str, list[tuple[int, str, float]]]:
 
 def test_predict_cli_on_digit_images(ddp_run, tmp_path, capsys):
     from vit_dist import predict
-    from vit_dist.config import DataSection
+    from vit_dist.checkpoint.weights import export_checkpoint
+    from vit_dist.core.config import DataSection
     from vit_dist.data.transforms import SampleTransform
     from vit_dist.models import load_pretrained
-    from vit_dist.weights import export_checkpoint
 
     weights = export_checkpoint(ddp_run, out=tmp_path / "m.safetensors")
     images = _digit_images(tmp_path)

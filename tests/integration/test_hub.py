@@ -1,4 +1,4 @@
-"""``hf-hub:ORG/NAME[@REVISION]`` weights (vit_dist.hub), never touching the network.
+"""``hf-hub:ORG/NAME[@REVISION]`` weights (vit_dist.core.hub), never touching the network.
 
 Each test builds a real huggingface_hub cache in a temporary HF_HOME (``hub/models--ORG--NAME``
 with ``blobs/``, ``snapshots/<commit>/`` symlinks and ``refs/<branch>``) holding a tiny timm
@@ -27,7 +27,7 @@ from support.hub import (
     digit_png,
 )
 
-from vit_dist.errors import EXIT_CHECKPOINT
+from vit_dist.core.errors import EXIT_CHECKPOINT
 
 # ----------------------------------------------------------------------------------- references
 
@@ -81,8 +81,8 @@ class _FakeHub(http.server.BaseHTTPRequestHandler):
 
 _RESOLVE = """
 import json, sys
-from vit_dist.errors import KINDS
-from vit_dist.hub import parse_ref, read_config, weights_file
+from vit_dist.core.errors import KINDS
+from vit_dist.core.hub import parse_ref, read_config, weights_file
 for ref in sys.argv[1:]:
     try:
         weights_file(parse_ref(ref)) if ref.endswith("exists") else read_config(parse_ref(ref))

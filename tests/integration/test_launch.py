@@ -1,5 +1,5 @@
 """Launch anywhere: the accelerate config files (launch/accelerate/), accelerate's own flags
-(--mixed_precision, --use_fsdp, --dynamo_backend: vit_dist.launch_env), two `accelerate launch`
+(--mixed_precision, --use_fsdp, --dynamo_backend: vit_dist.cli.launch_env), two `accelerate launch`
 machines on loopback, and slurm/train_cpu.sbatch (-> train.sbatch -> node.sh) on a real 2-node
 SLURM cluster started on this machine (tests/slurm_cluster.py): a 2-node run, and preemption
 by real scheduler actions (`scancel --signal=USR1`, `scontrol requeue`) that must checkpoint,

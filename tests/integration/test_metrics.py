@@ -88,7 +88,7 @@ def test_wandb_offline_run_dir_and_resume_reuses_id(tmp_path, capsys):
 def test_wandb_disabled_never_imports_wandb(tmp_path):
     # A fresh interpreter: other tests in this process have imported wandb already.
     code = (
-        "import sys; from vit_dist.config import LoggingSection; from vit_dist.metrics import RunLogger\n"
+        "import sys; from vit_dist.core.config import LoggingSection; from vit_dist.metrics import RunLogger\n"
         f"lg = RunLogger.create({str(tmp_path / 'r')!r}, LoggingSection(wandb=False, progress='lines'), "
         "is_main=True, total_steps=2, config={})\n"
         "lg.log_train({'step': 1, 'loss': 1.0}); lg.finish(None)\n"

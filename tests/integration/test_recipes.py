@@ -35,7 +35,7 @@ import pytest
 from helpers import assert_ok, env, read_jsonl, run_process
 from support.recipes import NPROC, RECIPES, _flag, _launch, _recipe
 
-from vit_dist.config import load_config
+from vit_dist.core.config import load_config
 
 STEPS, BATCH = 2, 2  # the only training overrides besides paths: the smallest run that steps twice
 CLASSES = {"china": False, "flower": False, "flower_flipped": True}  # class -> photo turned upside down

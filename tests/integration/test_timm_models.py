@@ -127,7 +127,7 @@ def test_fsdp_timm_swin_two_processes_resume_exactly(digits_data_dir, tmp_path):
 def test_fsdp_timm_convnext_two_processes_then_evaluate_and_export(digits_data_dir, tmp_path):
     """FSDP2 on timm's ConvNeXt (stages.*.blocks.*) with W&B (offline); its sharded checkpoint
     rebuilds timm:convnext_atto in one process for evaluate and export, with the same result."""
-    from vit_dist.weights import export_checkpoint, load_checkpoint_model, load_export
+    from vit_dist.checkpoint.weights import export_checkpoint, load_checkpoint_model, load_export
 
     config = _config(tmp_path, CONVNEXT, img_size=32)
     out = tmp_path / "run"

@@ -142,9 +142,9 @@ def test_low_precision_paths_run(digits_data_dir, tmp_path, precision):
 def test_normalising_on_the_device_trains_exactly_as_in_the_workers(digits_data_dir, tmp_path):
     """data.normalize_on=device (uint8 batches, the CUDA default) and =worker give the same
     steps, with random erasing and mixup on, and the same evaluation."""
-    from vit_dist.config import load_config
-    from vit_dist.distributed import init_distributed
-    from vit_dist.trainer import Trainer
+    from vit_dist.core.config import load_config
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
 
     env = init_distributed()
     runs = {}

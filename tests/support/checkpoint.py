@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from vit_dist import manifest
+from vit_dist.checkpoint import manifest
 
 
 def _reseal(ckpt: Path, name: str) -> None:

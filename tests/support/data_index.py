@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vit_dist.config import DataSection
+from vit_dist.core.config import DataSection
 
 
 def _data(**kw) -> DataSection:

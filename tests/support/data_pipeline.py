@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vit_dist.config import DataSection
+from vit_dist.core.config import DataSection
 from vit_dist.data import DataConfig
 
 # The data section's keys that _cfg takes as keywords (``training`` is DataConfig's own).

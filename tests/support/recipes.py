@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers import free_port
 
-from vit_dist.config import load_config
+from vit_dist.core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,11 +18,12 @@ import torch
 from support.checkpoint import _reseal, _RunsCode, _truncate
 from torch import nn
 
-from vit_dist import atomic, manifest
-from vit_dist import checkpoint as ck
-from vit_dist.distributed import DistEnv
-from vit_dist.errors import CheckpointError
-from vit_dist.weights import load_weights
+from vit_dist.checkpoint import manifest
+from vit_dist.checkpoint import store as ck
+from vit_dist.core import atomic
+from vit_dist.checkpoint.weights import load_weights
+from vit_dist.core.errors import CheckpointError
+from vit_dist.runtime.distributed import DistEnv
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 
@@ -165,7 +166,7 @@ def test_a_checkpoint_without_a_manifest_is_not_trusted(tmp_path):
 def test_resume_auto_falls_back_to_the_newest_intact_with_one_warning(tmp_path, caplog):
     first, second = _save(tmp_path, 5), _save(tmp_path, 10)
     _truncate(second / "state.pt")
-    with caplog.at_level(logging.WARNING, logger="vit_dist.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="vit_dist.checkpoint.store"):
         assert ck.resolve_resume("auto", tmp_path, ENV) == first
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(second) in warnings[0] and str(first) in warnings[0]
@@ -315,7 +316,7 @@ def test_best_is_replaced_only_by_its_own_run(tmp_path, caplog):
     _save(tmp_path, 2, run_id="run-a", best=True)
     assert ck.read_meta(best)["step"] == 2
     assert not list((tmp_path / "checkpoints").glob("best.*"))
-    with caplog.at_level(logging.WARNING, logger="vit_dist.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="vit_dist.checkpoint.store"):
         _save(tmp_path, 3, run_id="run-b", best=True)
     assert ck.read_meta(best)["step"] == 2 and "another run (run_id run-a)" in caplog.text
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from vit_dist import errors
-from vit_dist.cli import run_cli
-from vit_dist.errors import EXIT_CONFIG, EXIT_OOM, EXIT_OS, EXIT_PEER
+from vit_dist.core import errors
+from vit_dist.cli.command import run_cli
+from vit_dist.core.errors import EXIT_CONFIG, EXIT_OOM, EXIT_OS, EXIT_PEER
 
 # --------------------------------------------------------------------------- numbers in the config
 
@@ -128,7 +128,8 @@ def test_a_value_error_inside_the_training_loop_is_a_traceback(
     digits_data_dir, tmp_path, monkeypatch, capsys
 ):
     # In the loop itself (the second step's loss), through the real entry point in this process.
-    from vit_dist import train, trainer
+    from vit_dist import train
+    from vit_dist.training import trainer
 
     calls = []
 
@@ -185,8 +186,8 @@ def test_the_readme_lists_every_exit_code():
 
 
 def test_check_index_counts_names_the_index_split_and_shard(tmp_path):
+    from vit_dist.core.errors import DataError
     from vit_dist.data.counts import check_index_counts
-    from vit_dist.errors import DataError
 
     def index(count) -> dict:
         shards = [
@@ -215,8 +216,8 @@ def test_check_index_counts_names_the_index_split_and_shard(tmp_path):
 
 
 def test_the_plan_refuses_bad_sizes_whatever_their_source():
+    from vit_dist.core.errors import DataError
     from vit_dist.data.plan import exact_plan, resampled_shards
-    from vit_dist.errors import DataError
 
     for sizes in ([10, -5, 10], [10, 2.5, 10]):
         with pytest.raises(DataError, match=r"shard 1 of the spec .* sample count of "):

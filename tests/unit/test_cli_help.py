@@ -13,9 +13,9 @@ import pytest
 from helpers import CONFIG
 
 from vit_dist import evaluate, export, predict, train
-from vit_dist.cli import parse_args
-from vit_dist.config import Config, ConfigError, load_config
-from vit_dist.errors import EXIT_CONFIG
+from vit_dist.cli.command import parse_args
+from vit_dist.core.config import Config, ConfigError, load_config
+from vit_dist.core.errors import EXIT_CONFIG
 
 
 def _schema(cls=Config, prefix: str = "") -> dict[str, tuple[object, dataclasses.Field]]:

@@ -11,7 +11,7 @@ import torch
 import torch._dynamo
 
 from vit_dist.models import create_model
-from vit_dist.parallel import apply_compile
+from vit_dist.runtime.parallel import apply_compile
 
 
 class CountingBackend:

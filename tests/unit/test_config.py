@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vit_dist.config import MAX_INT, Config, ConfigError, dump_config, load_config, parse_overrides
+from vit_dist.core.config import MAX_INT, Config, ConfigError, dump_config, load_config, parse_overrides
 from vit_dist.models.registry import check_model_kwargs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

@@ -26,12 +26,12 @@ from support.data_hostile import (
     _with_lying_member,
 )
 
-from vit_dist.config import AugmentSection, DataSection
+from vit_dist.core.config import AugmentSection, DataSection
+from vit_dist.core.errors import DataError
 from vit_dist.data.decode import check_image_size, image_size
 from vit_dist.data.pipeline import DataConfig, ShardLoader
 from vit_dist.data.tar_reader import BadSample, read_runs
 from vit_dist.data.transforms import SampleTransform
-from vit_dist.errors import DataError
 
 # ---------------------------------------------------------------- the header and the pixel limit
 
@@ -162,7 +162,7 @@ def test_hostile_and_odd_samples_evaluate_to_the_end_decoded_or_counted(
 
 
 def test_max_sample_bytes_and_max_image_pixels_reach_the_loader_from_the_config():
-    from vit_dist.config import ConfigError, config_from_dict
+    from vit_dist.core.config import ConfigError, config_from_dict
     from vit_dist.data.pipeline import loader_config
 
     data = {"train": "/x", "val": "/y", "max_image_pixels": 1000, "max_sample_bytes": 4096}

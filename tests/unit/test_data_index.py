@@ -14,13 +14,13 @@ from collections import Counter
 import pytest
 from support.data_index import _data, _streams, _valid
 
+from vit_dist.core.errors import DataError
 from vit_dist.data import DataConfig, ShardLoader, index, tar_reader
 from vit_dist.data import shards as shards_cli
 from vit_dist.data.index import INDEX_SUFFIX, build_index, read_index, write_index
 from vit_dist.data.meta import read_meta
 from vit_dist.data.tar_reader import read_runs
 from vit_dist.data.writers import index_shards
-from vit_dist.errors import DataError
 
 
 def _keys(items):

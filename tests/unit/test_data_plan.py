@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from vit_dist.core.errors import DataError
 from vit_dist.data.plan import (
     Segment,
     consumed_per_worker,
@@ -17,7 +18,6 @@ from vit_dist.data.plan import (
     shuffle_buffer,
     stream_seed,
 )
-from vit_dist.errors import DataError
 
 
 def _samples(plans):

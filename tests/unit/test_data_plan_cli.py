@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from vit_dist.cli import run_cli
-from vit_dist.config import DataSection
+from vit_dist.cli.command import run_cli
+from vit_dist.core.config import DataSection
 from vit_dist.data import tar_reader
 from vit_dist.data.index import index_shard, load_offsets
 from vit_dist.data.pipeline import DataConfig, ShardLoader

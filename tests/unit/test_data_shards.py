@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from support.data_shards import COLORS, _add_unrelated_files, _assert_clean, _assert_one_complete_data_set
 
+from vit_dist.core.errors import DataError
 from vit_dist.data import shards as shards_cli
 from vit_dist.data import writers as shards_mod
 from vit_dist.data.meta import read_meta
 from vit_dist.data.tar_reader import read_slice
-from vit_dist.errors import DataError
 
 
 def _read_all(directory, split):

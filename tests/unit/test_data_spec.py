@@ -9,10 +9,10 @@ import shutil
 import pytest
 from support.data_spec import _read_every_shard
 
+from vit_dist.core.errors import EXIT_DATA, KINDS, DataError
 from vit_dist.data import tar_reader
 from vit_dist.data.spec import resolve_shards
 from vit_dist.data.tar_reader import BadSample, read_slice
-from vit_dist.errors import EXIT_DATA, KINDS, DataError
 
 
 def _list_shard(directory, name: str) -> None:

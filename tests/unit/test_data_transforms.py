@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit_dist.config import AugmentSection, DataSection
+from vit_dist.core.config import AugmentSection, DataSection
 from vit_dist.data.decode import decode_random_resized_crop, decode_resize_center_crop
 from vit_dist.data.transforms import MixupCutmix, SampleTransform
 
@@ -96,7 +96,7 @@ def test_bicubic_interpolation_is_torchvisions_bicubic(photo_jpeg, backend):
 
 
 def test_interpolation_key_and_resize_filter_of_weights():
-    from vit_dist.config import ConfigError, load_config
+    from vit_dist.core.config import ConfigError, load_config
     from vit_dist.predict import resize_filter
 
     overrides = [

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from helpers import CONFIG
 
-from vit_dist.config import load_config
-from vit_dist.distill import Renormalize, build_teacher, distillation_loss
+from vit_dist.core.config import load_config
+from vit_dist.training.distill import Renormalize, build_teacher, distillation_loss
 
 
 def test_hard_and_soft_losses_by_hand():

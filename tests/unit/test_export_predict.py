@@ -20,8 +20,8 @@ def test_write_weights_loads_into_timm(tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import load_file
 
+    from vit_dist.checkpoint.weights import write_weights
     from vit_dist.models import create_model
-    from vit_dist.weights import write_weights
 
     torch.manual_seed(0)
     ours = create_model("vit_tiny_patch16_224", num_classes=10).eval()

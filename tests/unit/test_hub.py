@@ -1,4 +1,4 @@
-"""``hf-hub:ORG/NAME[@REVISION]`` weights (vit_dist.hub), never touching the network.
+"""``hf-hub:ORG/NAME[@REVISION]`` weights (vit_dist.core.hub), never touching the network.
 
 Each test builds a real huggingface_hub cache in a temporary HF_HOME (``hub/models--ORG--NAME``
 with ``blobs/``, ``snapshots/<commit>/`` symlinks and ``refs/<branch>``) holding a tiny timm
@@ -24,7 +24,7 @@ from support.hub import (
     digit_png,
 )
 
-from vit_dist.errors import EXIT_CHECKPOINT, EXIT_CONFIG, KINDS, CheckpointError, ConfigError
+from vit_dist.core.errors import EXIT_CHECKPOINT, EXIT_CONFIG, KINDS, CheckpointError, ConfigError
 
 
 def local_model(sd: dict[str, torch.Tensor], tmp: Path, num_classes: int = 10):
@@ -44,7 +44,7 @@ def local_model(sd: dict[str, torch.Tensor], tmp: Path, num_classes: int = 10):
     "value", ["hf-hub:timm", "hf-hub:/x", "hf-hub:a/b/c", "hf-hub:a/b@", "hf-hub:a--b/c", "hf-hub:a/b c"]
 )
 def test_malformed_references_are_config_errors_naming_the_key(value):
-    from vit_dist.config import load_config
+    from vit_dist.core.config import load_config
 
     with pytest.raises(ConfigError, match=r"model\.pretrained=.*expected hf-hub:ORG/NAME") as e:
         load_config(None, ["train.steps=1", f"model.pretrained={value}"])
@@ -52,8 +52,8 @@ def test_malformed_references_are_config_errors_naming_the_key(value):
 
 
 def test_references_parse_with_and_without_a_revision():
-    from vit_dist.config import load_config
-    from vit_dist.hub import HubRef, parse_ref
+    from vit_dist.core.config import load_config
+    from vit_dist.core.hub import HubRef, parse_ref
 
     assert parse_ref("hf-hub:timm/vit_base_patch16_224.augreg_in21k") == HubRef(
         "timm/vit_base_patch16_224.augreg_in21k", None
@@ -176,8 +176,8 @@ def test_exit_codes_of_the_kinds_used():
 
 
 def test_a_hub_teacher_must_predict_the_data_classes(hub, weights):
-    from vit_dist.config import load_config
-    from vit_dist.distill import build_teacher
+    from vit_dist.core.config import load_config
+    from vit_dist.training.distill import build_teacher
 
     cfg = load_config(
         None, ["train.steps=1", "distill.type=soft", f"distill.teacher_weights=hf-hub:{ORG}/tiny-vit-in5"]
@@ -192,8 +192,8 @@ def test_a_hub_teacher_must_predict_the_data_classes(hub, weights):
     assert teacher.input_stats == ([0.5] * 3, [0.5] * 3) and teacher.pos_embed.shape == (1, 10, 192)
 
     # the student's batch (its own mean/std) reaches the teacher in the teacher's statistics
-    from vit_dist.distill import frozen_teacher
-    from vit_dist.distributed import DistEnv
+    from vit_dist.runtime.distributed import DistEnv
+    from vit_dist.training.distill import frozen_teacher
 
     cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
     cfg = load_config(
@@ -211,7 +211,7 @@ def test_a_hub_teacher_must_predict_the_data_classes(hub, weights):
 
 
 def test_the_fine_tuning_recipe_loads():
-    from vit_dist.config import load_config
+    from vit_dist.core.config import load_config
 
     cfg = load_config(str(ROOT / "configs" / "finetune_vit_base_in21k.yaml"), [])
     assert cfg.model.name == "vit_base_patch16_224"
@@ -223,7 +223,7 @@ def test_the_fine_tuning_recipe_loads():
 
 def test_preprocessing_differences_name_what_differs_from_the_weights():
     """A fine-tune from hub weights with other mean/std or resize filter is warned about."""
-    from vit_dist.hub import parse_config, preprocessing_differences
+    from vit_dist.core.hub import parse_config, preprocessing_differences
 
     hc = parse_config(
         {

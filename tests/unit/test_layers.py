@@ -15,54 +15,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vit_dist"
 
-# Lower numbers are lower layers; a module may import its own layer or lower ones.
-LAYERS: dict[str, int] = {
-    # base: no torch
-    "vit_dist": 0,
-    "vit_dist.errors": 0,
-    "vit_dist.options": 0,
-    "vit_dist.atomic": 0,
-    "vit_dist.hub": 0,  # hf-hub: references; config checks their syntax (huggingface_hub is imported late)
-    "vit_dist.config": 0,
-    "vit_dist.config_help": 0,
-    "vit_dist.launch_env": 0,
-    # foundations
-    "vit_dist.models": 1,
-    "vit_dist.models.protocol": 1,  # the model contract: what the layers above may ask of a model
-    "vit_dist.data": 1,
-    "vit_dist.distributed": 1,
-    "vit_dist.testing": 1,
-    # components
-    "vit_dist.amp": 2,
-    "vit_dist.losses": 2,
-    "vit_dist.parallel": 2,
-    "vit_dist.ema": 2,
-    "vit_dist.optim": 2,
-    "vit_dist.checkpoint": 2,
-    "vit_dist.train_state": 2,  # the training state as named components (checkpoint.py saves them)
-    "vit_dist.manifest": 2,
-    "vit_dist.rundir": 2,
-    "vit_dist.weights": 2,
-    "vit_dist.distill": 2,
-    "vit_dist.evaluation": 2,
-    "vit_dist.metrics": 2,
-    "vit_dist.preemption": 2,
-    "vit_dist.sync_debug": 2,
-    # the loop
-    "vit_dist.trainer": 3,
-    # entry points (and the command-line plumbing only they use)
-    "vit_dist.cli": 4,
-    "vit_dist.train": 4,
-    "vit_dist.evaluate": 4,
-    "vit_dist.export": 4,
-    "vit_dist.predict": 4,
-    "vit_dist.bench": 4,
-    "vit_dist.models.__main__": 4,
-    "vit_dist.data.bench": 4,
-    "vit_dist.data.shards": 4,
-    "vit_dist.data.plan.__main__": 4,
-}
-ENTRY_LAYER = 4
+# The layers, lowest first: each is a set of the package's folders, and a module's layer is its
+# folder's. A module may import its own layer or lower ones. Entry points (every module at the
+# package top, and every one a folder runs with ``python -m``) sit above all of them.
+FOLDER_LAYERS: list[set[str]] = [
+    {"core"},  # no torch: errors, options, atomic writes, hf-hub references, the config
+    {"models", "data", "runtime", "testing"},  # the model contract, the loader, devices and processes
+    {"checkpoint", "metrics"},  # what a run keeps: checkpoints, state, run directory, weights; metrics
+    {"training"},  # the loop's stages and the trainer
+    {"cli"},  # the entry points' shared plumbing
+]
+ENTRY_LAYER = len(FOLDER_LAYERS)
 
 
 def _modules() -> dict[str, Path]:
@@ -77,14 +40,40 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+def is_entry_point(module: str) -> bool:
+    """A module at the package top (but the package itself), a ``__main__``, or a module that
+    runs as ``python -m`` (its ``if __name__ == "__main__":`` block)."""
+    path = MODULES[module]
+    return (
+        (path.parent == PACKAGE and path.stem != "__init__")
+        or path.stem == "__main__"
+        or _runs_as_main(module)
+    )
+
+
 def layer_of(module: str) -> int:
-    """The layer of the longest prefix of ``module`` named in LAYERS."""
-    parts = module.split(".")
-    for i in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:i])
-        if prefix in LAYERS:
-            return LAYERS[prefix]
+    """An entry point's layer is above every folder's; any other module's is its top folder's."""
+    if module == "vit_dist":
+        return 0
+    if is_entry_point(module):
+        return ENTRY_LAYER
+    folder = module.split(".")[1]
+    for layer, folders in enumerate(FOLDER_LAYERS):
+        if folder in folders:
+            return layer
     raise KeyError(module)
+
+
+def test_every_folder_has_a_layer_and_the_top_holds_only_entry_points():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set().union(*FOLDER_LAYERS)
+    top = [m for m, path in MODULES.items() if path.parent == PACKAGE and path.stem != "__init__"]
+    assert [m for m in top if not _runs_as_main(m)] == []
+
+
+def _runs_as_main(module: str) -> bool:
+    tree = ast.parse(MODULES[module].read_text())
+    return any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
 
 
 def _resolve(importer: str, node: ast.ImportFrom | ast.Import) -> list[str]:
@@ -198,9 +187,7 @@ def test_imports_run_downward_and_never_into_an_entry_point():
     assert upward == []
 
 
-@pytest.mark.parametrize(
-    "module", ["vit_dist.errors", "vit_dist.options", "vit_dist.atomic", "vit_dist.config"]
-)
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("vit_dist.core")))
 def test_base_layer_does_not_import_torch(module):
     tops = {
         a.name.split(".")[0]

@@ -17,12 +17,12 @@ import torch
 from helpers import CONFIG, read_jsonl
 from metrics_helpers import eval_record, make_logger, train_record, wandb_sandbox  # noqa: F401  (autouse)
 
-from vit_dist.config import load_config
-from vit_dist.distributed import DistEnv
-from vit_dist.errors import ConfigError
+from vit_dist.core.config import load_config
+from vit_dist.core.errors import ConfigError
 from vit_dist.metrics import check_tensorboard, draw_curves
 from vit_dist.metrics.curves import RESUME_GID, epoch_starts
 from vit_dist.metrics.tensorboard_sink import TensorBoardSink
+from vit_dist.runtime.distributed import DistEnv
 
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "train.batch_size=16", "data.workers=1"]
 
@@ -199,7 +199,7 @@ def test_tensorboard_failures_warn_once_and_never_stop_the_run(tmp_path, capsys)
 
 
 def test_tensorboard_missing_is_one_config_error_before_any_work(tmp_path, monkeypatch):
-    from vit_dist.trainer import Trainer
+    from vit_dist.training.trainer import Trainer
 
     # What a missing package looks like to import (its modules loaded by other tests included).
     for name in [n for n in sys.modules if n == "tensorboard" or n.startswith("tensorboard.")] + [
@@ -286,8 +286,8 @@ def test_epoch_starts_and_tick_thinning(tmp_path):
 
 
 def test_training_run_writes_tensorboard_summary_and_resume_marks(digits_data_dir, tmp_path):
-    from vit_dist.distributed import init_distributed
-    from vit_dist.trainer import Trainer
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
 
     out = tmp_path / "run"
     args = [*TINY, f"data.train={digits_data_dir}", f"data.val={digits_data_dir}", "logging.every=5"]

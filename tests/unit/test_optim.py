@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from vit_dist.models import create_model
-from vit_dist.optim import Schedule, build_optimizer, build_scheduler, layer_ids, lr_factor, param_groups
+from vit_dist.training.optim import (
+    Schedule,
+    build_optimizer,
+    build_scheduler,
+    layer_ids,
+    lr_factor,
+    param_groups,
+)
 
 
 def _group_of(groups, name):
@@ -93,7 +100,7 @@ def test_a_reanchored_schedule_continues_without_a_jump_and_ends_on_time():
 def test_adamw_is_fused_on_cpu_and_matches_the_reference_step():
     # The pinned torch has a fused CPU AdamW (3x faster than for-each on 2 cores); it must be
     # chosen, and must take the same step as torch's reference for-loop implementation.
-    from vit_dist.optim import fused_available
+    from vit_dist.training.optim import fused_available
 
     assert fused_available("cpu")
     torch.manual_seed(0)

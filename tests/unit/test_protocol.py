@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from vit_dist.config import load_config
-from vit_dist.errors import ConfigError
+from vit_dist.core.config import load_config
+from vit_dist.core.errors import ConfigError
 from vit_dist.models import (
     DistilledVisionTransformer,
     ModelDefaults,

@@ -15,7 +15,7 @@ import pytest
 
 def test_a_used_dir_whose_checkpoint_is_set_aside_is_described(tmp_path):
     # A save killed between its two renames leaves only step-N.old: still this run's checkpoint.
-    from vit_dist.rundir import existing_run
+    from vit_dist.checkpoint.rundir import existing_run
 
     aside = tmp_path / "checkpoints" / "step-00000010.old"
     aside.mkdir(parents=True)
@@ -27,9 +27,9 @@ def test_only_a_resume_of_its_own_run_may_use_a_used_dir(tmp_path):
     """The claim alone (one process): a used directory takes resume=auto or one of its own
     checkpoints and keeps its run id; a new run, or one started from another directory's
     checkpoint, is refused; an empty directory starts a new run with a new id."""
-    from vit_dist.distributed import DistEnv
-    from vit_dist.errors import ConfigError
-    from vit_dist.rundir import claim_output_dir
+    from vit_dist.checkpoint.rundir import claim_output_dir
+    from vit_dist.core.errors import ConfigError
+    from vit_dist.runtime.distributed import DistEnv
 
     single = DistEnv(rank=0, world_size=1, local_rank=0, device="cpu", backend=None)
     used, other = tmp_path / "used", tmp_path / "other"
@@ -57,8 +57,8 @@ def test_an_unwritable_output_dir_is_a_config_error(tmp_path):
     process forks and drops to nobody): a directory that cannot be written, and one that cannot
     be created in it. A read-only file system takes the same path (os.access answers EROFS) but
     needs a mount to test."""
-    from vit_dist.distributed import DistEnv
-    from vit_dist.rundir import claim_output_dir
+    from vit_dist.checkpoint.rundir import claim_output_dir
+    from vit_dist.runtime.distributed import DistEnv
 
     base = Path(os.environ.get("TMPDIR", "/tmp")) / f"rundir-ro-{os.getpid()}"
     locked = base / "locked"
@@ -110,8 +110,8 @@ def _in_unprivileged_child(fn) -> str:
 def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     """A data-loader worker forked while the trainer holds the lock must not hold it on: after
     the trainer is gone (here: releases it) the next job gets the lock while the child lives."""
-    from vit_dist.errors import ConfigError
-    from vit_dist.rundir import DirLock
+    from vit_dist.checkpoint.rundir import DirLock
+    from vit_dist.core.errors import ConfigError
 
     lock = DirLock(tmp_path)
     lock.acquire()

@@ -366,7 +366,7 @@ def test_flops_match_flop_counter():
 def test_low_precision_gradients_stay_close_to_fp32(precision, tol):
     # Shifted windows (a 16x16 grid in windows of 4) put -inf shift masks and the
     # relative-position bias through autocast: the masked softmax must stay finite and close.
-    from vit_dist.amp import autocast
+    from vit_dist.runtime.precision import autocast
 
     torch.manual_seed(0)
     model = SwinTransformer(

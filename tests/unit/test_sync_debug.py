@@ -4,8 +4,8 @@ real check runs on a GPU machine in launch/bench_gpu.sh)."""
 import pytest
 import torch
 
-from vit_dist.config import ConfigError, load_config
-from vit_dist.sync_debug import SyncInStep, sync_guard
+from vit_dist.core.config import ConfigError, load_config
+from vit_dist.training.sync_debug import SyncInStep, sync_guard
 
 CUDA = torch.device("cuda")  # a device object only: nothing runs on it
 

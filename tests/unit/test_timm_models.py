@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from support.timm_models import SWIN, _config
 
-from vit_dist.errors import ConfigError
+from vit_dist.core.errors import ConfigError
 from vit_dist.models import create_model, model_blocks
-from vit_dist.optim import param_groups
+from vit_dist.training.optim import param_groups
 
 
 def _names(model, modules) -> list[str]:
@@ -57,9 +57,9 @@ def test_parallelize_shards_and_checkpoints_each_timm_block(tmp_path):
     import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
 
-    from vit_dist.config import ParallelSection
-    from vit_dist.distributed import DistEnv
-    from vit_dist.parallel import parallelize
+    from vit_dist.core.config import ParallelSection
+    from vit_dist.runtime.distributed import DistEnv
+    from vit_dist.runtime.parallel import parallelize
 
     torch.manual_seed(0)
     kwargs = {k: v for k, v in SWIN.items() if k != "name"}
@@ -192,8 +192,8 @@ def test_timm_teacher_builds_with_the_students_classes(tmp_path):
     timm-format teacher weights; a classifier of another size is refused, never re-initialised."""
     from types import SimpleNamespace
 
-    from vit_dist.distill import build_teacher
-    from vit_dist.errors import CheckpointError
+    from vit_dist.core.errors import CheckpointError
+    from vit_dist.training.distill import build_teacher
 
     kw = {"patch_size": 4, "depth": 1, "embed_dim": 48, "num_heads": 3}
     ref = timm.create_model("vit_tiny_patch16_224", num_classes=7, img_size=16, **kw)

@@ -8,9 +8,9 @@ from support.train import TINY
 
 
 def test_gradient_accumulation_equals_larger_batch(digits_data_dir, tmp_path):
-    from vit_dist.config import load_config
-    from vit_dist.distributed import init_distributed
-    from vit_dist.trainer import Trainer
+    from vit_dist.core.config import load_config
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
 
     env = init_distributed()
     params = {}
@@ -49,10 +49,10 @@ def test_a_run_that_waits_for_data_is_told_so_once(digits_data_dir, tmp_path, mo
     import logging
     import time
 
-    from vit_dist.config import load_config
+    from vit_dist.core.config import load_config
     from vit_dist.data.pipeline import ShardLoader
-    from vit_dist.distributed import init_distributed
-    from vit_dist.trainer import Trainer
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
 
     slow_iter = ShardLoader.__iter__
 
@@ -75,7 +75,7 @@ def test_a_run_that_waits_for_data_is_told_so_once(digits_data_dir, tmp_path, mo
             *TINY[:-1],
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="vit_dist.trainer"):
+    with caplog.at_level(logging.WARNING, logger="vit_dist.training.trainer"):
         Trainer(cfg, init_distributed()).fit()
     advice = [r.getMessage() for r in caplog.records if "input-bound" in r.getMessage()]
     assert len(advice) == 1, advice  # windows 2-4 were slow: said at step 4, not again

@@ -1,4 +1,4 @@
-"""The training state as components (vit_dist/train_state.py, and the state_dicts of the loss
+"""The training state as components (vit_dist/checkpoint/state.py, and the state_dicts of the loss
 scaler, EMA and lr schedule): each restores exactly what it saved, through a real checkpoint;
 what a resume reconciles (another peak lr, run length, world size, precision) does what the
 trainer's resume relies on. The whole resume is tests/integration/test_resume.py's."""
@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from vit_dist import checkpoint as ck
-from vit_dist.amp import LossScaler
-from vit_dist.distributed import DistEnv
-from vit_dist.ema import ModelEma
-from vit_dist.errors import CheckpointError
-from vit_dist.optim import LrSchedule, RunLength, Schedule
-from vit_dist.train_state import JobDataCounts, RngState, TrainState, load_components, state_dicts
+from vit_dist.checkpoint import store as ck
+from vit_dist.checkpoint.state import JobDataCounts, RngState, TrainState, load_components, state_dicts
+from vit_dist.core.errors import CheckpointError
+from vit_dist.runtime.distributed import DistEnv
+from vit_dist.runtime.precision import LossScaler
+from vit_dist.training.ema import ModelEma
+from vit_dist.training.optim import LrSchedule, RunLength, Schedule
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 CPU = torch.device("cpu")

@@ -19,7 +19,7 @@ Modules, one job each:
 * ``bench``       ``python -m vit_dist.data.bench``: decode and loader throughput
 """
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .pipeline import DataConfig, ShardLoader, build_loader, dist_rank_world, loader_config
 from .spec import ShardList, resolve_shards
 from .transforms import MixupCutmix, SampleTransform

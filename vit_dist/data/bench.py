@@ -40,7 +40,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from ..config import AugmentSection, DataSection
+from ..core.config import AugmentSection, DataSection
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 from .index import load_offsets
 from .meta import read_meta, write_meta

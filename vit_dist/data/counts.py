@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Any
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 log = logging.getLogger("vit_dist.data")
 

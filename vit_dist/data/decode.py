@@ -24,7 +24,7 @@ Hostile and odd images, the same on every backend:
 
 * Size: before any pixel is decoded, :func:`check_image_size` reads the width and height from
   the header alone (:func:`image_size`) and refuses an image of more than ``max_pixels``
-  (``data.max_image_pixels``) with a :class:`~vit_dist.errors.DataError`: a 634-byte JPEG can
+  (``data.max_image_pixels``) with a :class:`~vit_dist.core.errors.DataError`: a 634-byte JPEG can
   declare 20000x20000 pixels, which a decoder would allocate (1.2 GB of RGB) before finding
   the data missing. The loader counts such an image as a bad sample; predict reports it.
 * Modes: torchvision.io decodes JPEG and PNG only (CMYK and grayscale JPEG, palette,
@@ -49,7 +49,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 # Every image stored by the shard writer is a JPEG; PNG is the other format torchvision.io
 # decodes here. Anything else is decoded by PIL.

@@ -30,8 +30,8 @@ import os
 import sys
 import tarfile
 
-from ..atomic import write_bytes
-from ..errors import DataError
+from ..core.atomic import write_bytes
+from ..core.errors import DataError
 from .tar_reader import member_data, split_name
 
 log = logging.getLogger("vit_dist.data")

@@ -35,8 +35,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json
-from ..errors import DataError
+from ..core.atomic import write_json
+from ..core.errors import DataError
 from .counts import check_index_counts
 
 META_NAME = "dataset.json"

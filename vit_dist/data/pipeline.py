@@ -20,7 +20,7 @@ normalises it on the training device. Use ``loader.images(batch, device)`` eithe
 
 Every rank yields exactly ``len(loader)`` batches of exactly ``batch_size`` rows. Rows that are
 padding or replace a bad sample are copies of other rows of the stream with ``valid=False``:
-training may use them (shapes stay static), evaluation must mask them (``evaluation.py``).
+training may use them (shapes stay static), evaluation must mask them (``training/exact_eval.py``).
 
 Position: ``state_dict()`` is ``(epoch, batches consumed by this rank)`` plus the settings the
 stream depends on (and the earlier segments of a re-planned epoch); ``load_state_dict()``
@@ -62,8 +62,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..config import AugmentSection, DataSection
-from ..errors import DataError
+from ..core.config import AugmentSection, DataSection
+from ..core.errors import DataError
 from .index import load_offsets, read_header, usable_index
 from .plan import (
     Segment,
@@ -97,7 +97,7 @@ _PAD = object()  # a padding slot of an exact epoch (not a sample: not counted a
 @dataclass
 class DataConfig:
     """One loader's settings. What the user sets comes as the run's own sections, declared once
-    in ``config.py``: ``data`` (shards' layout, workers, buffer, limits, preprocessing) and
+    in ``core/config.py``: ``data`` (shards' layout, workers, buffer, limits, preprocessing) and
     ``augment`` (training augmentation). The fields beside them are what a loader adds: its
     shards and split, whether it trains (``training``; ``data.train`` names the training
     shards), and what the trainer derives (the per-rank batch, the seed, the device type the

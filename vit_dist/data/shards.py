@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .meta import read_meta
 from .writers import index_shards, write_shards
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .index import INDEX_SUFFIX
 from .meta import META_NAME, escape_problem, index_name_problem, read_meta, shard_file
 from .tar_reader import is_http

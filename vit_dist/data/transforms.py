@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from ..config import AugmentSection, DataSection
-from ..errors import ConfigError, DataError
+from ..core.config import AugmentSection, DataSection
+from ..core.errors import ConfigError, DataError
 from .decode import decode_random_resized_crop, decode_resize_center_crop
 
 # "auto": torchvision.io, except PIL draft for eval crops of large JPEGs (see decode.py).

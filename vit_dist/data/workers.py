@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 # DataLoader's own timeout is a poll interval here: torch checks for dead workers only when a
 # wait for a batch times out, so one long wait would also hide a crashed worker that long

@@ -50,8 +50,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import fsync_dir
-from ..errors import DataError
+from ..core.atomic import fsync_dir
+from ..core.errors import DataError
 from .decode import check_image_size, to_rgb8
 from .index import INDEX_SUFFIX, build_index, read_index, write_index
 from .meta import META_NAME, escape_problem, index_name_problem, read_meta, shard_file, write_meta

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..core.atomic import atomic_path
 from .jsonl import EVAL_FILE, METRICS_FILE, RESUMES_FILE, as_number, read_jsonl
 
 CURVES_FILE = "curves.png"

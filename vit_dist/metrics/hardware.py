@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..amp import as_dtype
+from ..runtime.precision import as_dtype
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s: (bf16/fp16, tf32). Matched in order against
 # torch.cuda.get_device_name(), so the specific names come before the generic ones.

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_text
+from ..core.atomic import write_text
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..atomic import write_json
-from ..config import LoggingSection
+from ..core.atomic import write_json
+from ..core.config import LoggingSection
 from .curves import plot_curves
 from .jsonl import (
     EVAL_FILE,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .jsonl import as_number
 from .sink import scalars
 

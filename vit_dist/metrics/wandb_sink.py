@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
-from ..atomic import write_text
+from ..core.atomic import write_text
 from .jsonl import as_number
 from .sink import scalars
 

@@ -6,7 +6,7 @@ Public API: ``create_model``, ``build_model`` (from a run config), ``list_models
 (what every model offers, ``protocol``).
 The model families (``vit``, ``deit``, ``swin``) register their names where they are defined
 (``@register_model``): importing them here fills the registry.
-Models contain no distributed code; parallelism is applied from outside (vit_dist.parallel).
+Models contain no distributed code; parallelism is applied from outside (vit_dist.runtime.parallel).
 """
 
 from .blocks import model_blocks

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from . import create_model, flops_per_image, list_families, list_models, load_pretrained
 from .timm_models import PREFIX as TIMM_PREFIX
 from .timm_models import list_timm_models, timm_installed

@@ -1,5 +1,5 @@
 """Which submodules of a model are its blocks: the units that FSDP shards one at a time,
-activation checkpointing recomputes and torch.compile compiles (``vit_dist.parallel``).
+activation checkpointing recomputes and torch.compile compiles (``vit_dist.runtime.parallel``).
 
 A vit_dist model names its own (``transformer_blocks()``, ``models.protocol``; a ``timm:``
 model's are found by the rule below). For any other module (a raw timm model), the rule is

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .layers import trunc_normal_
 from .registry import ModelSpec, register_family, register_model
 from .vit import VIT_SIZES, VisionTransformer

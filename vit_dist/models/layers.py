@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Accepted files: ``.safetensors`` (read with safetensors) and ``.pth/.pt/.bin`` (``torch.load``
 with ``weights_only=True``): a checkpoint can never run code. ``load_pretrained`` also takes
 ``hf-hub:ORG/NAME[@REVISION]``: the repository's weights file, resolved through the hub cache
-(``vit_dist.hub``), then loaded like a local file. The state dict may be the file
+(``vit_dist.core.hub``), then loaded like a local file. The state dict may be the file
 itself or sit under ``model`` / ``state_dict`` / ``model_ema`` / ``module``; ``module.`` (DDP)
 and ``_orig_mod.`` (torch.compile) prefixes are stripped.
 
@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointMismatchError
-from ..hub import describe, is_hub_ref, parse_ref, weights_file
+from ..core.errors import CheckpointMismatchError
+from ..core.hub import describe, is_hub_ref, parse_ref, weights_file
 from .protocol import VitDistModel
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A vit_dist model is a plain ``nn.Module`` (timm's parameter names, no distributed code) that
 also has every member of :class:`VitDistModel`. The trainer, ``parallel``, ``optim``,
-``weights``, ``distill``, ``evaluation``, the metrics and the commands use these members by
+``weights``, ``distill``, ``exact_eval``, the metrics and the commands use these members by
 plain attribute access: nothing asks a model whether it has one (the two functions that also
 take any other module, ``blocks.model_blocks`` and ``pretrained.fit_state_dict``, ask
 ``isinstance(model, VitDistModel)`` once). An optional capability is a member with a stated

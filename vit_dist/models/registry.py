@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
-from ..config import DataSection, ModelSection
-from ..errors import ConfigError
-from ..options import did_you_mean
+from ..core.config import DataSection, ModelSection
+from ..core.errors import ConfigError
+from ..core.options import did_you_mean
 from .pretrained import load_pretrained
 from .timm_models import PREFIX as TIMM_PREFIX
 from .timm_models import check_timm_kwargs, create_timm_model, list_timm_models, timm_installed

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointMismatchError, ConfigError
+from ..core.errors import CheckpointMismatchError, ConfigError
 from .layers import (
     Attention,
     DropPath,

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..options import did_you_mean
+from ..core.errors import ConfigError
+from ..core.options import did_you_mean
 from .blocks import repeated_blocks
 from .flops import count_flops
 from .protocol import ModelDefaults

@@ -13,7 +13,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .layers import (
     Attention,
     DropPath,

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
-from ...cli import run_cli
-from ...errors import ConfigError, DataError
+from ...cli.command import run_cli
+from ...core.errors import ConfigError, DataError
 from ..pipeline import fit_workers
 from . import Segment
 from .simulate import (

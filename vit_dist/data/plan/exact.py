@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ...errors import DataError
+from ...core.errors import DataError
 from ..counts import check_sizes
 from .seeds import derive_seed, shuffle_buffer, stream_seed
 

@@ -9,7 +9,7 @@ import math
 import random
 from collections.abc import Iterator
 
-from ...errors import DataError
+from ...core.errors import DataError
 from ..counts import check_sizes
 from .exact import Segment
 from .seeds import stream_seed

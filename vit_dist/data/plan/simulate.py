@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...errors import DataError
+from ...core.errors import DataError
 from ..index import read_index
 from ..meta import META_NAME, read_meta
 from ..spec import index_file

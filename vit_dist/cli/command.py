@@ -3,7 +3,7 @@
 User mistakes (bad config, missing shards, unusable checkpoint, out of memory) and a file
 operation the system refuses (disk full, read-only file system, no permission: ``os error``,
 naming the path and the reason) end the process with one clear line on rank 0 and a non-zero
-exit code (``vit_dist.errors``), never a traceback; all ranks exit, so no rank is left waiting
+exit code (``vit_dist.core.errors``), never a traceback; all ranks exit, so no rank is left waiting
 in a collective. Exit code 1 with a traceback is left for bugs. This module does not
 import torch: a config mistake is reported before torch loads.
 """
@@ -18,9 +18,9 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from .config_help import Key, config_keys, render_config_help, render_keys
-from .errors import EXIT_CONFIG, EXIT_OOM, EXIT_PEER, EXIT_PREEMPTED, KINDS, ConfigError
-from .options import FALSE_WORDS, TRUE_WORDS, did_you_mean
+from ..core.errors import EXIT_CONFIG, EXIT_OOM, EXIT_PEER, EXIT_PREEMPTED, KINDS, ConfigError
+from ..core.options import FALSE_WORDS, TRUE_WORDS, did_you_mean
+from .help import Key, config_keys, render_config_help, render_keys
 
 _HELP = ("-h", "--help")
 _OPTION_WORD = re.compile(r"[A-Za-z_][\w.]*=")  # a "key=value" word (options.split_options)
@@ -109,7 +109,7 @@ def parse_args(
 ) -> tuple[str | None, list[str]]:
     """The command line of an entry point: ``(--config path or None, the other words)``, where
     each dashed option became ``key=value``. ``--help`` lists ``options`` (the command's own
-    ``key=value`` options) and, with ``config``, every config key (``vit_dist.config_help``)."""
+    ``key=value`` options) and, with ``config``, every config key (``vit_dist.cli.help``)."""
     sections = []
     if options:
         name = prog.split(".")[-1]

@@ -27,8 +27,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from .models.pretrained import clean_param_name
-from .models.protocol import VitDistModel
+from ..models.pretrained import clean_param_name
+from ..models.protocol import VitDistModel
 
 
 def layer_ids(model: nn.Module, blocks: list[nn.Module]) -> tuple[dict[str, int], int]:

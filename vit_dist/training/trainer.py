@@ -23,19 +23,23 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
-from . import atomic
-from . import checkpoint as ckpt
-from .amp import DTYPES, LossScaler, autocast
-from .config import Config, dump_config
-from .data import MixupCutmix, ShardLoader, build_loader, loader_config
-from .distill import distillation_loss, frozen_teacher
-from .distributed import DistEnv, all_gather_object, all_reduce, barrier
-from .ema import ModelEma
-from .errors import CheckpointError, ConfigError, Preempted, TrainingError
-from .evaluation import evaluate_model
-from .hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
-from .losses import classification_loss
-from .metrics import (
+from ..checkpoint import store as ckpt
+from ..checkpoint.rundir import claim_output_dir
+from ..checkpoint.state import (
+    JobDataCounts,
+    JobDataPosition,
+    RngState,
+    Stateful,
+    TrainState,
+    load_components,
+)
+from ..checkpoint.weights import export_checkpoint
+from ..core import atomic
+from ..core.config import Config, dump_config
+from ..core.errors import CheckpointError, ConfigError, Preempted, TrainingError
+from ..core.hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
+from ..data import MixupCutmix, ShardLoader, build_loader, loader_config
+from ..metrics import (
     InputBoundAdvisor,
     RunLogger,
     StepTimer,
@@ -44,26 +48,22 @@ from .metrics import (
     mfu,
     peak_flops,
 )
-from .metrics.runlog import FINAL_EVAL_FILE
-from .models import build_model, flops_per_image
+from ..metrics.runlog import FINAL_EVAL_FILE
+from ..models import build_model, flops_per_image
+from ..runtime.distributed import DistEnv, all_gather_object, all_reduce, barrier
+from ..runtime.parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
+from ..runtime.precision import DTYPES, LossScaler, autocast
+from ..testing import faults
+from .distill import distillation_loss, frozen_teacher
+from .ema import ModelEma
+from .exact_eval import evaluate_model
+from .losses import classification_loss
 from .optim import LrSchedule, RunLength, Schedule, build_optimizer, param_groups
-from .parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
 from .preemption import PreemptionWatch
-from .rundir import claim_output_dir
 from .sync_debug import sync_guard
-from .testing import faults
-from .train_state import (
-    JobDataCounts,
-    JobDataPosition,
-    RngState,
-    Stateful,
-    TrainState,
-    load_components,
-)
-from .weights import export_checkpoint
 
 if TYPE_CHECKING:
-    from .models.protocol import VitDistModule
+    from ..models.protocol import VitDistModule
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Trainer:
 
     def _name_components(self) -> None:
         """The training state a checkpoint saves and a resume restores, by name
-        (``train_state.py``: a new piece of state is one line here), and the tensors it
+        (``checkpoint/state.py``: a new piece of state is one line here), and the tensors it
         saves beside them (``checkpoint.TensorState``)."""
         self.run_components: dict[str, Stateful] = {
             "train": self.state,

@@ -16,7 +16,7 @@ the trainer's resume loads them back, one loop each, so that a new piece of stat
 
 The run's states are JSON (they go into meta.json); a rank's may hold tensors (``torch.save``,
 loaded with ``weights_only=True``). The model, optimizer and EMA weights are no components:
-they are tensors that ``checkpoint.py`` saves as a whole (``state.pt``) or, under FSDP,
+they are tensors that ``store.py`` saves as a whole (``state.pt``) or, under FSDP,
 sharded (``dcp/``), so that a resume on another world size reshards them.
 
 What a resume changes about the restored state (another peak lr, run length or world size)
@@ -34,9 +34,9 @@ from typing import Any, Protocol, cast
 import numpy as np
 import torch
 
-from .data import ShardLoader
-from .distributed import sum_over_ranks
-from .errors import CheckpointError
+from ..core.errors import CheckpointError
+from ..data import ShardLoader
+from ..runtime.distributed import sum_over_ranks
 
 
 class Stateful(Protocol):

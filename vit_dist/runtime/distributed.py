@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .options import env_flag
+from ..core.options import env_flag
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Layout of ``output_dir/checkpoints/step-00001234/``:
     dcp/            FSDP: the same, sharded with torch.distributed.checkpoint (every rank writes
                     its ``__<rank>_<n>.distcp`` files, rank 0 the ``.metadata``)
     rank-00000.pt   per rank: the states of that rank's components (data-loader position and
-                    counts, RNG states: ``train_state.py``)
+                    counts, RNG states: ``state.py``)
     meta.json       what the trainer describes the run by (model name and keywords, number
                     of classes, config, the run lineage ``run_id``), the states of the run's
                     components under ``state`` (counters, lr schedule, loss scaler, EMA count,
@@ -31,7 +31,7 @@ checkpoints of other runs, or without a ``run_id``, are never pruned, nor is the
 written. The best (by eval top-1) is kept as ``best/`` (a copy), replaced only by its own run.
 
 Verification (:func:`verify_checkpoint`) compares every file with the manifest in meta.json
-(``vit_dist.manifest`` says what it records and why the default check stays cheap for
+(``vit_dist.checkpoint.manifest`` says what it records and why the default check stays cheap for
 multi-GB checkpoints). ``resume=auto`` skips damaged checkpoints (one warning naming them) for
 the newest intact one; a checkpoint named by path must be intact.
 
@@ -57,12 +57,12 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from . import atomic
-from .distributed import DistEnv, all_gather_object, broadcast_object
-from .errors import CheckpointError
+from ..core import atomic
+from ..core.errors import CheckpointError
+from ..runtime.distributed import DistEnv, all_gather_object, broadcast_object
+from ..testing import faults
 from .manifest import check_file, expected_files, file_record, meta_crc, os_reason
-from .testing import faults
-from .train_state import Stateful, state_dicts
+from .state import Stateful, state_dicts
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from .amp import DTYPES
-from .config import ParallelSection
+from ..core.config import ParallelSection
+from ..models.blocks import model_blocks
 from .distributed import DistEnv
-from .models.blocks import model_blocks
+from .precision import DTYPES
 
 log = logging.getLogger(__name__)
 

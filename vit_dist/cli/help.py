@@ -1,6 +1,6 @@
 """The reference of the config keys and command options that ``--help`` prints.
 
-Rendered from the schema itself (the dataclasses of ``vit_dist.config``: field types, defaults,
+Rendered from the schema itself (the dataclasses of ``vit_dist.core.config``: field types, defaults,
 ``_field`` ranges and docs, ``Literal`` choices), so a key added there is listed here with no
 other change, and a listed type, default or range is the one validation applies. The entry
 points' own options (``checkpoint=``, ``ema=``, ...) are declared as :class:`Key` tables in
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import MAX_INT, Config
+from ..core.config import MAX_INT, Config
 
 _FREE = "kwargs"  # ModelSection's catch-all of model keywords (config._build)
 

@@ -13,7 +13,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-from .distributed import DistEnv
+from ..runtime.distributed import DistEnv
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -37,10 +37,10 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic
-from .checkpoint import CKPT_DIR, checkpoint_step, latest_checkpoint
-from .distributed import DistEnv, broadcast_object
-from .errors import ConfigError
+from ..core import atomic
+from ..core.errors import ConfigError
+from ..runtime.distributed import DistEnv, broadcast_object
+from .store import CKPT_DIR, checkpoint_step, latest_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,17 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from . import atomic
-from .checkpoint import (
+from ..core import atomic
+from ..core.config import Config, config_from_dict
+from ..core.errors import CheckpointError, ConfigError, DataError
+from ..core.hub import HubModelConfig, is_hub_ref, parse_ref, read_config
+from ..data.meta import read_meta as read_dataset_meta
+from ..data.spec import is_remote
+from ..models import build_model, check_model_kwargs, create_model, list_models, load_pretrained
+from ..models.pretrained import clean_param_name, fit_state_dict
+from ..models.timm_models import PREFIX as TIMM_PREFIX
+from ..models.timm_models import list_timm_models, timm_installed
+from .store import (
     CKPT_DIR,
     load_dcp,
     load_torch_file,
@@ -38,15 +47,6 @@ from .checkpoint import (
     resolve_checkpoint_dir,
     verify_checkpoint,
 )
-from .config import Config, config_from_dict
-from .data.meta import read_meta as read_dataset_meta
-from .data.spec import is_remote
-from .errors import CheckpointError, ConfigError, DataError
-from .hub import HubModelConfig, is_hub_ref, parse_ref, read_config
-from .models import build_model, check_model_kwargs, create_model, list_models, load_pretrained
-from .models.pretrained import clean_param_name, fit_state_dict
-from .models.timm_models import PREFIX as TIMM_PREFIX
-from .models.timm_models import list_timm_models, timm_installed
 
 EXPORT_FORMAT = "vit_dist.export/1"
 _SIDECAR_KEYS = ("img_size", "mean", "std", "crop_pct")

@@ -9,7 +9,7 @@ The decay warms up as ``min(decay, (1 + n) / (10 + n))`` (n = updates so far), a
 ModelEmaV3 does, so that short runs are not dominated by the random initialisation.
 
 Checkpoints: ``state_dict()`` is the update count (a component of the run's training state,
-``train_state.py``); the weights (:attr:`ModelEma.params`) are tensors that ``checkpoint.py``
+``checkpoint/state.py``); the weights (:attr:`ModelEma.params`) are tensors that ``checkpoint/store.py``
 saves with the model's, sharded like them under FSDP.
 """
 
@@ -20,7 +20,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .parallel import local_tensor, reshard
+from ..runtime.parallel import local_tensor, reshard
 
 
 class ModelEma:

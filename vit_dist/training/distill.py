@@ -39,17 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import read_meta, resolve_checkpoint_dir
-from .config import DataSection, DistillSection
-from .distributed import DistEnv
-from .errors import CheckpointError, ConfigError
-from .hub import is_hub_ref
+from ..checkpoint.store import read_meta, resolve_checkpoint_dir
+from ..checkpoint.weights import hub_model_spec, load_weights
+from ..core.config import DataSection, DistillSection
+from ..core.errors import CheckpointError, ConfigError
+from ..core.hub import is_hub_ref
+from ..models import create_model, list_families, list_models, load_pretrained
+from ..models.pretrained import read_state_dict
+from ..models.protocol import VitDistModel
+from ..runtime.distributed import DistEnv
+from ..runtime.parallel import shard_frozen
 from .losses import cross_entropy
-from .models import create_model, list_families, list_models, load_pretrained
-from .models.pretrained import read_state_dict
-from .models.protocol import VitDistModel
-from .parallel import shard_frozen
-from .weights import hub_model_spec, load_weights
 
 log = logging.getLogger(__name__)
 

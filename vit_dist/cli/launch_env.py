@@ -27,9 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, load_config, parse_overrides, read_yaml
-from .errors import ConfigError
-from .options import FALSE_WORDS, parse_bool
+from ..core.config import Config, load_config, parse_overrides, read_yaml
+from ..core.errors import ConfigError
+from ..core.options import FALSE_WORDS, parse_bool
 
 # The keys accelerate can ask for, in the order run_info lists them.
 KEYS = (

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .amp import autocast
-from .distributed import all_reduce, sum_over_ranks
-from .models.protocol import VitDistModel
+from ..models.protocol import VitDistModel
+from ..runtime.distributed import all_reduce, sum_over_ranks
+from ..runtime.precision import autocast
 
 
 class EvalSums:

@@ -1,7 +1,7 @@
 """The failures a user can see, and the exit code each ends a command with.
 
 Every user-facing failure is a ``VitDistError`` (one of the types below) with a one-line
-message, raised where the mistake is detected; the entry points (``vit_dist.cli.run_cli``)
+message, raised where the mistake is detected; the entry points (``vit_dist.cli.command.run_cli``)
 print ``<kind>: <message>`` and exit with the code below. The one other kind of one-line
 failure is an ``OSError`` (the system refused a file operation). Anything else, a
 ``ValueError`` from torch included, is a bug: a traceback and exit code 1, never reported as

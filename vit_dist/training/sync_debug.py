@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import SyncInStep
+from ..core.errors import SyncInStep
 
 MODES = ("off", "warn", "error")
 
