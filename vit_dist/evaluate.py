@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"output_dir={cfg.output_dir} holds a training run ({held}): give the evaluation "
                 "its own output_dir=..."
             )
+        # The loader workers' forkserver (where one is used) preloads torch beside this process.
+        from .runtime.start import prestart
+
+        prestart(cfg.data.workers)
         # torch and everything built on it load only once the command line and config are valid.
         from .checkpoint.weights import load_weights
         from .data import build_loader, loader_config

@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         unused = unused_settings(os.environ)
         if unused:
             log.info(f"warning: accelerate settings vit_dist does not use: {', '.join(unused)}")
+        # Where the loader workers fork from a forkserver, it starts now: its preload (torch)
+        # runs beside this process's own start-up instead of before the first batch.
+        from .runtime.start import prestart
+
+        prestart(cfg.data.workers)
         # torch and everything built on it load only once the config is valid.
         from .models import check_model_kwargs
         from .runtime.distributed import init_distributed, shutdown

@@ -19,6 +19,19 @@ RECIPES = sorted((ROOT / "configs").glob("imagenet_*.yaml"))
 NPROC = 2  # ranks of the rehearsal (a recipe declares 8 GPUs: --num_processes 8)
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX). Without it, torch emulates
+    bf16 autocast: RegNetY-16GF's forward of 2 images took 42 s instead of 2 s in fp32 on a
+    2-core AVX2-only AMD EPYC (torch 2.14.1), so a bf16 recipe rehearsal took 9 minutes."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def header_commands(path: Path) -> list[list[str]]:
     """The shell commands of a config's leading comment block, each as its argv (a trailing
     ``\\`` continues a line; ``# ...`` comments are dropped)."""

@@ -20,8 +20,8 @@ from torch import nn
 
 from vit_dist.checkpoint import manifest
 from vit_dist.checkpoint import store as ck
-from vit_dist.core import atomic
 from vit_dist.checkpoint.weights import load_weights
+from vit_dist.core import atomic
 from vit_dist.core.errors import CheckpointError
 from vit_dist.runtime.distributed import DistEnv
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from vit_dist.core import errors
 from vit_dist.cli.command import run_cli
+from vit_dist.core import errors
 from vit_dist.core.errors import EXIT_CONFIG, EXIT_OOM, EXIT_OS, EXIT_PEER
 
 # --------------------------------------------------------------------------- numbers in the config

@@ -103,7 +103,7 @@ def test_accelerate_prepare_leaves_the_loader_alone(make_data_shards):
 
 
 def test_auto_start_method_forks_only_where_cpython_forks_safely():
-    from vit_dist.data.workers import fork_is_safe, start_method
+    from vit_dist.runtime.start import fork_is_safe, start_method
 
     affected = [(3, 10, 0), (3, 10, 14), (3, 11, 0), (3, 11, 7), (3, 11, 9)]
     fixed = [(3, 10, 15), (3, 11, 10), (3, 11, 14), (3, 12, 0), (3, 13, 1), (3, 14, 0)]
@@ -165,3 +165,21 @@ def test_a_resampled_streams_buffer_holds_at_most_what_it_emits(make_data_shards
     )
     assert len(_valid_keys(_epoch(loader, 0))) == 8
     assert len(draws) == 1
+
+
+def test_prestart_starts_the_forkserver_only_where_workers_fork_from_one(monkeypatch):
+    import multiprocessing.forkserver
+
+    from vit_dist.runtime import start
+
+    started = []
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", lambda: started.append(True))
+    start.prestart(0, "forkserver")  # the main process loads: no workers, no server
+    start.prestart(2, "fork")
+    assert started == []
+    start.prestart(2, "forkserver")
+    assert started == [True]
+    # the server it starts preloads the pipeline (multiprocessing's one server of this process)
+    assert multiprocessing.forkserver._forkserver._preload_modules == [start.FORKSERVER_PRELOAD]
+    start.prestart(1, "auto")
+    assert len(started) == (2 if start.start_method("auto") == "forkserver" else 1)

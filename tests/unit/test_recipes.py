@@ -26,3 +26,12 @@ def test_recipe_header_commands_fit_together(recipe: Path):
         paths[cfg.distill.teacher_weights] = "/rehearsal/teacher.pth"
     argv = _launch(launch, paths, recipe)  # every path of the line is one the rehearsal replaces
     assert "data.train=/rehearsal/shards" in argv, argv
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from support.recipes import cpu_has_native_bf16
+
+    assert not cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("")

@@ -1,4 +1,4 @@
-"""Imported once by the loader workers' forkserver when it starts (``workers.start_method``).
+"""Imported once by the loader workers' forkserver when it starts (``runtime/start.py``).
 
 The server preloads torch and the pipeline, so each worker forked from it starts in
 milliseconds, and it ignores SIGTERM/SIGUSR1 like the workers: a scheduler signals every

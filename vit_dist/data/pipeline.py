@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..core.config import AugmentSection, DataSection
 from ..core.errors import DataError
+from ..runtime.start import start_method
 from .index import load_offsets, read_header, usable_index
 from .plan import (
     Segment,
@@ -84,7 +85,7 @@ from .plan import (
 from .spec import ShardList, resolve_shards, with_sizes
 from .tar_reader import BadSample, is_http, read_runs, read_slice
 from .transforms import DEFAULT_BACKEND, NO_ERASE, SampleTransform
-from .workers import dataloader_timeout, guard_timeout, start_method, worker_init
+from .workers import dataloader_timeout, guard_timeout, worker_init
 
 log = logging.getLogger("vit_dist.data")
 
@@ -113,7 +114,7 @@ class DataConfig:
     device: str = "cpu"  # the type of the device the batches go to ("cuda": pinned, normalised there)
     backend: str = DEFAULT_BACKEND  # the image decoder: "auto", "tv" or "pil" (decode.py)
     # "auto": fork on Linux where the interpreter forks safely, else forkserver; see
-    # workers.start_method. Workers only decode on the CPU, and fork starts them in milliseconds.
+    # runtime/start.py. Workers only decode on the CPU, and fork starts them in milliseconds.
     worker_start_method: str = "auto"
     # A stalled read (a pipe: command waiting on a dead object store) must not hang the run:
     # no batch from the workers for this many seconds is a DataError. 0 disables.

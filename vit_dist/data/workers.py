@@ -1,8 +1,8 @@
 """The loader worker processes: how they start, what they ignore, and how they never outlive
 the process that owns them.
 
-* :func:`start_method`: fork where CPython forks a multi-threaded process safely, else a
-  forkserver (see :func:`fork_is_safe`).
+* :func:`start_method` (``runtime/start.py``): fork where CPython forks a multi-threaded
+  process safely, else a forkserver (see :func:`fork_is_safe`).
 * :func:`worker_init`: workers ignore SIGTERM/SIGUSR1 (the rank owns preemption) and, when
   their OS parent is not the rank (forkserver), end themselves when the rank is gone.
 * :func:`guard_timeout`: iterating a DataLoader so that a dead worker is an error within
@@ -16,7 +16,6 @@ import atexit
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,40 +28,7 @@ from ..core.errors import DataError
 # wait for a batch times out, so one long wait would also hide a crashed worker that long
 # (workers started by a forkserver are not our children: no SIGCHLD reports them).
 POLL_S = 5.0
-# Imported by the forkserver when it starts: torch and the pipeline once, signals ignored.
-FORKSERVER_PRELOAD = "vit_dist.data.forkserver_init"
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def fork_is_safe(version: tuple = tuple(sys.version_info[:3])) -> bool:
-    """Whether this CPython forks a multi-threaded process without risking a deadlocked child.
-
-    Before 3.10.15 and 3.11.10 (gh-112275), a child forked at the moment another thread was
-    creating or deleting its Python thread state inherits the runtime lock held and waits for
-    it forever in ``PyOS_AfterFork_Child``. A training process always has such threads: gloo's
-    run loops call into Python, loader queue feeder threads start and end. The symptom: a rank
-    waits forever for a loader worker stuck right after fork.
-    """
-    return version >= (3, 12) or (3, 11, 10) <= version < (3, 12) or (3, 10, 15) <= version < (3, 11)
-
-
-def start_method(name: str) -> str | None:
-    """The loader workers' multiprocessing start method for the setting ``name``.
-
-    "auto": fork on Linux when :func:`fork_is_safe` (workers start in milliseconds, sharing the
-    imported modules), otherwise forkserver: workers are forked from a single-threaded server
-    started once per process with the pipeline preloaded, so they also start in milliseconds
-    after the first (which takes about as long as importing torch). Elsewhere, the platform
-    default.
-    """
-    if name == "auto":
-        if sys.platform != "linux":
-            return None
-        name = "fork" if fork_is_safe() else "forkserver"
-    if name == "forkserver":
-        # Takes effect when the server starts (the first forkserver worker of this process).
-        multiprocessing.get_context("forkserver").set_forkserver_preload([FORKSERVER_PRELOAD])
-    return name
 
 
 def worker_init(worker_id: int) -> None:

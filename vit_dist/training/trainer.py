@@ -256,7 +256,7 @@ class Trainer:
     def _name_components(self) -> None:
         """The training state a checkpoint saves and a resume restores, by name
         (``checkpoint/state.py``: a new piece of state is one line here), and the tensors it
-        saves beside them (``checkpoint.TensorState``)."""
+        saves beside them (``checkpoint/store.py``: ``TensorState``)."""
         self.run_components: dict[str, Stateful] = {
             "train": self.state,
             "schedule": self.lr_schedule,
@@ -279,8 +279,8 @@ class Trainer:
         )
 
     def _checkpoint_meta(self) -> dict:
-        """What describes the run beside its state: the model (check_compatible, weights.py,
-        distill.py rebuild it from these), the config and the run lineage."""
+        """What describes the run beside its state: the model (``check_compatible``, the weights
+        loader and the teacher rebuild it from these), the config and the run lineage."""
         return {
             "model_name": self.cfg.model.name,
             "model_kwargs": dict(self.plain_model.model_kwargs),
