@@ -39,6 +39,7 @@ import torch
 import yaml
 from torch import nn
 
+from .cli.command import exit_process
 from .core.errors import ConfigError, DataError, VitDistError
 from .data.bench import main as data_main
 from .metrics import datasheet_peak, max_memory_mb, measure_matmul_peak
@@ -324,4 +325,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

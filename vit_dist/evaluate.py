@@ -15,10 +15,9 @@ Every process holds the whole model (evaluation needs no gradients or optimizer 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from .cli.command import parse_args, run_cli, setup_logging
+from .cli.command import exit_process, parse_args, run_cli, setup_logging
 from .cli.help import Key
 from .cli.launch_env import load_run_config
 from .core import atomic
@@ -111,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -23,9 +23,8 @@ checkpoint's ``meta.json`` (``vit_dist.checkpoint.weights``).
 from __future__ import annotations
 
 import json
-import sys
 
-from .cli.command import parse_args, run_cli
+from .cli.command import exit_process, parse_args, run_cli
 from .cli.help import Key
 from .core.errors import ConfigError
 from .core.options import parse_bool, split_options
@@ -81,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from .cli.command import parse_args, run_cli
+from .cli.command import exit_process, parse_args, run_cli
 from .cli.help import Key
 from .core.errors import EXIT_DATA, ConfigError
 from .core.options import parse_bool, split_options
@@ -180,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
-from .cli.command import parse_args, run_cli, setup_logging
+from .cli.command import exit_process, parse_args, run_cli, setup_logging
 from .cli.launch_env import load_run_config, unused_settings
 
 log = logging.getLogger(__name__)
@@ -77,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

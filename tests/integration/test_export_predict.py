@@ -115,6 +115,7 @@ def test_export_ddp_checkpoint_model_and_ema(ddp_run):
     _assert_exported(ema, ema_sd)
 
 
+@pytest.mark.oldest_torch
 @pytest.mark.multiproc
 def test_export_fsdp_checkpoint_in_one_process(fsdp_run, tmp_path, capsys, recwarn):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

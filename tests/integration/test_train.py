@@ -25,6 +25,7 @@ METRIC_FIELDS = {
 }
 
 
+@pytest.mark.oldest_torch
 def test_single_process_digits_run_learns_and_writes_outputs(digits_data_dir, tmp_path):
     out = tmp_path / "run"
     proc = run_train(

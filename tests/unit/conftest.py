@@ -10,11 +10,23 @@ import multiprocessing.process
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 _REFUSED = {"accelerate", "torchrun", "bash", "sh", "srun", "sbatch", "salloc", "scontrol", "apt-get"}
 _REFUSED |= {"slurmd", "slurmctld", "munged", "wandb", "wandb-core"}
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items):
+    """Every test of this tier carries the ``unit`` marker, so that one ``-m`` expression can pick
+    the tier plus marked integration tests (``.ci/run``'s oldest-torch pass)."""
+    for item in items:
+        if _HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.unit)
 
 
 class StartsAProcess(AssertionError):

@@ -241,3 +241,17 @@ def test_note_uncounted_warns_once_per_shard_and_counts(caplog, monkeypatch):
     assert "/d/train-000000.tar holds more samples than the 150" in messages[0]
     assert "(shards with too small a count in this process: 2)" in messages[1]
     assert counts.uncounted_shards() == {"/d/train-000000.tar": 150, "/d/train-000001.tar": 10}
+
+
+def test_exit_process_freezes_the_heap_then_exits_with_the_code(monkeypatch):
+    # The interpreter's final collection then skips torch's objects (a faster exit of every
+    # launch); the code still reaches the shell.
+    import gc
+
+    from vit_dist.cli.command import exit_process
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    with pytest.raises(SystemExit) as e:
+        exit_process(3)
+    assert e.value.code == 3 and calls == ["freeze"]
