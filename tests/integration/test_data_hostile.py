@@ -46,8 +46,48 @@ def test_hostile_and_odd_samples_train_to_the_end_counted_as_bad(
         assert all(b["image"].shape == (4, 3, S, S) and b["image"].dtype == torch.float32 for b in batches)
         valid = {k for b in batches for k, v in zip(b["key"], b["valid"].tolist()) if v}
         assert valid == {f"s0_{i}" for i in range(20)} - set(BAD) | {f"s1_{i}" for i in range(3)}
-    assert loader.bad_samples == 6 and loader.samples_seen == 48  # 3 bad per epoch
+    assert loader.bad_samples == 10 and loader.samples_seen == 48  # 5 bad per epoch
     assert not _bomb_decoded(decodes)
 
 
 # ---------------------------------------------------------------- predict
+
+
+# ---------------------------------------------------------------- a worker that dies
+
+
+def test_a_worker_killed_while_decoding_names_the_sample(make_data_shards, monkeypatch):
+    # A native crash (simulated: the worker sends itself SIGSEGV on one sample) ends the worker;
+    # the rank's error names the sample it was on, and gives no __main__ hint (fork start).
+    import os
+    import signal
+
+    from vit_dist.core.errors import DataError
+    from vit_dist.data.transforms import SampleTransform
+
+    shards = make_data_shards([20, 20])
+    real = SampleTransform.uint8
+    doomed = {"n": 0}
+
+    def crash_on_the_seventh(self, data):
+        doomed["n"] += 1
+        if doomed["n"] == 7:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(self, data)
+
+    monkeypatch.setattr(SampleTransform, "uint8", crash_on_the_seventh)  # inherited by forked workers
+    cfg = DataConfig(
+        str(shards),
+        data=DataSection(img_size=S, workers=2),
+        training=False,
+        batch_size=4,
+        worker_start_method="fork",
+    )
+    with pytest.raises(DataError) as e:
+        list(ShardLoader(cfg))
+    line = str(e.value)
+    assert line.startswith("loader worker ") and " died while decoding " in line, line
+    # torch reports the signal only when its SIGCHLD check sees the death first; the sample and
+    # the worker's pid are named either way.
+    assert f"{shards}/train-00000" in line and ".tar#s" in line and " (pid " in line, line
+    assert "__main__" not in line

@@ -28,21 +28,32 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _png_rgb16(a: np.ndarray) -> bytes:
-    """A 16-bit-per-channel RGB PNG (PIL cannot write one): the (H, W, 3) uint16 array ``a``."""
+def _png(width: int, height: int, bit_depth: int, idat: bytes, interlace: int = 0) -> bytes:
+    """A colour-type-2 (RGB) PNG with the header ``width`` x ``height`` x ``bit_depth`` and one
+    IDAT chunk holding ``idat`` (the compressed rows), every chunk's CRC right."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _png_rgb16(a: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one): the (H, W, 3) uint16 array ``a``."""
     h, w, _ = a.shape
     rows = b"".join(b"\0" + a[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16-bit, colour type 2 (RGB)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
+    return _png(w, h, 16, zlib.compress(rows))
+
+
+def _png_rows(rows: int, height: int = S, width: int = S) -> bytes:
+    """An 8-bit RGB PNG whose header declares ``height`` rows and whose IDAT holds ``rows``."""
+    return _png(width, height, 8, zlib.compress((b"\0" + b"\x80" * 3 * width) * rows))
+
+
+# Damaged PNGs with valid chunks and CRCs: torchvision.io's libpng wrapper segfaults on both
+# ("libpng error: Not enough image data"); they must be counted bad samples.
+DAMAGED_PNGS = {"IDAT of nothing": _png_rows(0), "IDAT of 4 of 16 rows": _png_rows(4)}
 
 
 def _pixel_bomb(side: int = BOMB_SIDE) -> bytes:
@@ -146,7 +157,6 @@ def decodes(monkeypatch) -> dict[str, list]:
         return spy
 
     monkeypatch.setattr(decode, "decode_jpeg", tv_spy(decode.decode_jpeg))
-    monkeypatch.setattr(decode, "decode_image", tv_spy(decode.decode_image))
     real_load = ImageFile.ImageFile.load
 
     def pil_spy(self):
@@ -202,7 +212,11 @@ def bounded_reads(monkeypatch) -> list:
     return sizes
 
 
-BAD = {"s0_2": ("jpg", _pixel_bomb()), "s0_9": ("jpg", b"\xff\xd8\xff not an image at all")}
+BAD = {
+    "s0_2": ("jpg", _pixel_bomb()),
+    "s0_9": ("jpg", b"\xff\xd8\xff not an image at all"),
+    **{f"s0_{i}": ("png", data) for i, data in zip((17, 18), DAMAGED_PNGS.values())},
+}
 
 
 ODD_AT = {f"s0_{i}": name for i, name in zip([0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16], ODD)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from support.data_hostile import (
     BAD,
     BOMB_SIDE,
+    DAMAGED_PNGS,
     FORTY_GB,
     ODD,
     ODD_AT,
@@ -23,12 +25,18 @@ from support.data_hostile import (
     _hostile_shards,
     _member,
     _pixel_bomb,
+    _png,
     _with_lying_member,
 )
 
 from vit_dist.core.config import AugmentSection, DataSection
 from vit_dist.core.errors import DataError
-from vit_dist.data.decode import check_image_size, image_size
+from vit_dist.data.decode import (
+    check_image_size,
+    decode_random_resized_crop,
+    decode_resize_center_crop,
+    image_size,
+)
 from vit_dist.data.pipeline import DataConfig, ShardLoader
 from vit_dist.data.tar_reader import BadSample, read_runs
 from vit_dist.data.transforms import SampleTransform
@@ -133,6 +141,43 @@ def test_a_member_claiming_40_gb_ends_the_shard_without_allocating(tmp_path, bou
     assert max(bounded_reads) <= 64 * 2**20
 
 
+@pytest.mark.parametrize("backend", ["tv", "pil", "auto"])
+@pytest.mark.parametrize("name", list(DAMAGED_PNGS))
+def test_a_damaged_png_raises_instead_of_crashing_the_process(name, backend):
+    # Before PNG went to PIL on every backend, torchvision.io segfaulted here: this test process died.
+    data = DAMAGED_PNGS[name]
+    assert image_size(data) == (S, S)  # a valid header: only the pixel data is short
+    with pytest.raises(ValueError, match="PNG pixel data is truncated"):
+        decode_random_resized_crop(data, S, backend=backend)
+    with pytest.raises(ValueError, match="PNG pixel data is truncated"):
+        decode_resize_center_crop(data, S, crop_pct=1.0, backend=backend)
+
+
+def test_the_png_check_takes_the_exact_pixel_data_of_an_adam7_png_and_refuses_a_byte_less():
+    from vit_dist.data.decode import check_png_data
+
+    # 13 x 7 RGB, interlaced: the 7 passes' rows (a filter byte each), every sample 200.
+    passes = (
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    )
+    raw = b""
+    for x0, y0, dx, dy in passes:
+        w, h = len(range(x0, 13, dx)), len(range(y0, 7, dy))
+        raw += (b"\0" + b"\xc8" * 3 * w) * h if w else b""
+    exact = _png(13, 7, 8, zlib.compress(raw), interlace=1)
+    check_png_data(exact)
+    # PIL reads every pixel from exactly these bytes: the check's size is the decoder's.
+    assert (np.asarray(Image.open(io.BytesIO(exact)).convert("RGB")) == 200).all()
+    with pytest.raises(ValueError, match=f"inflates to {len(raw) - 1} of the {len(raw)} bytes"):
+        check_png_data(_png(13, 7, 8, zlib.compress(raw[:-1]), interlace=1))
+
+
 # ---------------------------------------------------------------- the loader, end to end
 
 
@@ -149,7 +194,8 @@ def test_hostile_and_odd_samples_evaluate_to_the_end_decoded_or_counted(
     loader = ShardLoader(cfg)
     batches = list(loader)
     assert len(batches) == len(loader) == 6
-    assert loader.bad_samples == 3 and loader.samples_seen == 24  # the bomb, garbage, the 40 GB claim
+    # the bomb, garbage, two damaged PNGs, the 40 GB claim
+    assert loader.bad_samples == 5 and loader.samples_seen == 24
     images = {k: img for b in batches for k, img, v in zip(b["key"], b["image"], b["valid"].tolist()) if v}
     assert set(images) == {f"s0_{i}" for i in range(20)} - set(BAD) | {f"s1_{i}" for i in range(3)}
     for key, name in ODD_AT.items():
@@ -202,3 +248,22 @@ def test_predict_reports_a_pixel_bomb_on_one_line_without_decoding_it(tmp_path, 
     ]
     assert out.getvalue().splitlines()[0] == str(good)
     assert not _bomb_decoded(decodes)
+
+
+def test_predict_reports_a_damaged_png_on_one_line_and_goes_on(tmp_path):
+    from vit_dist.predict import predict
+
+    short, good = tmp_path / "short.png", tmp_path / "good.png"
+    short.write_bytes(DAMAGED_PNGS["IDAT of 4 of 16 rows"])
+    good.write_bytes(ODD["RGBA"][1])
+    info = {"img_size": S, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 3}
+    out, err = io.StringIO(), io.StringIO()
+    failed = predict(
+        lambda x: torch.zeros(x.shape[0], 3), info, [str(short), str(good)], topk=2, out=out, err=err
+    )
+    assert failed == 1
+    assert err.getvalue().splitlines() == [
+        f"error: cannot read image {short}: PNG pixel data is truncated: it inflates to 196 of the "
+        "784 bytes its header declares"
+    ]
+    assert out.getvalue().splitlines()[0] == str(good)

@@ -183,3 +183,60 @@ def test_prestart_starts_the_forkserver_only_where_workers_fork_from_one(monkeyp
     assert multiprocessing.forkserver._forkserver._preload_modules == [start.FORKSERVER_PRELOAD]
     start.prestart(1, "auto")
     assert len(started) == (2 if start.start_method("auto") == "forkserver" else 1)
+
+
+# ---------------------------------------------------------------- a dead loader worker
+
+
+def test_worker_progress_names_the_sample_a_dead_worker_was_decoding(monkeypatch):
+    from vit_dist.data.workers import WorkerProgress, worker_death_line
+
+    progress = WorkerProgress(2)
+    assert not progress.any_started()
+    progress.started(0)  # this process plays worker 0 (its real pid) ...
+    progress.decoding(0, "/data/train-000003.tar#s3_17")
+    monkeypatch.setattr("os.getpid", lambda: 4242)
+    progress.started(1)  # ... and "pid 4242" worker 1, which finished its last sample
+    progress.decoding(1, "/data/train-000004.tar#s4_2")
+    progress.done(1)
+    pid0 = int(progress.pids[0])
+    assert (
+        progress.describe(pid0)
+        == f"loader worker 0 (pid {pid0}) died while decoding /data/train-000003.tar#s3_17"
+    )
+    assert progress.describe(4242) == "loader worker 1 (pid 4242) died between samples"
+    assert progress.describe(1) is None
+
+    fork = f"DataLoader worker (pid {pid0}) is killed by signal: Segmentation fault. "
+    assert worker_death_line(fork, "/data", "fork", progress) == (
+        f"loader worker 0 (pid {pid0}) died while decoding /data/train-000003.tar#s3_17 (Segmentation fault) "
+        "reading /data: a crash in a native library (an image decoder) or the out-of-memory killer ends "
+        "a worker this way; its error, if any, is above"
+    )
+    # A forkserver worker that started: no __main__ hint, the sample instead.
+    server = "DataLoader worker (pid(s) 4242) exited unexpectedly"
+    assert worker_death_line(server, "/data", "forkserver", progress).startswith(
+        "loader worker 1 (pid 4242) died between samples reading /data: a crash"
+    )
+    # No worker ever started under forkserver: a script without the __main__ guard.
+    fresh = WorkerProgress(2)
+    assert worker_death_line(server, "/data", "forkserver", fresh) == (
+        f"{server} reading /data (its error is above; with the forkserver start method a script that "
+        "trains must start from `if __name__ == '__main__':`)"
+    )
+    # A worker of another loader, under fork: what torch said, where.
+    assert worker_death_line(fork.replace(str(pid0), "99"), "/data", "fork", fresh) == (
+        "DataLoader worker (pid 99) is killed by signal: Segmentation fault. reading /data (its error, if "
+        "any, is above)"
+    )
+
+
+def test_a_key_longer_than_the_slot_is_kept_by_its_end():
+    from vit_dist.data.workers import WorkerProgress
+
+    progress = WorkerProgress(1)
+    progress.started(0)
+    key = "/" + "d" * 500 + "/train-000001.tar#sample_9"
+    progress.decoding(0, key)
+    said = progress.describe(int(progress.pids[0]))
+    assert said is not None and said.endswith(key[-WorkerProgress.KEY_BYTES :])

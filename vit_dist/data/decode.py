@@ -6,8 +6,9 @@ Two implementations of each operation, selected by ``backend``:
   the header only), then ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
   scaling: the skipped work is never done) whenever the crop still has at least the output
   resolution at that scale, and one ``Image.resize(box=...)`` crops and resizes.
-* ``"tv"``: ``torchvision.io.decode_jpeg`` of the full image (any other format through
-  ``decode_image``), then ``torchvision.transforms.v2.functional.resized_crop``.
+* ``"tv"``: ``torchvision.io.decode_jpeg`` of the full image, then
+  ``torchvision.transforms.v2.functional.resized_crop``. Every other format, PNG included,
+  is decoded by PIL whichever backend is asked for (:func:`_tv_decodes` says why).
 
 Both draw the crop with the same algorithm as ``v2.RandomResizedCrop`` from torch's global RNG,
 so seeding that generator per sample makes the crop deterministic for either backend.
@@ -27,12 +28,16 @@ Hostile and odd images, the same on every backend:
   (``data.max_image_pixels``) with a :class:`~vit_dist.core.errors.DataError`: a 634-byte JPEG can
   declare 20000x20000 pixels, which a decoder would allocate (1.2 GB of RGB) before finding
   the data missing. The loader counts such an image as a bad sample; predict reports it.
-* Modes: torchvision.io decodes JPEG and PNG only (CMYK and grayscale JPEG, palette,
-  grey+alpha, 1-bit and 16-bit PNG, read as RGB; 16-bit values are scaled to 8 bits); every
-  other format goes through PIL whichever backend is asked for (BMP, PPM, TIFF, GIF's first
+* Modes: torchvision.io decodes JPEG only (CMYK and grayscale JPEG read as RGB); every other
+  format goes through PIL whichever backend is asked for (PNG, BMP, PPM, TIFF, GIF's first
   frame, WebP), and :func:`to_rgb8` turns each PIL mode into 8-bit RGB with scaled, not
-  clipped, values. Alpha is dropped (the colour under it is kept), as torchvision's RGB
-  read does. A mode with no RGB conversion raises, which the loader counts as a bad sample.
+  clipped, values (palette, grey+alpha, 1-bit and 16-bit PNG; PIL reads a 16-bit RGB PNG by
+  its high bytes). Alpha is dropped (the colour under it is kept). A mode with no RGB
+  conversion raises, which the loader counts as a bad sample.
+* Damaged files: a decoder that raises makes the sample a counted bad sample. No native
+  decoder that crashes the process on damaged input is called (see :func:`_tv_decodes`), and
+  a PNG whose pixel data is shorter than its header declares is refused before decoding
+  (:func:`check_png_data`) instead of coming out partly black.
 """
 
 from __future__ import annotations
@@ -41,18 +46,19 @@ import io
 import math
 import re
 import warnings
+import zlib
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import DataError
 
-# Every image stored by the shard writer is a JPEG; PNG is the other format torchvision.io
-# decodes here. Anything else is decoded by PIL.
+# Every image stored by the shard writer is a JPEG, the one format torchvision.io decodes here.
+# Anything else is decoded by PIL.
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # JPEG frame headers (SOF0-SOF15) carry the image size; 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC)
@@ -126,6 +132,63 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+# PNG colour type -> samples per pixel (grey, RGB, palette, grey+alpha, RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 interlacing: (x0, y0, dx, dy) of each of its 7 passes.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20  # inflated at most this many bytes at a time: memory stays bounded
+
+
+def _png_raw_size(width: int, height: int, bit_depth: int, channels: int, interlaced: bool) -> int:
+    """Bytes of filtered scanlines a PNG of this header must inflate to (a filter byte per row)."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-(w * channels * bit_depth) // 8))
+    return total
+
+
+def check_png_data(data: bytes) -> None:
+    """Raise ``ValueError`` unless the PNG's IDAT chunks inflate to at least the scanlines its
+    header declares.
+
+    PIL fills the rows of a short IDAT with zeros without a word (a silently black image), and
+    torchvision.io's libpng crashes the process on it, so a short one is refused here before any
+    decoder runs. The chunks are walked by their lengths (a length past the end is refused) and
+    only IDAT is inflated, at most ``_INFLATE_STEP`` bytes at a time and only until the declared
+    size is reached: the cost is one extra inflate of the pixel data, about half a decode."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ValueError("PNG without an IHDR header")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    bit_depth, colour, interlace = data[24], data[25], data[28]
+    if colour not in _PNG_CHANNELS or bit_depth not in (1, 2, 4, 8, 16):
+        raise ValueError(f"PNG header with colour type {colour} at bit depth {bit_depth}")
+    need = _png_raw_size(width, height, bit_depth, _PNG_CHANNELS[colour], interlace == 1)
+    inflate, got, i, seen_idat = zlib.decompressobj(), 0, 8, False
+    while i + 8 <= len(data) and got < need:
+        length, kind = int.from_bytes(data[i : i + 4], "big"), data[i + 4 : i + 8]
+        body = data[i + 8 : i + 8 + length]
+        if len(body) < length:
+            raise ValueError(f"PNG chunk {kind!r} runs past the end of the file")
+        if kind == b"IDAT":
+            seen_idat = True
+            while body and got < need:
+                try:
+                    got += len(inflate.decompress(body, _INFLATE_STEP))
+                except zlib.error as e:
+                    raise ValueError(f"PNG pixel data does not inflate: {e}") from None
+                body = inflate.unconsumed_tail
+        elif kind == b"IEND" or (seen_idat and kind != b"IDAT"):
+            break  # the IDAT chunks are consecutive: the pixel data has ended
+        i += 12 + length
+    if got < need:
+        raise ValueError(
+            f"PNG pixel data is truncated: it inflates to {got} of the {need} bytes its header declares"
+        )
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) that the image's header declares, without decoding a pixel.
 
@@ -164,6 +227,8 @@ def _open_pil(data: bytes, max_pixels: int) -> Image.Image:
     """PIL's lazy open (header only) of an image checked against ``max_pixels``, by our header
     parse and by the header PIL itself read (its decoder allocates what PIL read)."""
     check_image_size(data, max_pixels)
+    if data[:8] == _PNG_MAGIC:
+        check_png_data(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = Image.open(io.BytesIO(data))
@@ -238,24 +303,24 @@ def _pil_box_resize(
 
 
 def _tv_decodes(data: bytes) -> bool:
-    """Whether the torchvision.io path takes these bytes (JPEG or PNG); PIL takes the rest."""
-    return data[:3] == _JPEG_MAGIC or data[:8] == _PNG_MAGIC
+    """Whether the torchvision.io path takes these bytes (JPEG); PIL takes the rest.
+
+    Not PNG: torchvision.io's libpng wrapper segfaults the process on a PNG whose IDAT holds
+    fewer rows than its header declares (a 65-byte file does it; ``libpng error: Not enough
+    image data``), which no ``except`` can catch, and libpng reports any damage that way. PIL
+    raises instead, and decodes PNG within 0.9-1.35x of torchvision's time (BENCHMARKS.md);
+    :func:`check_png_data` refuses the short IDAT that PIL would fill with zeros."""
+    return data[:3] == _JPEG_MAGIC
 
 
 def _tv_decode(data: bytes) -> torch.Tensor:
-    """JPEG or PNG bytes (already size-checked) -> (3, H, W) uint8 RGB."""
+    """JPEG bytes (already size-checked) -> (3, H, W) uint8 RGB."""
     buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     # torchvision 0.29 deprecates its codecs for TorchCodec (not a dependency); they work and
     # are the faster path here, so the per-call notice is silenced (a few microseconds).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        if data[:3] == _JPEG_MAGIC:
-            img = decode_jpeg(buf, mode=ImageReadMode.RGB)
-        else:
-            img = decode_image(buf, mode=ImageReadMode.RGB)
-    if img.dtype == torch.uint16:  # 16-bit PNG: scale v * 255 / 65535 with rounding, as _scale16_to_8
-        img = ((img.to(torch.int32) + 128) // 257).to(torch.uint8)
-    return img
+        return decode_jpeg(buf, mode=ImageReadMode.RGB)
 
 
 def decode_random_resized_crop(

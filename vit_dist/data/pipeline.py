@@ -85,7 +85,7 @@ from .plan import (
 from .spec import ShardList, resolve_shards, with_sizes
 from .tar_reader import BadSample, is_http, read_runs, read_slice
 from .transforms import DEFAULT_BACKEND, NO_ERASE, SampleTransform
-from .workers import dataloader_timeout, guard_timeout, worker_init
+from .workers import WorkerProgress, dataloader_timeout, guard_timeout, worker_init
 
 log = logging.getLogger("vit_dist.data")
 
@@ -191,6 +191,7 @@ class ShardStream(IterableDataset):
         self.history: tuple[Segment, ...] = ()  # finished segments of self.epoch (re-planned)
         self.skip_batches = [0] * max(1, cfg.data.workers)  # per stream, set by the loader on resume
         self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % W (resume)
+        self.progress: WorkerProgress | None = None  # set by the loader for worker processes
 
     @property
     def num_streams(self) -> int:
@@ -273,6 +274,10 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = ((info.id if info is not None else 0) + self.worker_offset) % self.num_streams
+        # In a worker process: its pid and the sample it decodes, for the rank (WorkerProgress).
+        progress, slot = (self.progress, info.id) if info is not None else (None, 0)
+        if progress is not None:
+            progress.started(slot)
         c, B, epoch, history = self.cfg, self.cfg.batch_size, self.epoch, self.history
         segment = len(history)
         # shard list -> shard shuffle (seed, epoch) -> split by rank -> split by worker -> tar to samples
@@ -302,10 +307,12 @@ class ShardStream(IterableDataset):
         items = itertools.islice(items, start, None)
         # decode + transform, then batch
         aug_seed = stream_seed("augment", c.seed, epoch, self.rank, worker, segment)
-        decoded = (self._decode(item, aug_seed, pos) for pos, item in enumerate(items, start))
+        decoded = (self._decode(item, aug_seed, pos, progress, slot) for pos, item in enumerate(items, start))
         yield from self._batches(decoded, worker)
 
-    def _decode(self, item, aug_seed: int, position: int):
+    def _decode(
+        self, item, aug_seed: int, position: int, progress: WorkerProgress | None = None, slot: int = 0
+    ):
         """-> (uint8 image, label, key, erase rect) or BadSample or _PAD; never raises for a bad sample.
 
         Everything a sample goes through before collation runs under the guard: decode (an
@@ -330,11 +337,15 @@ class ShardStream(IterableDataset):
         # Only the CPU generator: torch.manual_seed also seeds (lazily) every accelerator, which
         # per sample would cost about as much as decoding the image.
         torch.default_generator.manual_seed(sample_seed(aug_seed, position))
+        if progress is not None:  # the rank names this sample if the worker dies decoding it
+            progress.decoding(slot, key)
         try:
             image, rect = self.transform.uint8(item[ext])
         except Exception as e:  # PIL / libjpeg / torchvision raise many types for corrupt data
             return BadSample(key, f"sample {key} does not decode: {type(e).__name__}: {e}")
         finally:
+            if progress is not None:
+                progress.done(slot)
             if trainer_rng is not None:
                 torch.set_rng_state(trainer_rng)
         return image, label, item["__key__"], rect
@@ -589,6 +600,8 @@ class ShardLoader:
         if start == sum(per_worker):
             return
         method = start_method(c.worker_start_method) if c.data.workers > 0 else None
+        progress = WorkerProgress(c.data.workers) if c.data.workers > 0 else None
+        self.dataset.progress = progress
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the stream batches itself
@@ -604,7 +617,7 @@ class ShardLoader:
         )
         base_bad, base_seen = self.bad_samples, self.samples_seen
         bad, seen = {}, {}  # running counts per worker this iteration
-        for batch in guard_timeout(loader, c.worker_timeout, self.shards.spec, method):
+        for batch in guard_timeout(loader, c.worker_timeout, self.shards.spec, method, progress):
             w = batch.pop("_worker")
             bad[w], seen[w] = batch.pop("_bad"), batch.pop("_seen")
             reason = batch.pop("_bad_reason")

@@ -7,6 +7,9 @@ the process that owns them.
   their OS parent is not the rank (forkserver), end themselves when the rank is gone.
 * :func:`guard_timeout`: iterating a DataLoader so that a dead worker is an error within
   ``POLL_S`` seconds and a stall one after ``worker_timeout``.
+* :class:`WorkerProgress`: each worker's pid and the sample it is decoding, in shared memory,
+  so that a worker that dies (a native crash, the out-of-memory killer) is named with the
+  sample it was on, and the ``__main__`` hint goes only to workers that never started.
 * at exit, daemonic children still alive are killed (:func:`_kill_lingering_workers`).
 """
 
@@ -15,11 +18,13 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
 
+import torch
 from torch.utils.data import DataLoader
 
 from ..core.errors import DataError
@@ -29,6 +34,82 @@ from ..core.errors import DataError
 # (workers started by a forkserver are not our children: no SIGCHLD reports them).
 POLL_S = 5.0
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class WorkerProgress:
+    """Where each loader worker of one DataLoader is, in shared memory the rank reads.
+
+    A worker records its pid when its stream starts and the key of each sample while decoding
+    it (cleared once the sample is done). When a worker dies, torch names only its pid; this
+    maps the pid to the sample. Writing is a copy into a shared tensor, microseconds per
+    sample. Built before the workers start: fork inherits the shared pages, a forkserver
+    worker receives them through torch's pickling of shared tensors.
+    """
+
+    KEY_BYTES = 240  # a longer ``url#key`` is kept by its end (the key, the shard name)
+
+    def __init__(self, num_workers: int):
+        self.pids = torch.zeros(num_workers, dtype=torch.int64).share_memory_()
+        self.keys = torch.zeros(num_workers, self.KEY_BYTES + 1, dtype=torch.uint8).share_memory_()
+
+    def started(self, worker_id: int) -> None:
+        self.pids[worker_id] = os.getpid()
+
+    def decoding(self, worker_id: int, key: str) -> None:
+        raw = key.encode(errors="replace")[-self.KEY_BYTES :]
+        row = self.keys[worker_id]
+        row[1 : 1 + len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        row[0] = len(raw)
+
+    def done(self, worker_id: int) -> None:
+        self.keys[worker_id, 0] = 0
+
+    def any_started(self) -> bool:
+        return bool(self.pids.ne(0).any())
+
+    def describe(self, pid: int) -> str | None:
+        """``loader worker W (pid P) died while decoding KEY`` (or between samples), or None
+        for a pid that no worker of this loader recorded."""
+        hits = (self.pids == pid).nonzero().flatten().tolist()
+        if not hits:
+            return None
+        w = hits[0]
+        n = int(self.keys[w, 0])
+        where = (
+            f"while decoding {bytes(self.keys[w, 1 : 1 + n].tolist()).decode(errors='replace')}"
+            if n
+            else "between samples"
+        )
+        return f"loader worker {w} (pid {pid}) died {where}"
+
+
+def worker_death_line(message: str, spec: str, method: str | None, progress: WorkerProgress | None) -> str:
+    """The one line for torch's "DataLoader worker (pid(s) ...) exited unexpectedly" or "...
+    is killed by signal: X" error: the sample the worker was on when the progress knows it, the
+    ``__main__`` hint only where no worker ever started under forkserver/spawn (a script
+    without the guard: its workers die while importing it)."""
+    first = message.strip().splitlines()[0]
+    pids = (
+        [int(p) for p in re.findall(r"\d+", m[1])]
+        if (m := re.search(r"pid(?:\(s\))? ([\d, ]+)", first))
+        else []
+    )
+    named = [d for d in (progress.describe(p) for p in pids) if d] if progress is not None else []
+    signal_part = (
+        m2[1].strip().rstrip(".") if (m2 := re.search(r"killed by signal: ([^.]*)", first)) else None
+    )
+    if named:
+        how = f" ({signal_part})" if signal_part else ""
+        return (
+            f"{'; '.join(named)}{how} reading {spec}: a crash in a native library (an image decoder) "
+            "or the out-of-memory killer ends a worker this way; its error, if any, is above"
+        )
+    if method in ("forkserver", "spawn") and (progress is None or not progress.any_started()):
+        return (
+            f"{first} reading {spec} (its error is above; with the {method} start method a script "
+            "that trains must start from `if __name__ == '__main__':`)"
+        )
+    return f"{first} reading {spec} (its error, if any, is above)"
 
 
 def worker_init(worker_id: int) -> None:
@@ -64,9 +145,16 @@ def dataloader_timeout(worker_timeout: float, num_workers: int) -> float:
     return min(worker_timeout, POLL_S) if num_workers > 0 and worker_timeout > 0 else 0
 
 
-def guard_timeout(loader: DataLoader, timeout: float, spec: str, method: str | None) -> Iterator[dict]:
+def guard_timeout(
+    loader: DataLoader,
+    timeout: float,
+    spec: str,
+    method: str | None,
+    progress: WorkerProgress | None = None,
+) -> Iterator[dict]:
     """Iterate ``loader`` (built with :func:`dataloader_timeout`): a dead worker is a one-line
-    DataError within ``POLL_S``, no batch for ``timeout`` seconds another."""
+    DataError within ``POLL_S`` (:func:`worker_death_line`), no batch for ``timeout`` seconds
+    another."""
     it = iter(loader)
     waited_since = time.monotonic()
     while True:
@@ -76,14 +164,8 @@ def guard_timeout(loader: DataLoader, timeout: float, spec: str, method: str | N
             return
         except RuntimeError as e:
             msg = str(e)
-            if "exited unexpectedly" in msg:
-                hint = (
-                    f"; with the {method} start method a script that trains must start from "
-                    "`if __name__ == '__main__':`"
-                    if method in ("forkserver", "spawn")
-                    else ""
-                )
-                raise DataError(f"{msg.splitlines()[0]} reading {spec} (its error is above{hint})") from None
+            if "exited unexpectedly" in msg or "killed by signal" in msg:
+                raise DataError(worker_death_line(msg, spec, method, progress)) from None
             if "timed out" not in msg:
                 raise
             if timeout > 0 and time.monotonic() - waited_since < timeout:
