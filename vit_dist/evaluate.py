@@ -21,7 +21,7 @@ from .cli.command import exit_process, parse_args, run_cli, setup_logging
 from .cli.help import Key
 from .cli.launch_env import load_run_config
 from .core import atomic
-from .core.errors import ConfigError
+from .core.errors import ConfigError, DataError
 from .core.options import parse_bool, split_options
 
 # The command's own options (``--help`` lists them, then every config key).
@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
         prestart(cfg.data.workers)
         # torch and everything built on it load only once the command line and config are valid.
-        from .checkpoint.weights import load_weights
+        from .checkpoint.weights import checkpoint_classes, load_weights
         from .data import build_loader, loader_config
+        from .data.classes import class_mismatch
         from .models import build_model, check_model_kwargs
         from .runtime.distributed import init_distributed, shutdown
         from .training.exact_eval import evaluate_model, summary_line
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                 device=env.device,
             )
             loader = build_loader(settings, env.rank, env.world_size)
+            trained = checkpoint_classes(opts["checkpoint"])  # None: weights that record none
+            problem = trained and class_mismatch(trained[1], trained[0], loader.classes, loader.num_classes)
+            if problem:
+                raise DataError(
+                    f"data.val={cfg.data.val} does not have the classes {opts['checkpoint']} was trained "
+                    f"for ({problem})"
+                )
             model = build_model(cfg.model, cfg.data, cfg.data.num_classes or loader.num_classes)
             source = load_weights(model, opts["checkpoint"], use_ema=use_ema)
             model.to(env.device)

@@ -22,8 +22,6 @@ checkpoint's ``meta.json`` (``vit_dist.checkpoint.weights``).
 
 from __future__ import annotations
 
-import json
-
 from .cli.command import exit_process, parse_args, run_cli
 from .cli.help import Key
 from .core.errors import ConfigError
@@ -63,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.get("checkpoint"):
             raise ConfigError("export needs checkpoint=PATH (a checkpoint or run directory)")
         ema = parse_bool("ema", opts.get("ema", "false"))
-        from .checkpoint.weights import export_checkpoint  # torch: after the options are checked
+        from .checkpoint.weights import (  # torch: after the options are checked
+            export_checkpoint,
+            read_sidecar,
+        )
 
         weights = export_checkpoint(opts["checkpoint"], opts.get("out") or None, ema=ema)
-        info = json.loads(weights.with_suffix(".json").read_text())
+        info = read_sidecar(weights) or {}
         print(
             f"exported {'EMA ' if ema else ''}weights of {info['source']} (step {info['step']}, "
             f"{info['model_name']}, {info['num_classes']} classes)",

@@ -116,7 +116,7 @@ def _zero_tail(path: Path) -> None:
             ),
             "meta.json does not match its checksum",
         ),
-        (lambda c: (c / "meta.json").write_text("{ not json"), "meta.json cannot be read"),
+        (lambda c: (c / "meta.json").write_text("{ not json"), "meta.json: invalid JSON"),
     ],
     ids=[
         "truncated",

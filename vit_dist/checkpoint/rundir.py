@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core import atomic
-from ..core.errors import ConfigError
+from ..core.errors import CheckpointError, ConfigError
+from ..core.files import load_json_object, short
 from ..runtime.distributed import DistEnv, broadcast_object
 from .store import CKPT_DIR, checkpoint_step, latest_checkpoint
 
@@ -155,9 +156,9 @@ def describe_holder(lock_path: Path) -> str:
     """'pid P on HOST, SLURM job J, since T' from the lock file (the holder may not have written
     it yet in the first milliseconds of its claim)."""
     try:
-        holder = json.loads(lock_path.read_text())
-        text = f"pid {holder['pid']} on {holder['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
+        holder = load_json_object(lock_path, limit=64 * 1024, error=CheckpointError, what="lock file")
+        text = f"pid {int(holder['pid'])} on {short(holder['host'])}"
+    except (CheckpointError, ValueError, KeyError, TypeError):
         return "a job that has not written its name into .lock yet"
     if holder.get("slurm_job_id"):
         text += f", SLURM job {holder['slurm_job_id']}"
@@ -206,8 +207,10 @@ def existing_run(out: Path) -> str | None:
 def read_marker(out: Path) -> dict | None:
     """run.json, or None when it is missing or unreadable."""
     try:
-        marker = json.loads((out / RUN_MARKER).read_text())
-    except (OSError, ValueError):
+        marker = load_json_object(
+            out / RUN_MARKER, limit=1024 * 1024, error=CheckpointError, what="run marker"
+        )
+    except CheckpointError:
         return None
     return marker if isinstance(marker, dict) and marker.get("run_id") else None
 

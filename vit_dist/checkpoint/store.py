@@ -59,6 +59,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from ..core import atomic
 from ..core.errors import CheckpointError
+from ..core.files import Fields, load_json_object
 from ..runtime.distributed import DistEnv, all_gather_object, broadcast_object
 from ..testing import faults
 from .manifest import check_file, expected_files, file_record, meta_crc, os_reason
@@ -391,10 +392,9 @@ def _publish(staging: Path, final: Path) -> None:
 def _run_id_of(ckpt: Path) -> Any:
     """The run lineage a checkpoint records (None when it records none or cannot be read)."""
     try:
-        meta = json.loads((ckpt / "meta.json").read_text())
-    except (OSError, ValueError):
+        return read_meta(ckpt).get("run_id")
+    except CheckpointError:
         return None
-    return meta.get("run_id") if isinstance(meta, dict) else None
 
 
 def _update_best(root: Path, final: Path, run_id: Any) -> None:
@@ -457,17 +457,27 @@ def check_compatible(
         raise CheckpointError(f"{path} is from another model ({detail})")
 
 
+META_LIMIT = 64 * 1024 * 1024  # bytes of a meta.json: its manifest lists every rank's files
+
+
 def read_meta(ckpt: str | os.PathLike) -> dict:
-    """A checkpoint's meta.json (CheckpointError when it is missing or not a JSON object)."""
+    """A checkpoint's meta.json, bounded and parsed by ``core.files`` and checked for the fields
+    the loaders read (types and ranges): any damage is a CheckpointError naming the file and the
+    field, so ``resume=auto`` takes it for a damaged checkpoint and falls back."""
     path = Path(ckpt) / "meta.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt} is not a complete vit_dist checkpoint (no meta.json)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError too
-        raise CheckpointError(f"{path} cannot be read ({_one_line(e)})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
+    meta = load_json_object(path, limit=META_LIMIT, error=CheckpointError, what="checkpoint meta.json")
+    f = Fields(meta, source=str(path), error=CheckpointError)
+    f.integer("step", minimum=0)
+    f.integer("world_size", minimum=1)
+    f.flag("fsdp")
+    f.text("model_name", required=False)
+    f.integer("num_classes", minimum=1, maximum=10_000_000, required=False)
+    f.section("model_kwargs", required=False)
+    f.section("config", required=False)
+    f.section("state", required=False)
+    f.texts("classes", required=False)
     return meta
 
 

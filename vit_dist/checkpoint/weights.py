@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from ..core import atomic
-from ..core.config import Config, config_from_dict
-from ..core.errors import CheckpointError, ConfigError, DataError
+from ..core.config import config_from_dict
+from ..core.errors import CheckpointError, ConfigError
+from ..core.files import Fields, load_json_object
 from ..core.hub import HubModelConfig, is_hub_ref, parse_ref, read_config
-from ..data.meta import read_meta as read_dataset_meta
-from ..data.spec import is_remote
 from ..models import build_model, check_model_kwargs, create_model, list_models, load_pretrained
 from ..models.pretrained import clean_param_name, fit_state_dict
 from ..models.timm_models import PREFIX as TIMM_PREFIX
@@ -49,7 +48,6 @@ from .store import (
 )
 
 EXPORT_FORMAT = "vit_dist.export/1"
-_SIDECAR_KEYS = ("img_size", "mean", "std", "crop_pct")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, use_ema: bool = False) -> str:
@@ -95,29 +93,28 @@ def run_dir_of(checkpoint_dir: Path) -> Path:
     return parent.parent if parent.name == CKPT_DIR else parent
 
 
-def dataset_classes(cfg: Config, num_classes: int) -> list[str] | None:
-    """Class names from the training data's dataset.json (``data.meta``, else the directory of
-    ``data.train`` / ``data.val``), or None when none is readable or the count does not match.
-    Relative paths are taken as the training run took them: relative to the current directory."""
-    candidates: list[str] = [cfg.data.meta] if cfg.data.meta else []
-    for spec in (cfg.data.train, cfg.data.val):
-        if not spec:
-            continue
-        parts = [str(s) for s in spec] if isinstance(spec, (list, tuple)) else str(spec).split("::")
-        for part in parts:
-            part = part.strip()
-            if not part or is_remote(part):
-                continue
-            local = re.sub(r"^file:(//)?", "", part)
-            candidates.append(local if os.path.isdir(local) else os.path.dirname(local) or ".")
-    for directory in dict.fromkeys(candidates):  # de-duplicated, in order
-        try:
-            classes = read_dataset_meta(directory)["classes"]
-        except DataError:
-            continue
-        if isinstance(classes, list) and len(classes) == num_classes:
-            return [str(c) for c in classes]
-    return None
+def _saved_classes(meta: dict, num_classes: int) -> list[str] | None:
+    """The class names a checkpoint's meta.json records (None: a data set without names)."""
+    classes = meta.get("classes")
+    return list(classes) if isinstance(classes, list) and len(classes) == num_classes else None
+
+
+def checkpoint_classes(path: str | os.PathLike) -> tuple[int, list[str] | None] | None:
+    """``(num_classes, class names or None)`` that the weights at ``path`` were trained for: a
+    training checkpoint (or run directory) or an export with its sidecar; None for any other
+    weights (a timm file, a hub reference), which record no classes."""
+    if is_hub_ref(path):
+        return None
+    p = Path(path)
+    if p.is_file():
+        info = read_sidecar(p)
+        if info is None or "num_classes" not in info:
+            return None
+        return int(info["num_classes"]), info.get("classes")
+    meta = read_meta(resolve_checkpoint_dir(p))
+    if "num_classes" not in meta:
+        return None
+    return int(meta["num_classes"]), _saved_classes(meta, int(meta["num_classes"]))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -152,7 +149,9 @@ def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tupl
         "model_name": cfg.model.name,
         "model_kwargs": _jsonable(model.model_kwargs),
         "num_classes": num_classes,
-        "classes": dataset_classes(cfg, num_classes),
+        # Saved with the weights at training time; never looked up from a path (a relative
+        # data.train would be resolved from wherever this command runs).
+        "classes": _saved_classes(meta, num_classes),
         "img_size": cfg.data.img_size,
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
@@ -165,18 +164,58 @@ def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tupl
     return model, info
 
 
+SIDECAR_LIMIT = 16 * 1024 * 1024  # bytes of an export sidecar (100k class names fit)
+
+
 def read_sidecar(weights: Path) -> dict | None:
-    """The export sidecar JSON beside ``weights`` (same stem), or None when there is none."""
+    """The export sidecar JSON beside ``weights`` (same stem), validated (:func:`check_sidecar`),
+    or None when there is none."""
     sidecar = weights.with_suffix(".json")
-    if not sidecar.is_file():
+    if not sidecar.exists():
         return None
-    try:
-        info = json.loads(sidecar.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{sidecar} is not an export sidecar ({type(e).__name__}: {e})") from None
+    info = load_json_object(sidecar, limit=SIDECAR_LIMIT, error=CheckpointError, what="export sidecar")
+    check_sidecar(info, str(sidecar))
     return info
+
+
+def check_sidecar(info: dict, source: str) -> None:
+    """Every field predict, evaluate and distillation read from an export sidecar, checked for
+    type and range (one CheckpointError line naming the file and the field): preprocessing with
+    one finite mean and a positive std per input channel, ``img_size`` > 0, ``crop_pct`` in
+    (0, 1], as many class names as ``num_classes``."""
+    f = Fields(info, source=source, error=CheckpointError)
+    f.text("model_name")
+    kwargs = f.section("model_kwargs")
+    assert kwargs is not None  # required
+    chans = kwargs.integer("in_chans", minimum=1, maximum=64, required=False, default=3)
+    f.integer("img_size", minimum=1, maximum=MAX_IMG_SIZE)
+    f.numbers("mean", count=chans)
+    f.numbers("std", count=chans, positive=True)
+    f.number("crop_pct", above=0.0, maximum=1.0)
+    f.text("interpolation", required=False)
+    num_classes = f.integer("num_classes", minimum=1, maximum=10_000_000, required=False)
+    classes = f.texts("classes", required=False)
+    if classes is not None and num_classes is not None and len(classes) != num_classes:
+        raise CheckpointError(f"{source}: classes lists {len(classes)} names for num_classes={num_classes}")
+
+
+MAX_IMG_SIZE = 16384  # pixels a side: past any model input, far below an allocation failure
+
+
+def create_bounded(name: str, kwargs: dict, weights: Path) -> nn.Module:
+    """``create_model(name, **kwargs)``, first built on the meta device (no memory) to refuse
+    an architecture with more parameters than the weights file has bytes: an edited
+    ``embed_dim`` must not allocate terabytes before any check."""
+    with torch.device("meta"):
+        shape = create_model(name, **kwargs)
+    params = sum(p.numel() for p in shape.parameters())
+    size = weights.stat().st_size
+    if params > size:
+        raise CheckpointError(
+            f"{weights.with_suffix('.json')} describes a {name} of {params:,} parameters, more than "
+            f"{weights.name} has bytes ({size:,}): its model_kwargs do not belong to these weights"
+        )
+    return create_model(name, **kwargs)
 
 
 def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -190,16 +229,12 @@ def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict]:
             f"{weights}: no {weights.with_suffix('.json').name} beside it (python -m vit_dist.export "
             f"writes it: model name, classes and preprocessing are needed to predict)"
         )
+    name, kwargs = info["model_name"], dict(info["model_kwargs"])
     try:
-        name, kwargs = info["model_name"], dict(info["model_kwargs"])
-        missing = [k for k in _SIDECAR_KEYS if k not in info]
-        if missing:
-            raise KeyError(missing[0])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{weights.with_suffix('.json')} is not an export sidecar ({type(e).__name__}: {e})"
-        ) from None
-    model = create_model(name, **kwargs)
+        check_model_kwargs(name, kwargs)
+    except ValueError as e:  # a ConfigError: here the sidecar's fault, not the command line's
+        raise CheckpointError(f"{weights.with_suffix('.json')}: {e}") from None
+    model = create_bounded(name, kwargs, weights)
     load_weights(model, weights)
     model.eval()
     info.setdefault("num_classes", model.num_classes)

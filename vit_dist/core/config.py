@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .files import parse_yaml, read_text, short
 from .hub import is_hub_ref, parse_ref
 from .options import did_you_mean
 
@@ -310,11 +311,11 @@ def _check_type(key: str, value: Any, tp) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+            raise ConfigError(f"{key}: {_shown(value)} is not one of {', '.join(map(repr, allowed))}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
         return [_check_type(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is dict:
@@ -323,7 +324,7 @@ def _check_type(key: str, value: Any, tp) -> Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {_shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -334,11 +335,11 @@ def _check_type(key: str, value: Any, tp) -> Any:
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(value)}")
         return _finite(key, value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -354,7 +355,7 @@ def _finite(key: str, value: int | float) -> float:
     except OverflowError:
         raise ConfigError(f"{key}: {_shown(value)} is too large for a number") from None
     if not math.isfinite(number):
-        raise ConfigError(f"{key}: {value!r} is not a finite number (nan and inf are not allowed)")
+        raise ConfigError(f"{key}: {_shown(value)} is not a finite number (nan and inf are not allowed)")
     return number
 
 
@@ -369,9 +370,9 @@ def _digits_hint(value: Any) -> str:
 
 
 def _shown(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so a 400-digit typo stays a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+    """A short repr of ``value`` (``files.short``), so a 400-digit typo or an expanded YAML
+    alias stays a one-line message."""
+    return short(value, limit)
 
 
 def _free_value(key: str, value: Any) -> Any:
@@ -416,7 +417,7 @@ _AUGMENT_KEYS = frozenset(f.name for f in dataclasses.fields(AugmentSection))
 
 def _build(cls, raw: dict, prefix: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -431,7 +432,7 @@ def _build(cls, raw: dict, prefix: str):
                 f"config key 'data.{k}' is now 'augment.{k}' (augmentation has its own section)"
             )
         raise ConfigError(
-            f"unknown config key {prefix + str(k)!r}{did_you_mean(prefix + str(k), _all_keys())}"
+            f"unknown config key {_shown(prefix + str(k), 80)}{did_you_mean(prefix + str(k), _all_keys())}"
         )
     for f in dataclasses.fields(cls):
         if f.name not in raw or f.name == "kwargs":
@@ -455,7 +456,7 @@ def _check_consistency(cfg: Config) -> None:
         ("augment.ratio", cfg.augment.ratio),
     ):
         if len(v) != 2:
-            raise ConfigError(f"{key}: expected 2 numbers, got {v!r}")
+            raise ConfigError(f"{key}: expected 2 numbers, got {_shown(v)}")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")
     d = cfg.distill
@@ -470,7 +471,7 @@ def _check_consistency(cfg: Config) -> None:
     for name in ("teacher_mean", "teacher_std"):
         v = getattr(d, name)
         if v is not None and len(v) != len(cfg.data.mean):
-            raise ConfigError(f"distill.{name}: expected {len(cfg.data.mean)} numbers, got {v!r}")
+            raise ConfigError(f"distill.{name}: expected {len(cfg.data.mean)} numbers, got {_shown(v)}")
     if cfg.train.epochs is None and cfg.train.steps is None:
         raise ConfigError("set train.epochs or train.steps")
 
@@ -485,10 +486,11 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
         key, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError:
-            value = text
+        value = (
+            parse_yaml(text, source=f"override {key}", error=ConfigError, text_if_invalid=True)
+            if text != ""
+            else None
+        )
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -509,14 +511,21 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+CONFIG_LIMIT = 256 * 1024  # bytes of a config file: the largest recipe is a few KiB
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    if not os.path.isfile(path):
+    """A config file's sections: bounded and validated by ``files`` (a regular UTF-8 file of at
+    most ``CONFIG_LIMIT`` bytes, no key twice, no alias expansion without bound)."""
+    if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    raw = parse_yaml(
+        read_text(path, limit=CONFIG_LIMIT, error=ConfigError, what="config file"),
+        source=str(path),
+        error=ConfigError,
+    )
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw

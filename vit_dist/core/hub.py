@@ -26,7 +26,6 @@ and works without the hub client); huggingface_hub is imported by the function t
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from .errors import CheckpointError, ConfigError
+from .files import load_json_object
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +260,10 @@ def parse_config(cfg: dict) -> HubModelConfig:
 def read_config(ref: HubRef) -> HubModelConfig:
     """The repository's ``config.json`` read as timm writes it (see the module docstring)."""
     path = fetch(ref, CONFIG)
+    cfg = load_json_object(path, limit=16 * 1024 * 1024, error=CheckpointError, what=f"{ref} {CONFIG}")
     try:
-        cfg = json.loads(path.read_text())
-        if not isinstance(cfg, dict):
-            raise TypeError("not a JSON object")
         return parse_config(cfg)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"{ref}: {CONFIG} is not a timm model config ({type(e).__name__}: {e})"
         ) from None

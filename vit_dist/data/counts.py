@@ -23,8 +23,11 @@ import os
 from typing import Any
 
 from ..core.errors import DataError
+from ..core.files import short
 
 log = logging.getLogger("vit_dist.data")
+
+MAX_COUNT = 2**40  # samples in one shard: far past any real shard, far below an overflow
 
 _FIX = "correct it in dataset.json or rewrite the shards (python -m vit_dist.data.shards)"
 
@@ -38,6 +41,8 @@ def count_problem(value: Any) -> str | None:
         return "not a whole number"
     if value < 0:
         return "negative"
+    if value > MAX_COUNT:
+        return f"more than the {MAX_COUNT:,} samples a shard may hold"
     return None
 
 
@@ -46,7 +51,9 @@ def check_count(value: Any, *, shard: str, where: str | os.PathLike) -> int:
     (the index file, or the place the count came from)."""
     problem = count_problem(value)
     if problem is not None:
-        raise DataError(f"{where}: shard {shard!r} has num_samples={value!r}, which is {problem}: {_FIX}")
+        raise DataError(
+            f"{where}: shard {shard!r} has num_samples={short(value)}, which is {problem}: {_FIX}"
+        )
     return value
 
 
@@ -75,7 +82,7 @@ def check_sizes(sizes: list[Any]) -> None:
         problem = count_problem(size)
         if problem is not None:
             raise DataError(
-                f"shard {i} of the spec (counting from 0) has a sample count of {size!r}, which is "
+                f"shard {i} of the spec (counting from 0) has a sample count of {short(size)}, which is "
                 f"{problem}: {_FIX}"
             )
 

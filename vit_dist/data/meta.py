@@ -29,7 +29,6 @@ previous data set's files still to be removed (``writers._publish``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 from ..core.atomic import write_json
 from ..core.errors import DataError
+from ..core.files import Fields, load_json
 from .counts import check_index_counts
 
 META_NAME = "dataset.json"
@@ -46,17 +46,35 @@ FORMAT = "vit_dist.shards/1"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
+META_LIMIT = 64 * 1024 * 1024  # bytes: a million shards' entries
+
+
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """Load and minimally validate ``directory/dataset.json``."""
+    """Load and validate ``directory/dataset.json``: bounded and parsed by ``core.files``, then
+    every field this package reads checked for its type (one DataError line naming the file
+    and the field), every shard count by ``counts.check_index_counts``."""
     path = Path(directory) / META_NAME
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"no {META_NAME} in {directory}: not a shard directory written by vit_dist") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    if not path.exists():
+        raise DataError(f"no {META_NAME} in {directory}: not a shard directory written by vit_dist")
+    meta = load_json(path, limit=META_LIMIT, error=DataError, what="data set index")
+    top = Fields(meta, source=str(path), error=DataError)
     if meta.get("format") != FORMAT or "splits" not in meta or "classes" not in meta:
         raise DataError(f"{path} is not a {FORMAT} index (missing format/splits/classes)")
+    top.texts("classes")
+    top.integer("image_size", minimum=1, required=False)
+    top.text("source", required=False)
+    top.texts("replaces", required=False)
+    splits = top.section("splits")
+    assert splits is not None  # required
+    for split in splits.obj:
+        entry = splits.section(split)
+        assert entry is not None
+        entry.integer("num_samples", minimum=0, required=False)
+        for i, shard in enumerate(entry.array("shards")):
+            f = Fields(shard, source=str(path), error=DataError, prefix=f"splits.{split}.shards[{i}].")
+            f.text("name")
+            f.integer("num_bytes", minimum=0, required=False)
+            f.text("index", required=False)
     check_index_counts(meta, path)
     return meta
 

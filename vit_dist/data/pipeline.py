@@ -412,6 +412,12 @@ class ShardLoader:
         if not num_classes:
             raise DataError(f"number of classes unknown for {shards.spec}: set num_classes (no dataset.json)")
         self.num_classes = num_classes
+        # Class names (index = label) where the data set lists them; None otherwise.
+        self.classes: list[str] | None = (
+            [str(c) for c in shards.classes]
+            if shards.classes and len(shards.classes) == num_classes
+            else None
+        )
         self.shards = shards
         # Every rank decides the evaluation streams from the same files, so the same way.
         seekable = (

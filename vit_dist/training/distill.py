@@ -30,7 +30,6 @@ The losses (DeiT paper, section 5)
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import cast
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint.store import read_meta, resolve_checkpoint_dir
-from ..checkpoint.weights import hub_model_spec, load_weights
+from ..checkpoint.weights import hub_model_spec, load_weights, read_sidecar
 from ..core.config import DataSection, DistillSection
 from ..core.errors import CheckpointError, ConfigError
 from ..core.hub import is_hub_ref
@@ -114,8 +113,7 @@ def _teacher_from_checkpoint(path: Path) -> tuple[nn.Module, str]:
 
 
 def _sidecar(path: Path) -> dict | None:
-    side = path.with_suffix(".json")
-    return json.loads(side.read_text()) if side.is_file() else None
+    return read_sidecar(path)
 
 
 def _hub_sidecar(ref: str, num_classes: int) -> dict:

@@ -16,7 +16,6 @@ batches.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -36,9 +35,11 @@ from ..checkpoint.state import (
 from ..checkpoint.weights import export_checkpoint
 from ..core import atomic
 from ..core.config import Config, dump_config
-from ..core.errors import CheckpointError, ConfigError, Preempted, TrainingError
+from ..core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingError
+from ..core.files import load_json_object
 from ..core.hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
 from ..data import MixupCutmix, ShardLoader, build_loader, loader_config
+from ..data.classes import class_mismatch
 from ..metrics import (
     InputBoundAdvisor,
     RunLogger,
@@ -140,6 +141,18 @@ class Trainer:
         self.train_loader = loader(True, cfg.train.batch_size)
         self.val_loader = loader(False, cfg.eval.batch_size or cfg.train.batch_size) if cfg.data.val else None
         self.num_classes = self.train_loader.num_classes
+        if self.val_loader is not None:  # before the first step, not at the first evaluation
+            problem = class_mismatch(
+                self.train_loader.classes,
+                self.num_classes,
+                self.val_loader.classes,
+                self.val_loader.num_classes,
+            )
+            if problem:
+                raise DataError(
+                    f"data.val={cfg.data.val} does not have the training data's classes ({problem}); "
+                    "evaluate on a split of the same data set"
+                )
         self.mixup = MixupCutmix.for_training(cfg.augment, self.num_classes, cfg.train.label_smoothing)
 
     def _build_model(self) -> None:
@@ -285,6 +298,7 @@ class Trainer:
             "model_name": self.cfg.model.name,
             "model_kwargs": dict(self.plain_model.model_kwargs),
             "num_classes": self.num_classes,
+            "classes": self.train_loader.classes,  # the names travel with the weights (export, predict)
             "config": self.cfg.to_dict(),
             "run_id": self.run_id,  # the run that wrote it (rundir): pruning keeps to its own
         }
@@ -620,7 +634,9 @@ class Trainer:
         without one). Nothing is trained or written."""
         self.claim.release()
         path = self.out / FINAL_EVAL_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        return load_json_object(path, limit=1024 * 1024, error=CheckpointError, what="final evaluation")
 
     def _export(self, final: Path) -> None:
         """Consolidated weights-only files for inference and fine-tuning (export/model.safetensors
