@@ -136,3 +136,58 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def _run_dir(path: Path, run_id: str, steps=(3,)) -> Path:
+    """A run directory as training leaves it: run.json and checkpoints with meta.json."""
+    for step in steps:
+        ckpt = path / "checkpoints" / f"step-{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "meta.json").write_text(
+            json.dumps({"run_id": run_id, "step": step, "world_size": 1, "fsdp": False})
+        )
+    (path / "run.json").write_text(json.dumps({"run_id": run_id}))
+    return path
+
+
+@pytest.mark.parametrize("where", ["checkpoints/step-00000003/inner", "export/inner", "a/b"])
+def test_a_run_inside_another_run_is_refused(tmp_path, where):
+    from vit_dist.checkpoint.rundir import claim_output_dir
+    from vit_dist.core.errors import ConfigError
+    from vit_dist.runtime.distributed import DistEnv
+
+    single = DistEnv(rank=0, world_size=1, local_rank=0, device="cpu", backend=None)
+    outer = _run_dir(tmp_path / "outer", "outer")
+    with pytest.raises(ConfigError, match=f"lies inside the run directory {outer}: runs never nest"):
+        claim_output_dir(outer / where, single, resume="auto")
+    assert not (outer / where).exists()  # refused before anything is created
+
+
+def test_a_run_around_another_run_is_refused(tmp_path):
+    from vit_dist.checkpoint.rundir import claim_output_dir
+    from vit_dist.core.errors import ConfigError
+    from vit_dist.runtime.distributed import DistEnv
+
+    single = DistEnv(rank=0, world_size=1, local_rank=0, device="cpu", backend=None)
+    inner = _run_dir(tmp_path / "parent" / "deep" / "inner", "inner")
+    with pytest.raises(ConfigError, match=f"holds another run's directory, {inner}: runs never nest"):
+        claim_output_dir(tmp_path / "parent", single, resume=None)
+    # Its own run, continued, is not "another run" (its checkpoints are below it).
+    claim_output_dir(inner, single, resume="auto").release()
+
+
+def test_pruning_never_deletes_a_run_nested_in_a_checkpoint(tmp_path, caplog):
+    # Made by hand (claim_output_dir now refuses it): an older run directory can still hold one.
+    import logging
+
+    from vit_dist.checkpoint.store import _prune
+
+    outer = _run_dir(tmp_path / "outer", "outer", steps=(3, 6, 9))
+    inner = _run_dir(outer / "checkpoints" / "step-00000003" / "inner", "inner")
+    with caplog.at_level(logging.WARNING, logger="vit_dist.checkpoint.store"):
+        _prune(outer / "checkpoints", 1, run_id="outer", written=outer / "checkpoints" / "step-00000009")
+    assert (inner / "run.json").is_file() and (
+        inner / "checkpoints" / "step-00000003" / "meta.json"
+    ).is_file()
+    assert not (outer / "checkpoints" / "step-00000006").exists()  # the other old one is pruned
+    assert any("holds another run's directory" in r.getMessage() for r in caplog.records)

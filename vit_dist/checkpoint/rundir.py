@@ -41,11 +41,10 @@ from ..core import atomic
 from ..core.errors import CheckpointError, ConfigError
 from ..core.files import load_json_object, short
 from ..runtime.distributed import DistEnv, broadcast_object
-from .store import CKPT_DIR, checkpoint_step, latest_checkpoint
+from .store import CKPT_DIR, RUN_MARKER, checkpoint_step, holds_a_run, latest_checkpoint, run_below
 
 log = logging.getLogger(__name__)
 
-RUN_MARKER = "run.json"
 LOCK_FILE = ".lock"
 # What a run writes first: any of them means the directory holds a run (checkpoints/ when
 # it has any entry).
@@ -273,7 +272,24 @@ def claim_output_dir(out: str | os.PathLike, env: DistEnv, *, resume: str | None
     return RunClaim(out, outcome["run_id"], outcome["marker_missing"], outcome["finished_step"], lock)
 
 
+def nesting_problem(out: Path) -> str | None:
+    """Why ``out`` may not be a run's directory because of another run: it lies inside one (an
+    ancestor has run.json or checkpoints), or holds one below it. Pruning or replacing files of
+    either run would destroy the other's."""
+    here = out.resolve()
+    outer = next((p for p in here.parents if holds_a_run(p)), None)
+    if outer is not None:
+        return f"output_dir={out} lies inside the run directory {outer}"
+    inner = run_below(here) if here.is_dir() else None
+    if inner is not None:
+        return f"output_dir={out} holds another run's directory, {inner}"
+    return None
+
+
 def _claim_on_main(out: Path, resume: str | None) -> tuple[dict, DirLock]:
+    nested = nesting_problem(out)
+    if nested:
+        raise ConfigError(f"{nested}: runs never nest; choose an output_dir outside every run directory")
     make_output_dir(out)
     lock = DirLock(out)
     lock.acquire()

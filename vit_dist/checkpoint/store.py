@@ -108,6 +108,34 @@ def checkpoint_step(path: Path) -> int:
     return int(match[1])
 
 
+RUN_MARKER = "run.json"
+_WALK_LIMIT = 20_000  # directories looked at below a directory for a run nested in it
+
+
+def holds_a_run(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is a run's directory: it has run.json, or checkpoints with meta."""
+    d = Path(directory)
+    try:
+        return (d / RUN_MARKER).is_file() or bool(list_checkpoints(d))
+    except OSError:  # unreadable: not ours to judge, and nothing we may write into either
+        return False
+
+
+def run_below(top: str | os.PathLike) -> Path | None:
+    """A run directory strictly below ``top`` (the first found), or None. Symlinks are not
+    followed, and the walk stops after ``_WALK_LIMIT`` directories (a run directory holds a few
+    dozen; a tree that large is no run's, and is not searched through)."""
+    seen, start = 0, os.fspath(top)
+    for root, dirs, _ in os.walk(start, followlinks=False):
+        if root != start and holds_a_run(root):
+            return Path(root)
+        seen += len(dirs)
+        if seen > _WALK_LIMIT:
+            return None
+        dirs.sort()
+    return None
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1] if ckpts else None
@@ -427,8 +455,13 @@ def _prune(root: Path, keep: int, *, run_id: Any, written: Path) -> None:
     if run_id is not None:
         ours = [p for p in list_checkpoints(root.parent) if _run_id_of(p) == run_id]
         for p in ours[:-keep] if keep > 0 else []:
-            if p != written:
-                shutil.rmtree(p, ignore_errors=True)
+            if p == written:
+                continue
+            inner = run_below(p)
+            if inner is not None:  # another run made its home in there: never delete it
+                log.warning("not pruning %s: it holds another run's directory, %s", p, inner)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f"{_PREFIX}*.tmp"):
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f"{_PREFIX}*{_ASIDE}"):
