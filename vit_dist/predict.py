@@ -29,7 +29,8 @@ from typing import Literal
 
 from .cli.command import exit_process, parse_args, run_cli
 from .cli.help import Key
-from .core.errors import EXIT_DATA, ConfigError
+from .core.errors import EXIT_DATA, ConfigError, DataError
+from .core.files import read_bytes
 from .core.options import parse_bool, split_options
 
 # The command's options (``--help`` lists them); every other word is an image file.
@@ -120,6 +121,9 @@ def _describe(e: Exception) -> str:
     return msg[0] if msg else type(e).__name__
 
 
+IMAGE_LIMIT = 64 * 2**20  # bytes of one image file (data.max_sample_bytes' default)
+
+
 def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=None) -> int:
     """Print the top-``topk`` classes of each image; returns the number of unreadable images."""
     import torch  # deferred like every torch import here: option errors come first
@@ -131,7 +135,14 @@ def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=N
     failed = 0
     for image in images:
         try:
-            x = prep(Path(image).read_bytes())
+            # A regular file of at most IMAGE_LIMIT bytes: a FIFO would block, /dev/zero fill memory.
+            data = read_bytes(image, limit=IMAGE_LIMIT, error=DataError, what="image")
+        except DataError as e:
+            print(f"error: {e}", file=err, flush=True)
+            failed += 1
+            continue
+        try:
+            x = prep(data)
         except Exception as e:  # any reason an image is unusable: report it, go on with the rest
             print(f"error: cannot read image {image}: {_describe(e)}", file=err, flush=True)
             failed += 1

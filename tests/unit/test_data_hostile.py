@@ -267,3 +267,27 @@ def test_predict_reports_a_damaged_png_on_one_line_and_goes_on(tmp_path):
         "784 bytes its header declares"
     ]
     assert out.getvalue().splitlines()[0] == str(good)
+
+
+def test_predict_never_reads_a_fifo_or_a_device_and_goes_on(tmp_path):
+    import os
+    import time
+
+    from vit_dist.predict import predict
+
+    fifo, good = tmp_path / "fifo.jpg", tmp_path / "good.png"
+    os.mkfifo(fifo)
+    good.write_bytes(ODD["RGBA"][1])
+    info = {"img_size": S, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 3}
+    out, err = io.StringIO(), io.StringIO()
+    start = time.monotonic()
+    failed = predict(
+        lambda x: torch.zeros(x.shape[0], 3), info, [str(fifo), "/dev/zero", str(good)], topk=2, out=out, err=err
+    )
+    assert time.monotonic() - start < 10  # no wait for a writer, no 8 GB read
+    assert failed == 2
+    assert err.getvalue().splitlines() == [
+        f"error: image {fifo} is not a regular file (a FIFO)",
+        "error: image /dev/zero is not a regular file (a character device)",
+    ]
+    assert out.getvalue().splitlines()[0] == str(good)

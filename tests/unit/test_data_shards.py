@@ -210,3 +210,15 @@ def test_the_library_refuses_sizes_that_write_nothing(folder, tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="is not a directory"):
         shards_mod.write_shards(str(tmp_path / "nope"), tmp_path / "out", progress=False)
+
+
+def test_a_fifo_among_the_images_is_a_skipped_sample_not_a_hang(folder, tmp_path):
+    import os
+    import time
+
+    os.mkfifo(folder / "train" / "red" / "pipe.jpg")
+    start = time.monotonic()
+    out = shards_mod.write_shards(str(folder), tmp_path / "out", shard_samples=4, progress=False)
+    assert time.monotonic() - start < 60
+    meta = read_meta(out)
+    assert meta["splits"]["train"]["num_samples"] == 15 and meta["splits"]["train"]["skipped"] == 2

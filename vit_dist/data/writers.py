@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from ..core.atomic import fsync_dir
 from ..core.errors import DataError
+from ..core.files import read_bytes
 from .decode import check_image_size, to_rgb8
 from .index import INDEX_SUFFIX, build_index, read_index, write_index
 from .meta import META_NAME, escape_problem, index_name_problem, read_meta, shard_file, write_meta
@@ -70,6 +71,9 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 # ---------------------------------------------------------------- encoding (runs in workers)
 
 
+SOURCE_IMAGE_LIMIT = 256 * 2**20  # bytes of one source image (a 100-megapixel TIFF fits)
+
+
 def _encode(job: tuple) -> tuple[bytes | None, str]:
     """(kind, payload, resize, quality) -> (jpeg bytes or None, error). Never raises."""
     kind, payload, resize, quality = job
@@ -79,7 +83,8 @@ def _encode(job: tuple) -> tuple[bytes | None, str]:
                 (resize, resize), Image.Resampling.BICUBIC
             )
             return _jpeg(im.convert("RGB"), quality), ""
-        data = Path(payload).read_bytes()
+        # A regular file of bounded size: a FIFO in the folder would block the writer forever.
+        data = read_bytes(payload, limit=SOURCE_IMAGE_LIMIT, error=DataError, what="image")
         check_image_size(data)  # the pixel limit training applies, checked before decoding
         im = Image.open(io.BytesIO(data))
         small = resize is None or min(im.size) <= resize
