@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -29,3 +30,22 @@ class _RunsCode:
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """A real OS write failure, in this process, without a full disk: while the block runs, a
+    write past ``nbytes`` of any file fails with EFBIG (RLIMIT_FSIZE; SIGXFSZ ignored, so the
+    write returns the error instead of killing the process). Libraries meet it exactly where
+    they would meet ENOSPC: in their own write calls."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.checkpoint import _reseal, _RunsCode, _truncate
+from support.checkpoint import _reseal, _RunsCode, _truncate, file_size_limit
 from torch import nn
 
 from vit_dist.checkpoint import manifest
@@ -386,3 +386,35 @@ def test_fsdp_disk_full_in_dcp_save_is_one_line(tmp_path, group_of_one, monkeypa
 
 
 # ---------------------------------------------------------------- the commands
+
+
+def test_a_write_failure_inside_torch_save_is_one_line_and_keeps_the_previous(tmp_path):
+    # torch's zip writer turns the OSError of its own write into "RuntimeError: [enforce fail at
+    # inline_container.cc] unexpected pos" (a full disk, reported as a bug); the save must give
+    # the OS reason, remove its .tmp and leave the previous checkpoint as it was.
+    previous = _save(tmp_path, 5)
+    big = _model(width=256)
+    with file_size_limit(64 * 1024), pytest.raises(CheckpointError) as e:
+        _save(tmp_path, 10, model=big)
+    message = str(e.value)
+    assert "\n" not in message and "File too large [EFBIG]" in message and "step-00000010.tmp" in message
+    assert f"the previous checkpoint {previous} is intact" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000005"]
+    ck.verify_checkpoint(previous, full=True)
+
+
+def test_a_write_failure_inside_an_export_is_one_line_and_keeps_the_previous_export(tmp_path):
+    from vit_dist.checkpoint.weights import write_weights
+    from vit_dist.models import create_model
+
+    kwargs = {"img_size": 16, "patch_size": 4, "depth": 1, "num_heads": 2, "num_classes": 3}
+    out = tmp_path / "export" / "model.safetensors"
+    write_weights(create_model("vit", embed_dim=32, **kwargs), out, {"model_name": "vit", "step": 1})
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    with file_size_limit(32 * 1024), pytest.raises(CheckpointError) as e:
+        write_weights(create_model("vit", embed_dim=128, **kwargs), out, {"model_name": "vit", "step": 2})
+    assert str(e.value) == (
+        f"could not write {out}: File too large [EFBIG]: {out.parent / '.model.safetensors.tmp-'}"
+        f"{os.getpid()}; the previous export {out} is intact"
+    )
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before  # both files, no temp left

@@ -282,7 +282,12 @@ def test_predict_never_reads_a_fifo_or_a_device_and_goes_on(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     start = time.monotonic()
     failed = predict(
-        lambda x: torch.zeros(x.shape[0], 3), info, [str(fifo), "/dev/zero", str(good)], topk=2, out=out, err=err
+        lambda x: torch.zeros(x.shape[0], 3),
+        info,
+        [str(fifo), "/dev/zero", str(good)],
+        topk=2,
+        out=out,
+        err=err,
     )
     assert time.monotonic() - start < 10  # no wait for a writer, no 8 GB read
     assert failed == 2

@@ -49,7 +49,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -163,12 +163,39 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     return latest
 
 
+class _WriteRecorder:
+    """A file for ``torch.save`` that remembers the OSError of a failed write. torch's zip
+    writer calls ``write`` from C++ and turns the exception into ``RuntimeError: [enforce fail
+    at inline_container.cc] unexpected pos`` (a full disk, reported as a bug, without the
+    reason); the recorded error is the one to raise."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.error = fh, cast("OSError | None", None)
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _write_torch(obj, path: Path) -> None:
     """``torch.save`` through a Python file, so that a failed write raises the OSError it is
-    (disk full, read-only, permissions); torch's own file writer reports it as a RuntimeError
-    without the reason. Durability is :func:`manifest.file_record`'s job."""
+    (disk full, read-only, permissions, file size limit). Durability is
+    :func:`manifest.file_record`'s job."""
     with open(path, "wb") as fh:
-        torch.save(obj, fh)
+        sink = _WriteRecorder(fh)
+        try:
+            torch.save(obj, cast(IO[bytes], sink))  # torch calls write (and flush) only
+            fh.flush()
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
 
 
 def checkpoint_problem(ckpt: str | os.PathLike, *, full: bool = False) -> str | None:

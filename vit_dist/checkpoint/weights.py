@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -38,6 +39,7 @@ from ..models import build_model, check_model_kwargs, create_model, list_models,
 from ..models.pretrained import clean_param_name, fit_state_dict
 from ..models.timm_models import PREFIX as TIMM_PREFIX
 from ..models.timm_models import list_timm_models, timm_installed
+from .manifest import os_reason
 from .store import (
     CKPT_DIR,
     load_dcp,
@@ -327,14 +329,35 @@ def write_weights(model: nn.Module, out: str | os.PathLike, info: dict) -> Path:
     sd = {
         clean_param_name(k): v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
     }
-    with atomic.atomic_path(out) as tmp:
-        # The metadata repeats the model name so the file alone still says what it is.
-        save_file(sd, str(tmp), metadata={"format": "pt", "model_name": str(info.get("model_name", ""))})
-        # safetensors creates its file private (0600); give it the mode of a file created by
-        # this process, like the JSON sidecar.
-        os.chmod(tmp, _new_file_mode(out.parent))
-    atomic.write_json(out.with_suffix(".json"), {**info, "weights": out.name})
+    sidecar = out.with_suffix(".json")
+    had = out.exists()
+    try:
+        # Both files are written in full before either replaces the old one, so a failed write
+        # (a full disk) leaves the previous export whole, weights and sidecar alike.
+        with atomic.atomic_path(out) as tmp, atomic.atomic_path(sidecar) as tmp_json:
+            _save_safetensors(
+                sd, tmp, metadata={"format": "pt", "model_name": str(info.get("model_name", ""))}
+            )
+            # safetensors creates its file private (0600); give it the mode of a file created
+            # by this process, like the JSON sidecar.
+            os.chmod(tmp, _new_file_mode(out.parent))
+            tmp_json.write_text(json.dumps({**info, "weights": out.name}, indent=1) + "\n", encoding="utf-8")
+    except OSError as e:
+        kept = f"the previous export {out} is intact" if had else "nothing was exported"
+        raise CheckpointError(f"could not write {out}: {os_reason(e)}; {kept}") from None
     return out
+
+
+def _save_safetensors(sd: dict, path: Path, metadata: dict) -> None:
+    """``safetensors.torch.save_file``, its I/O failures (a Rust error carrying "(os error 28)")
+    raised as the OSError they are."""
+    try:
+        save_file(sd, str(path), metadata=metadata)
+    except Exception as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def export_checkpoint(

@@ -51,7 +51,7 @@ from ..metrics import (
 )
 from ..metrics.runlog import FINAL_EVAL_FILE
 from ..models import build_model, flops_per_image
-from ..runtime.distributed import DistEnv, all_gather_object, all_reduce, barrier
+from ..runtime.distributed import DistEnv, all_gather_object, all_reduce, barrier, broadcast_object
 from ..runtime.parallel import is_fsdp, local_tensor, no_grad_sync, parallelize, unwrap
 from ..runtime.precision import DTYPES, LossScaler, autocast
 from ..testing import faults
@@ -642,13 +642,19 @@ class Trainer:
         """Consolidated weights-only files for inference and fine-tuning (export/model.safetensors
         and, with EMA, model_ema.safetensors; timm-loadable where timm has the architecture).
         Rank 0 reads the final checkpoint back on its own; the others wait."""
+        failure = None
         if self.env.is_main:
-            for ema in (False, True) if self.ema is not None else (False,):
-                path = export_checkpoint(
-                    final, self.out / "export" / f"model{'_ema' if ema else ''}.safetensors", ema=ema
-                )
-                self.logger.info(f"exported {'EMA ' if ema else ''}weights: {path}")
-        barrier()
+            try:
+                for ema in (False, True) if self.ema is not None else (False,):
+                    path = export_checkpoint(
+                        final, self.out / "export" / f"model{'_ema' if ema else ''}.safetensors", ema=ema
+                    )
+                    self.logger.info(f"exported {'EMA ' if ema else ''}weights: {path}")
+            except CheckpointError as e:  # disk full: every rank stops with the same line
+                failure = str(e)
+        failure = broadcast_object(failure)  # also the barrier: the others wait for the export
+        if failure:
+            raise CheckpointError(failure)
 
     def _eval_and_track(self, save_best: bool = True) -> dict:
         rec = self.evaluate()
