@@ -16,6 +16,7 @@ import os
 
 from .cli.command import exit_process, parse_args, run_cli, setup_logging
 from .cli.launch_env import load_run_config, unused_settings
+from .core import notices
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
 
     def _run() -> int:
+        # Preemption notices are recorded from here on: none is lost to the default handler
+        # (exit 143, no preempted.json) while the job starts (core.notices).
+        notices.listen()
         # Everything validated before any work, accelerate's own flags included (launch_env).
         cfg, settings_from = load_run_config(config_path, overrides)
         for key, source in settings_from.items():

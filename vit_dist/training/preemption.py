@@ -1,5 +1,6 @@
 """Preemption notices (SIGUSR1 from SLURM's ``--signal``, SIGTERM from a scheduler or a user):
-noted by a signal handler, acted on at the next step boundary by every rank together.
+recorded by ``core.notices``, acted on in the training loop at the next step boundary by every
+rank together.
 
 ``requested()`` is a collective: the flag is reduced (max) over a CPU (gloo) group, so all
 ranks agree to stop at the same step, and agreeing on it each step costs no host-device
@@ -8,19 +9,19 @@ synchronisation, also when the training backend is NCCL.
 
 from __future__ import annotations
 
-import signal
-
 import torch
 import torch.distributed as dist
 
+from ..core import notices
 from ..runtime.distributed import DistEnv
 
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = notices.SIGNALS
 
 
 class PreemptionWatch:
+    """Acts on the notices of ``core.notices`` at step boundaries, every rank together."""
+
     def __init__(self, env: DistEnv):
-        self.signal_name: str | None = None  # the preemption signal this process received
         self._group: dist.ProcessGroup | None = None
         if dist.is_initialized() and env.world_size > 1:
             group = dist.new_group(backend="gloo") if env.backend != "gloo" else dist.group.WORLD
@@ -28,17 +29,19 @@ class PreemptionWatch:
                 raise RuntimeError("this rank is not a member of the preemption watch's process group")
             self._group = group
 
-    def install(self) -> None:
-        """Route the preemption signals to this watch (from now on, in this process)."""
-        for sig in SIGNALS:
-            signal.signal(sig, self._on_signal)
+    @property
+    def signal_name(self) -> str | None:
+        """The preemption signal this process received."""
+        return notices.received()
 
-    def _on_signal(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+    def install(self) -> None:
+        """Route the preemption signals to the notices (idempotent; the train command does it
+        first thing)."""
+        notices.listen()
 
     def requested(self) -> bool:
         """True on every rank when any rank received a preemption signal (a collective)."""
-        flag = torch.tensor([1.0 if self.signal_name else 0.0])
+        flag = torch.tensor([1.0 if notices.received() else 0.0])
         if self._group is not None:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())

@@ -33,7 +33,7 @@ from ..checkpoint.state import (
     load_components,
 )
 from ..checkpoint.weights import export_checkpoint
-from ..core import atomic
+from ..core import atomic, notices
 from ..core.config import Config, dump_config
 from ..core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingError
 from ..core.files import load_json_object
@@ -84,7 +84,37 @@ class Trainer:
         # checkpoint to resume, if any, has been loaded and the run is known to have work left.
         self.claim = claim_output_dir(self.out, env, resume=cfg.resume)
         self.run_id = self.claim.run_id
+        # From the claim to the loop a preemption notice stops the set-up at once (core.notices).
+        try:
+            notices.interrupting(True)
+            self._set_up()
+        except Preempted as e:
+            self._preempted_in_set_up(e)
+        finally:
+            notices.interrupting(False)  # from here the loop acts on notices at step boundaries
 
+    def _preempted_in_set_up(self, e: Preempted) -> None:
+        """A notice before the first step: nothing trained, nothing to save. preempted.json names
+        the newest checkpoint (or none), so a requeue script requeues; then exit 75."""
+        latest = ckpt.latest_checkpoint(self.out)
+        if self.env.is_main:
+            atomic.write_json(
+                self.out / "preempted.json",
+                {
+                    "step": ckpt.checkpoint_step(latest) if latest else None,
+                    "checkpoint": str(latest) if latest else None,
+                    "signal": notices.received(),
+                },
+                indent=None,
+            )
+        self.claim.release()
+        where = f"the newest checkpoint is {latest}" if latest else "no checkpoint yet"
+        raise Preempted(
+            f"{e}, before the first step: nothing trained; {where}; resume with resume=auto"
+        ) from None
+
+    def _set_up(self) -> None:
+        cfg, env = self.cfg, self.env
         # Same seed on every rank for the model init (DDP and FSDP then start from identical
         # weights); per-rank seeds for everything random after that (drop path, mixup).
         torch.manual_seed(cfg.train.seed)
