@@ -85,7 +85,7 @@ from .plan import (
 from .spec import ShardList, resolve_shards, with_sizes
 from .tar_reader import BadSample, is_http, read_runs, read_slice
 from .transforms import DEFAULT_BACKEND, NO_ERASE, SampleTransform
-from .workers import WorkerProgress, dataloader_timeout, guard_timeout, worker_init
+from .workers import WorkerDied, WorkerProgress, dataloader_timeout, guard_timeout, worker_init
 
 log = logging.getLogger("vit_dist.data")
 
@@ -192,6 +192,8 @@ class ShardStream(IterableDataset):
         self.skip_batches = [0] * max(1, cfg.data.workers)  # per stream, set by the loader on resume
         self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % W (resume)
         self.progress: WorkerProgress | None = None  # set by the loader for worker processes
+        # Samples (recorded keys) that killed a worker while it decoded them: bad from now on.
+        self.poisoned: frozenset[str] = frozenset()
 
     @property
     def num_streams(self) -> int:
@@ -323,6 +325,10 @@ class ShardStream(IterableDataset):
         if item is _PAD or isinstance(item, BadSample):
             return item
         key = f"{item['__url__']}#{item['__key__']}"
+        if self.poisoned and WorkerProgress.recorded_key(key) in self.poisoned:
+            return BadSample(
+                key, f"sample {key} killed a loader worker while it was decoded (a native crash)"
+            )
         ext = next((e for e in IMAGE_EXTS if e in item), None)
         if ext is None:
             return BadSample(key, f"sample {key} has no image ({', '.join(IMAGE_EXTS)})")
@@ -447,6 +453,7 @@ class ShardLoader:
         self.bad_samples = 0  # this rank, cumulative over the run
         self.samples_seen = 0
         self.last_bad_reason = ""
+        self.poisoned: set[str] = set()  # samples that killed a worker (recorded keys)
         self.dataset.batches_per_worker(0)  # start-up check: raises now if the plan cannot be made
         if rank == 0 and seekable is not None:
             self._report(seekable, capped)
@@ -544,6 +551,7 @@ class ShardLoader:
             "segments": [dataclasses.asdict(seg) for seg in self._history],
             "bad_samples": self.bad_samples,
             "samples_seen": self.samples_seen,
+            "poisoned": sorted(self.poisoned),
         }
 
     def load_state_dict(self, state: dict, *, counters: bool = True) -> None:
@@ -589,6 +597,7 @@ class ShardLoader:
         self._consumed = self._start
         if counters:
             self.bad_samples, self.samples_seen = int(state["bad_samples"]), int(state["samples_seen"])
+            self.poisoned = {str(k) for k in state.get("poisoned", [])}
 
     def _left_samples(self, epoch: int, history: tuple[Segment, ...]) -> int:
         c = self.cfg
@@ -597,14 +606,35 @@ class ShardLoader:
         return plan_left(self.shards.counted_sizes(), c.seed, epoch, shuffle=c.training, history=history)
 
     def __iter__(self) -> Iterator[dict]:
-        c = self.cfg
         per_worker = self.dataset.batches_per_worker(self.epoch, self._history)
         start, self._start = self._start, 0
         self.dataset.epoch, self.dataset.history = self.epoch, self._history
-        self.dataset.skip_batches, self.dataset.worker_offset = consumed_per_worker(start, per_worker)
         self._consumed = start
-        if start == sum(per_worker):
-            return
+        while self._consumed < sum(per_worker):
+            try:
+                yield from self._iterate(per_worker)
+                return
+            except WorkerDied as e:
+                fresh = [k for k in e.keys if k not in self.poisoned]
+                if not fresh:  # died between samples, or again on one already skipped: not a sample's fault
+                    raise
+                # The sample is bad from now on (also in later epochs, and after a resume); the
+                # workers start again where the rank is, like a resume: every other sample of
+                # the epoch still comes exactly once.
+                self.poisoned.update(fresh)
+                (log.warning if self.rank == 0 else log.info)(
+                    "data: %s; counted as a bad sample, loader workers restarted at batch %d of the epoch",
+                    e,
+                    self._consumed,
+                )
+
+    def _iterate(self, per_worker: list[int]) -> Iterator[dict]:
+        """One DataLoader over the epoch's batches from ``self._consumed`` on."""
+        c = self.cfg
+        self.dataset.skip_batches, self.dataset.worker_offset = consumed_per_worker(
+            self._consumed, per_worker
+        )
+        self.dataset.poisoned = frozenset(self.poisoned)
         method = start_method(c.worker_start_method) if c.data.workers > 0 else None
         progress = WorkerProgress(c.data.workers) if c.data.workers > 0 else None
         self.dataset.progress = progress

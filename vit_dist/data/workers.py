@@ -61,6 +61,19 @@ class WorkerProgress:
         row[1 : 1 + len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         row[0] = len(raw)
 
+    @classmethod
+    def recorded_key(cls, key: str) -> str:
+        """``key`` as :meth:`decoding` records it (a long one kept by its end)."""
+        return key.encode(errors="replace")[-cls.KEY_BYTES :].decode(errors="replace")
+
+    def key_of(self, pid: int) -> str | None:
+        """The (recorded) key of the sample the worker ``pid`` was decoding, or None."""
+        hits = (self.pids == pid).nonzero().flatten().tolist()
+        if not hits or not int(self.keys[hits[0], 0]):
+            return None
+        n = int(self.keys[hits[0], 0])
+        return bytes(self.keys[hits[0], 1 : 1 + n].tolist()).decode(errors="replace")
+
     def done(self, worker_id: int) -> None:
         self.keys[worker_id, 0] = 0
 
@@ -81,6 +94,22 @@ class WorkerProgress:
             else "between samples"
         )
         return f"loader worker {w} (pid {pid}) died {where}"
+
+
+class WorkerDied(DataError):
+    """A loader worker died (a signal: a native crash, the OOM killer). ``keys``: the samples
+    the dead workers were decoding, as :class:`WorkerProgress` recorded them (empty when none
+    was decoding one)."""
+
+    def __init__(self, line: str, keys: list[str]):
+        super().__init__(line)
+        self.keys = keys
+
+
+def _pids(message: str) -> list[int]:
+    first = message.strip().splitlines()[0]
+    m = re.search(r"pid(?:\(s\))? ([\d, ]+)", first)
+    return [int(p) for p in re.findall(r"\d+", m[1])] if m else []
 
 
 def worker_death_line(message: str, spec: str, method: str | None, progress: WorkerProgress | None) -> str:
@@ -165,7 +194,10 @@ def guard_timeout(
         except RuntimeError as e:
             msg = str(e)
             if "exited unexpectedly" in msg or "killed by signal" in msg:
-                raise DataError(worker_death_line(msg, spec, method, progress)) from None
+                keys = (
+                    [k for k in (progress.key_of(p) for p in _pids(msg)) if k] if progress is not None else []
+                )
+                raise WorkerDied(worker_death_line(msg, spec, method, progress), keys) from None
             if "timed out" not in msg:
                 raise
             if timeout > 0 and time.monotonic() - waited_since < timeout:
