@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("evaluate needs checkpoint=PATH (a checkpoint directory or a weights file)")
         use_ema = parse_bool("ema", opts.get("ema", "false"))
         # accelerate's --mixed_precision is honoured (launch_env); the parallel keys do not apply.
-        cfg, _ = load_run_config(config_path, overrides, keys=("precision",))
+        cfg, _ = load_run_config(config_path, overrides, keys=("precision",), training=False)
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
         from .checkpoint.rundir import existing_run  # deferred with torch (below)

@@ -50,3 +50,11 @@ def test_cli_user_mistakes_are_one_line(module, tmp_path, capsys):
         assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert text in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_evaluate_without_a_config_asks_for_what_it_needs_not_a_run_length(tmp_path, capsys):
+    from vit_dist.evaluate import main
+
+    assert main([f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'eval'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "config error: data.val is not set: nothing to evaluate on", err

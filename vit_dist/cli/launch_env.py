@@ -127,11 +127,14 @@ def load_run_config(
     overrides: Iterable[str],
     environ: Mapping[str, str] | None = None,
     keys: Iterable[str] = KEYS,
+    *,
+    training: bool = True,
 ) -> tuple[Config, dict[str, str]]:
     """``load_config`` with accelerate's flags (of ``keys``) filled in where the config leaves
     them unset; ConfigError where the config sets one of them differently. Returns the config and,
     for each of ``keys``, where its value came from: ``default``, ``config file``, ``override``
-    or accelerate's flag (``accelerate --mixed_precision bf16 (ACCELERATE_MIXED_PRECISION=bf16)``)."""
+    or accelerate's flag (``accelerate --mixed_precision bf16 (ACCELERATE_MIXED_PRECISION=bf16)``).
+    ``training=False`` (evaluate): no run length is required."""
     environ = os.environ if environ is None else environ
     keys, overrides = tuple(keys), list(overrides)
     raw = read_yaml(path) if path else {}
@@ -139,7 +142,9 @@ def load_run_config(
     requests = [r for r in accelerate_requests(environ) if r.key in keys]
     given = {k: "override" if _given(over, k) else "config file" if _given(raw, k) else "" for k in keys}
     extra = [f"{r.key}={_typed(r.value)}" for r in requests if not given[r.key]]
-    cfg = load_config(path, overrides + extra)  # every value validated before it is compared
+    cfg = load_config(
+        path, overrides + extra, training=training
+    )  # every value validated before it is compared
     sources = {k: given[k] or "default" for k in keys}
     for r in requests:
         if not given[r.key]:

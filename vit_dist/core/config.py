@@ -447,7 +447,7 @@ def _build(cls, raw: dict, prefix: str):
     return cls(**kwargs)
 
 
-def _check_consistency(cfg: Config) -> None:
+def _check_consistency(cfg: Config, *, training: bool = True) -> None:
     if cfg.data.mode == "resampled" and not cfg.data.samples_per_epoch:
         raise ConfigError("data.samples_per_epoch is required with data.mode=resampled (the epoch length)")
     for key, v in (
@@ -472,7 +472,7 @@ def _check_consistency(cfg: Config) -> None:
         v = getattr(d, name)
         if v is not None and len(v) != len(cfg.data.mean):
             raise ConfigError(f"distill.{name}: expected {len(cfg.data.mean)} numbers, got {_shown(v)}")
-    if cfg.train.epochs is None and cfg.train.steps is None:
+    if training and cfg.train.epochs is None and cfg.train.steps is None:
         raise ConfigError("set train.epochs or train.steps")
 
 
@@ -531,17 +531,21 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict) -> Config:
+def config_from_dict(raw: dict, *, training: bool = True) -> Config:
+    """``training=False``: a config for a command that trains nothing (evaluate), which needs
+    no run length."""
     cfg = _build(Config, raw, "")
-    _check_consistency(cfg)
+    _check_consistency(cfg, training=training)
     return cfg
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | None = None, *, training: bool = True
+) -> Config:
     """YAML file (optional) + dotted overrides -> validated Config, or ConfigError."""
     raw = read_yaml(path) if path else {}
     raw = _merge(raw, parse_overrides(list(overrides or [])))
-    return config_from_dict(raw)
+    return config_from_dict(raw, training=training)
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
