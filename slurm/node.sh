@@ -5,7 +5,7 @@
 # the environment (VIT_DIST_PYTHON, VIT_DIST_MAIN_ADDR, VIT_DIST_PORT, VIT_DIST_PROCS_PER_NODE).
 #
 # Signals. The trainer ranks checkpoint and exit on SIGUSR1 or SIGTERM (tested on SLURM 22.05,
-# tests/test_launch.py):
+# tests/integration/test_launch.py):
 # - SIGUSR1 (`--signal=USR1@120` before the time limit, `scancel --signal=USR1`) is delivered
 #   by SLURM to the srun TASK, i.e. to this script, not to its children. So this script
 #   forwards it to the ranks (the agent's children). The agent itself (torchrun inside

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         # torch and everything built on it load only once the command line and config are valid.
         from .checkpoint.weights import checkpoint_classes, load_weights
         from .data import build_loader, loader_config
-        from .data.classes import class_mismatch
+        from .data.classes import class_map, class_mismatch
         from .models import build_model, check_model_kwargs
         from .runtime.distributed import init_distributed, shutdown
         from .training.exact_eval import evaluate_model, summary_line
@@ -93,11 +93,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             loader = build_loader(settings, env.rank, env.world_size)
             trained = checkpoint_classes(opts["checkpoint"])  # None: weights that record none
+            if cfg.data.val_class_map:
+                names = trained[1] if trained else None
+                mapping = class_map(
+                    names,
+                    loader.classes,
+                    cfg.data.val_class_map,
+                    expected_what=f"checkpoint={opts['checkpoint']}",
+                    found_what=f"data.val={cfg.data.val}",
+                )
+                loader.map_labels(mapping, list(names or ()))  # class_map refuses None
             problem = trained and class_mismatch(trained[1], trained[0], loader.classes, loader.num_classes)
             if problem:
                 raise DataError(
                     f"data.val={cfg.data.val} does not have the classes {opts['checkpoint']} was trained "
-                    f"for ({problem})"
+                    f"for ({problem}); or say how its classes map: data.val_class_map=names or a JSON file"
                 )
             model = build_model(cfg.model, cfg.data, cfg.data.num_classes or loader.num_classes)
             source = load_weights(model, opts["checkpoint"], use_ema=use_ema)

@@ -52,6 +52,24 @@ def test_only_a_resume_of_its_own_run_may_use_a_used_dir(tmp_path):
     assert not (other / "run.json").exists()  # written only once the run starts writing
 
 
+def test_an_elastic_restart_without_resume_is_told_to_add_it(tmp_path, monkeypatch):
+    """torchrun restarts ranks with their first command line: without resume=auto each restart
+    is refused, and the line says why it keeps coming back."""
+    from vit_dist.checkpoint.rundir import claim_output_dir
+    from vit_dist.core.errors import ConfigError
+    from vit_dist.runtime.distributed import DistEnv
+
+    single = DistEnv(rank=0, world_size=1, local_rank=0, device="cpu", backend=None)
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "abc"}))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    with pytest.raises(ConfigError) as first:
+        claim_output_dir(tmp_path, single, resume=None)
+    assert "of an elastic launch" not in str(first.value)  # the first attempt: the plain refusal
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    with pytest.raises(ConfigError, match="this is restart 2 of an elastic launch: put resume=auto on"):
+        claim_output_dir(tmp_path, single, resume=None)
+
+
 def test_an_unwritable_output_dir_is_a_config_error(tmp_path):
     """As an unprivileged user (root writes into a chmod 555 directory anyway, so a root test
     process forks and drops to nobody): a directory that cannot be written, and one that cannot

@@ -256,6 +256,18 @@ class RunClaim:
             self.lock.release()
 
 
+def _elastic_hint() -> str:
+    """torchrun restarts the ranks with the same command line: without ``resume=auto`` every
+    restart after a lost node or a failed rank is refused here, until its restarts run out."""
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restarts.isdigit() and int(restarts) > 0:
+        return (
+            f" (this is restart {restarts} of an elastic launch: put resume=auto on its command "
+            "line so that a restart continues the run)"
+        )
+    return ""
+
+
 def claim_output_dir(out: str | os.PathLike, env: DistEnv, *, resume: str | None) -> RunClaim:
     """Collective: lock ``out`` for this job and decide the run id (see the module docstring).
     Raises ConfigError on every rank alike when the job may not use ``out``."""
@@ -298,7 +310,7 @@ def _claim_on_main(out: Path, resume: str | None) -> tuple[dict, DirLock]:
         if held and not _continues_this_dir(resume, out):
             raise ConfigError(
                 f"output_dir={out} already holds a run ({held}): continue it with resume=auto, "
-                "or start afresh with another output_dir (or delete this one)"
+                "or start afresh with another output_dir (or delete this one)" + _elastic_hint()
             )
         marker = read_marker(out) if held else None
         lock.write_holder()

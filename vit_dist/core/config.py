@@ -80,6 +80,13 @@ class DataSection:
     train: str | list[str] | None = _field(None, doc="training shard spec")
     val: str | list[str] | None = _field(None, doc="validation shard spec")
     meta: str | None = _field(None, doc="directory holding dataset.json, for remote shards")
+    val_class_map: str | None = _field(
+        None,
+        doc="how data.val's classes become the training classes (or, in evaluate, the "
+        "checkpoint's): unset: they must be the same list; names: by class name (each val "
+        "class must be a training class, e.g. a 200-class subset); or a JSON file "
+        "{val class name: training class name}",
+    )
     workers: int = _field(4, lo=0, hi=256, doc="loader processes per rank (at most 256)")
     img_size: int = _field(224, lo=1, hi=16384, doc="square model input side in pixels; at most 16384")
     num_classes: int | None = _field(None, lo=1, hi=10**7, doc="default: from dataset.json; at most 10**7")

@@ -454,6 +454,7 @@ class ShardLoader:
         self.samples_seen = 0
         self.last_bad_reason = ""
         self.poisoned: set[str] = set()  # samples that killed a worker (recorded keys)
+        self.label_map: torch.Tensor | None = None  # see map_labels
         self.dataset.batches_per_worker(0)  # start-up check: raises now if the plan cannot be made
         if rank == 0 and seekable is not None:
             self._report(seekable, capped)
@@ -661,7 +662,18 @@ class ShardLoader:
             self.bad_samples, self.samples_seen = base_bad + sum(bad.values()), base_seen + sum(seen.values())
             self._consumed += 1
             self._check_bad_limit()
+            if self.label_map is not None:
+                batch["label"] = self.label_map[batch["label"]]
             yield batch
+
+    def map_labels(self, mapping: list[int], classes: list[str]) -> None:
+        """From now on label ``i`` of this data comes out as ``mapping[i]``, an index into
+        ``classes`` (``data.val_class_map``: a val set scored against the training classes).
+        Labels are checked against this data's own classes before they are mapped."""
+        if len(mapping) != self.num_classes or not all(0 <= m < len(classes) for m in mapping):
+            raise ValueError(f"a label map of {self.num_classes} classes onto {len(classes)} expected")
+        self.label_map = torch.tensor(mapping, dtype=torch.int64)
+        self.num_classes, self.classes = len(classes), list(classes)
 
     def _check_bad_limit(self) -> None:
         """This rank alone, between the all-rank checks: its bad samples against its share of

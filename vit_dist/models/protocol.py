@@ -20,7 +20,7 @@ Who provides it:
 A new family is one module: a class that inherits ``ModelDefaults`` (and ``nn.Module``) and
 defines the members without a default, plus ``@register_model`` / ``@register_family``
 functions next to it (``registry``), imported from ``models/__init__.py``;
-``tests/test_protocol.py`` checks every registered name against this contract.
+``tests/unit/test_protocol.py`` checks every registered name against this contract.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class VitDistModel(Protocol):
     """What vit_dist asks of a model, beyond being an ``nn.Module`` (module docstring).
 
     ``isinstance(model, VitDistModel)`` tells whether every member is present (not their types);
-    ``tests/test_protocol.py`` checks the kinds too."""
+    ``tests/unit/test_protocol.py`` checks the kinds too."""
 
     model_name: str | None
     """The name ``create_model`` built it by (``'vit_tiny_patch16_224'``, ``'vit'``,

@@ -6,6 +6,8 @@
     kill@12          rank 0 SIGKILLs itself right after step 12 (a hard crash, no clean-up)
     kill_in_save@10  rank 0 SIGKILLs itself in the middle of writing the step-10 checkpoint
     sigusr1@7:1      rank 1 sends itself SIGUSR1 after step 7 (a preemption notice)
+    kill_node@12:1   rank 1 SIGKILLs its launcher agent (its parent: torchrun), then itself,
+                     right after step 12: the node is lost, as when a machine goes down
 
 Real signals and real kills go through the same code paths as in production; only the moment
 is chosen by the test.
@@ -37,6 +39,12 @@ def armed(kind: str, step: int, rank: int) -> bool:
 
 def maybe_kill(kind: str, step: int, rank: int) -> None:
     if armed(kind, step, rank):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_kill_node(step: int, rank: int) -> None:
+    if armed("kill_node", step, rank):
+        os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -39,7 +39,7 @@ from ..core.errors import CheckpointError, ConfigError, DataError, Preempted, Tr
 from ..core.files import load_json_object
 from ..core.hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
 from ..data import MixupCutmix, ShardLoader, build_loader, loader_config
-from ..data.classes import class_mismatch
+from ..data.classes import class_map, class_mismatch
 from ..metrics import (
     InputBoundAdvisor,
     RunLogger,
@@ -172,18 +172,30 @@ class Trainer:
         self.val_loader = loader(False, cfg.eval.batch_size or cfg.train.batch_size) if cfg.data.val else None
         self.num_classes = self.train_loader.num_classes
         if self.val_loader is not None:  # before the first step, not at the first evaluation
-            problem = class_mismatch(
-                self.train_loader.classes,
-                self.num_classes,
-                self.val_loader.classes,
-                self.val_loader.num_classes,
-            )
-            if problem:
-                raise DataError(
-                    f"data.val={cfg.data.val} does not have the training data's classes ({problem}); "
-                    "evaluate on a split of the same data set"
-                )
+            self._check_val_classes()
         self.mixup = MixupCutmix.for_training(cfg.augment, self.num_classes, cfg.train.label_smoothing)
+
+    def _check_val_classes(self) -> None:
+        """The val labels must mean the training classes: the same list, or mapped onto it as
+        ``data.val_class_map`` says."""
+        cfg, train, val = self.cfg, self.train_loader, self.val_loader
+        assert val is not None
+        if cfg.data.val_class_map:
+            mapping = class_map(
+                train.classes,
+                val.classes,
+                cfg.data.val_class_map,
+                expected_what=f"data.train={cfg.data.train}",
+                found_what=f"data.val={cfg.data.val}",
+            )
+            val.map_labels(mapping, list(train.classes or ()))  # class_map refuses None
+        problem = class_mismatch(train.classes, self.num_classes, val.classes, val.num_classes)
+        if problem:
+            raise DataError(
+                f"data.val={cfg.data.val} does not have the training data's classes ({problem}); "
+                "evaluate on a split of the same data set, or say how its classes map: "
+                "data.val_class_map=names or a JSON file {val name: training name}"
+            )
 
     def _build_model(self) -> None:
         """The plain model, parallelized (``self.model`` trains; ``self.plain_model`` is the
@@ -635,6 +647,7 @@ class Trainer:
                 if self._at_multiple_of(cfg.checkpoint.every) and self.state.step < self.total_steps:
                     self.save()
                 faults.maybe_kill("kill", self.state.step, self.env.rank)
+                faults.maybe_kill_node(self.state.step, self.env.rank)
                 faults.maybe_signal(self.state.step, self.env.rank)
                 if self.preemption.requested():
                     self._preempt()
