@@ -122,6 +122,12 @@ def test_hostile_index_files_are_one_line_errors(make_data_shards, tmp_path):
         with pytest.raises(DataError, match=expected[name]) as e:
             read_index(tmp_path / "h.idx", num_samples=n, shard_bytes=size)
         assert "\n" not in str(e.value), name
+    # Only a regular file is read: a FIFO (no writer: opening it blocking would wait forever)
+    # and a device are refused at once.
+    os.mkfifo(tmp_path / "fifo.idx")
+    for path, kind in ((tmp_path / "fifo.idx", "FIFO"), ("/dev/zero", "device")):
+        with pytest.raises(DataError, match=f"is not a regular file .*{kind}"):
+            read_index(path, num_samples=n, shard_bytes=size)
 
 
 def test_a_bad_index_is_one_warning_and_the_shard_is_streamed_through(make_data_shards, tmp_path, caplog):

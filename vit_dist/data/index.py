@@ -32,6 +32,7 @@ import tarfile
 
 from ..core.atomic import write_bytes
 from ..core.errors import DataError
+from ..core.files import read_bytes
 from .tar_reader import member_data, split_name
 
 log = logging.getLogger("vit_dist.data")
@@ -54,25 +55,34 @@ def _as_le(offsets: array.array) -> bytes:
     return swapped.tobytes()
 
 
-def read_header(path: str | os.PathLike) -> tuple[int, int]:
-    """``(n, shard_bytes)`` of the index at ``path`` after checking its magic and exact size,
-    without reading the offsets (what the start-up report needs). Raises :class:`DataError`."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(HEADER_BYTES)
-            size = os.fstat(fh.fileno()).st_size
-    except OSError as e:
-        raise DataError(f"cannot read index {path}: {e.strerror or e}") from None
-    if len(head) < HEADER_BYTES or head[:8] != MAGIC:
+# The most samples one shard's index may list (a 128 MiB index): far above any real shard, so
+# a corrupt header cannot make the reader allocate or read without bound.
+MAX_INDEX_SAMPLES = 2**24
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    """The whole index file: a regular file (a FIFO or device is refused, never waited on) of at
+    most the size ``MAX_INDEX_SAMPLES`` needs."""
+    return read_bytes(path, limit=HEADER_BYTES + 8 * (MAX_INDEX_SAMPLES + 1), error=DataError, what="index")
+
+
+def _parse_header(path: str | os.PathLike, data: bytes) -> tuple[int, int]:
+    if len(data) < HEADER_BYTES or data[:8] != MAGIC:
         raise DataError(f"index {path} is not a vit_dist shard index (bad magic or too short): {_REBUILD}")
-    n = int.from_bytes(head[8:16], "little")
-    shard_bytes = int.from_bytes(head[16:24], "little")
-    if size != HEADER_BYTES + 8 * (n + 1):
+    n = int.from_bytes(data[8:16], "little")
+    shard_bytes = int.from_bytes(data[16:24], "little")
+    if len(data) != HEADER_BYTES + 8 * (n + 1):
         raise DataError(
-            f"index {path} is {size} bytes, but {n} samples need {HEADER_BYTES + 8 * (n + 1)} "
+            f"index {path} is {len(data)} bytes, but {n} samples need {HEADER_BYTES + 8 * (n + 1)} "
             f"(truncated or corrupt): {_REBUILD}"
         )
     return n, shard_bytes
+
+
+def read_header(path: str | os.PathLike) -> tuple[int, int]:
+    """``(n, shard_bytes)`` of the index at ``path`` after checking its magic and exact size
+    (what the start-up report needs). Raises :class:`DataError`."""
+    return _parse_header(path, _read(path))
 
 
 def _expectations(path, n: int, stored_bytes: int, num_samples: int | None, shard_bytes: int | None) -> None:
@@ -93,18 +103,11 @@ def read_index(
     Raises :class:`DataError` (one line) on a bad magic or size, offsets that are not
     block-aligned and strictly increasing or that point past the indexed shard's end, and on a
     sample count or shard size other than the given ``num_samples`` / ``shard_bytes``."""
-    n, stored_bytes = read_header(path)
+    data = _read(path)
+    n, stored_bytes = _parse_header(path, data)
     _expectations(path, n, stored_bytes, num_samples, shard_bytes)
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(HEADER_BYTES)
-            data = fh.read(8 * (n + 1))
-    except OSError as e:
-        raise DataError(f"cannot read index {path}: {e.strerror or e}") from None
-    if len(data) != 8 * (n + 1):
-        raise DataError(f"index {path} changed while it was read: {_REBUILD}")
     offsets = array.array("Q")
-    offsets.frombytes(data)
+    offsets.frombytes(data[HEADER_BYTES:])
     if sys.byteorder != "little":
         offsets.byteswap()
     bad = next((i for i, o in enumerate(offsets) if o % _BLOCK), None)
