@@ -1,19 +1,22 @@
-"""``python -m vit_dist.evaluate --config configs/X.yaml checkpoint=PATH [key=value ...]``
+"""``python -m vit_dist.evaluate checkpoint=PATH data.val=SPEC [ema=true] [key=value ...]``
 
 Evaluates weights on ``data.val`` exactly once per sample across all processes (also under
 ``accelerate launch``) and writes ``eval.json`` (top1, top5, loss, num_samples) into
 ``output_dir``, which must not be a training run's directory (a run owns its directory).
 ``checkpoint=`` takes a training checkpoint directory (``.../checkpoints/step-N``,
-``.../checkpoints/best``, or a run directory: its latest checkpoint), an exported weights
-file, or any timm-format file ``vit_dist.models.load_pretrained`` accepts, also on the Hugging
-Face hub (``hf-hub:ORG/NAME[@REVISION]``, see ``vit_dist.core.hub``; loaded into ``model.name``).
-``ema=true`` evaluates a training checkpoint's EMA weights.
+``.../checkpoints/best``, or a run directory: its latest checkpoint), an export (``.safetensors``
+with its ``.json`` sidecar) or ``hf-hub:ORG/NAME[@REVISION]``: each says which model it is for,
+so the model, its classes and its eval preprocessing (img_size, crop_pct, interpolation, mean,
+std) come from it, and no ``--config`` is needed; a preprocessing key given in the config file
+or on the command line still wins (with a note). Any other timm-format weights file is loaded
+into the config's ``model.*``. ``ema=true`` evaluates a training checkpoint's EMA weights.
 
 Every process holds the whole model (evaluation needs no gradients or optimizer state).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -24,7 +27,9 @@ from .core import atomic
 from .core.errors import ConfigError, DataError
 from .core.options import parse_bool, split_options
 
-# The command's own options (``--help`` lists them, then every config key).
+log = logging.getLogger("vit_dist.evaluate")
+
+# The command's own options (``--help`` lists them, then the config keys evaluation uses).
 OPTIONS = (
     Key(
         "checkpoint",
@@ -37,8 +42,55 @@ OPTIONS = (
 )
 DESCRIPTION = """Evaluate weights on data.val (exactly once per sample across processes, also under
 accelerate launch, whose --mixed_precision sets precision where the config leaves it unset) and
-write eval.json into output_dir (not a training run's directory):
-  python -m vit_dist.evaluate --config configs/X.yaml checkpoint=PATH [ema=true] [key=value ...]"""
+write eval.json into output_dir (not a training run's directory). A training checkpoint, an
+export or a hf-hub: model brings its own model and preprocessing (no --config needed):
+  python -m vit_dist.evaluate checkpoint=runs/X data.val=SPEC output_dir=runs/X-eval [ema=true]
+Bare weights files take the model from the config:
+  python -m vit_dist.evaluate --config configs/X.yaml checkpoint=FILE [key=value ...]"""
+
+
+# What evaluation reads of the config (``--help`` lists only these): the val data and how it is
+# loaded, the batch, precision and output directory; the model keys for a bare weights file.
+USED_KEYS = (
+    "data.val",
+    "data.meta",
+    "data.val_class_map",
+    "data.num_classes",
+    "data.workers",
+    "data.prefetch",
+    "data.pin_memory",
+    "data.normalize_on",
+    "data.max_bad_fraction",
+    "data.max_image_pixels",
+    "data.max_sample_bytes",
+    "eval.batch_size",
+    "train.batch_size",
+    "precision",
+    "output_dir",
+    "model.",
+    *(f"data.{k}" for k in ("img_size", "crop_pct", "interpolation", "mean", "std")),
+)
+# Preprocessing a self-describing checkpoint brings (its training's eval transform); a value
+# given in the config file or on the command line still wins.
+PREPROCESSING = ("img_size", "crop_pct", "interpolation", "mean", "std")
+
+
+def _with_checkpoint_preprocessing(cfg, info: dict, sources: dict[str, str]) -> list[str]:
+    """Set each data preprocessing key the user left at its default to the checkpoint's value;
+    the keys the user set to something else (a note each)."""
+    notes = []
+    for k in PREPROCESSING:
+        theirs = info.get(k)
+        if theirs is None:
+            continue
+        theirs = list(theirs) if isinstance(theirs, (list, tuple)) else theirs
+        if sources[f"data.{k}"] == "default":
+            setattr(cfg.data, k, theirs)
+        elif getattr(cfg.data, k) != theirs:
+            notes.append(
+                f"data.{k}={getattr(cfg.data, k)} ({sources[f'data.{k}']}; the checkpoint's: {theirs})"
+            )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         options=OPTIONS,
         description=DESCRIPTION,
-        words="checkpoint=PATH [ema=true] [key=value ...]",
+        words="checkpoint=PATH data.val=SPEC [ema=true] [key=value ...]",
+        help_keys=USED_KEYS,
     )
     setup_logging()
 
@@ -57,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("evaluate needs checkpoint=PATH (a checkpoint directory or a weights file)")
         use_ema = parse_bool("ema", opts.get("ema", "false"))
         # accelerate's --mixed_precision is honoured (launch_env); the parallel keys do not apply.
-        cfg, _ = load_run_config(config_path, overrides, keys=("precision",), training=False)
+        keys = ("precision", "model.name", *(f"data.{k}" for k in PREPROCESSING))
+        cfg, sources = load_run_config(config_path, overrides, keys=keys, training=False)
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
         from .checkpoint.rundir import existing_run  # deferred with torch (below)
@@ -73,45 +127,41 @@ def main(argv: list[str] | None = None) -> int:
 
         prestart(cfg.data.workers)
         # torch and everything built on it load only once the command line and config are valid.
-        from .checkpoint.weights import checkpoint_classes, load_weights
-        from .data import build_loader, loader_config
-        from .data.classes import class_map, class_mismatch
+        from .checkpoint.weights import checkpoint_classes, describes_itself, load_model, load_weights
+        from .core.hub import is_hub_ref
         from .models import build_model, check_model_kwargs
         from .runtime.distributed import init_distributed, shutdown
-        from .training.exact_eval import evaluate_model, summary_line
 
-        check_model_kwargs(cfg.model.name, cfg.model.kwargs)
+        checkpoint = opts["checkpoint"]
+        model, info = None, None
+        trained: tuple[int, list[str] | None] | None  # what the weights were trained for
+        model_keys = sources["model.name"] != "default" or _gives_model_keys(config_path, overrides)
+        # A hub repository with model.* keys given: its weights into that model (fine-tuned hub
+        # weights of another layout); otherwise the model, classes and preprocessing are the
+        # checkpoint's.
+        if describes_itself(checkpoint) and not (is_hub_ref(checkpoint) and model_keys):
+            model, info = load_model(checkpoint, ema=use_ema)
+            trained = (int(info["num_classes"]), info.get("classes"))
+            for note in _with_checkpoint_preprocessing(cfg, info, sources):
+                log.info("note: %s is used", note)
+            if model_keys:
+                log.info(
+                    "note: the model is the checkpoint's (%s); model.* keys are not used", info["model_name"]
+                )
+        else:  # bare weights: the config's model.* keys say what they are for
+            check_model_kwargs(cfg.model.name, cfg.model.kwargs)
+            trained = checkpoint_classes(checkpoint)  # None: weights that record none
         env = init_distributed()
         try:
-            settings = loader_config(
-                cfg.data,
-                cfg.augment,
-                train=False,
-                batch_size=cfg.eval.batch_size or cfg.train.batch_size,
-                seed=cfg.train.seed,
-                device=env.device,
-            )
-            loader = build_loader(settings, env.rank, env.world_size)
-            trained = checkpoint_classes(opts["checkpoint"])  # None: weights that record none
-            if cfg.data.val_class_map:
-                names = trained[1] if trained else None
-                mapping = class_map(
-                    names,
-                    loader.classes,
-                    cfg.data.val_class_map,
-                    expected_what=f"checkpoint={opts['checkpoint']}",
-                    found_what=f"data.val={cfg.data.val}",
-                )
-                loader.map_labels(mapping, list(names or ()))  # class_map refuses None
-            problem = trained and class_mismatch(trained[1], trained[0], loader.classes, loader.num_classes)
-            if problem:
-                raise DataError(
-                    f"data.val={cfg.data.val} does not have the classes {opts['checkpoint']} was trained "
-                    f"for ({problem}); or say how its classes map: data.val_class_map=names or a JSON file"
-                )
-            model = build_model(cfg.model, cfg.data, cfg.data.num_classes or loader.num_classes)
-            source = load_weights(model, opts["checkpoint"], use_ema=use_ema)
+            loader = _val_loader(cfg, env, trained, checkpoint)
+            if model is None or info is None:
+                model = build_model(cfg.model, cfg.data, cfg.data.num_classes or loader.num_classes)
+                source = load_weights(model, checkpoint, use_ema=use_ema)
+            else:
+                source = _described(info)
             model.to(env.device)
+            from .training.exact_eval import evaluate_model, summary_line
+
             result = evaluate_model(model, loader, env.device, cfg.precision)
             if env.is_main:
                 out = Path(cfg.output_dir)
@@ -125,6 +175,55 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_cli(_run)
+
+
+def _gives_model_keys(config_path: str | None, overrides: list[str]) -> bool:
+    """Whether the config file or the command line sets any ``model.*`` key."""
+    from .core.config import read_yaml
+
+    return any(w.split("=", 1)[0].strip().startswith("model.") for w in overrides) or bool(
+        config_path and read_yaml(config_path).get("model")
+    )
+
+
+def _described(info: dict) -> str:
+    """What eval.json's ``weights`` says of a self-describing checkpoint."""
+    step = f" (step {info['step']})" if info.get("step") is not None else ""
+    return f"{'EMA of ' if info.get('ema') else ''}{info['model_name']} from {info['source']}{step}"
+
+
+def _val_loader(cfg, env, trained, checkpoint):
+    """The val loader, its labels checked against (or mapped onto) the classes the weights were
+    trained for: ``trained`` is (count, names or None), or None when the weights record none."""
+    from .data import build_loader, loader_config
+    from .data.classes import class_map, class_mismatch
+
+    settings = loader_config(
+        cfg.data,
+        cfg.augment,
+        train=False,
+        batch_size=cfg.eval.batch_size or cfg.train.batch_size,
+        seed=cfg.train.seed,
+        device=env.device,
+    )
+    loader = build_loader(settings, env.rank, env.world_size)
+    if cfg.data.val_class_map:
+        names = trained[1] if trained else None
+        mapping = class_map(
+            names,
+            loader.classes,
+            cfg.data.val_class_map,
+            expected_what=f"checkpoint={checkpoint}",
+            found_what=f"data.val={cfg.data.val}",
+        )
+        loader.map_labels(mapping, list(names or ()))  # class_map refuses None
+    problem = trained and class_mismatch(trained[1], trained[0], loader.classes, loader.num_classes)
+    if problem:
+        raise DataError(
+            f"data.val={cfg.data.val} does not have the classes {checkpoint} was trained "
+            f"for ({problem}); or say how its classes map: data.val_class_map=names or a JSON file"
+        )
+    return loader
 
 
 if __name__ == "__main__":

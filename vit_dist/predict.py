@@ -24,7 +24,6 @@ the exit code is then non-zero (3, as for data errors). Runs on the CPU.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Literal
 
 from .cli.command import exit_process, parse_args, run_cli
@@ -45,27 +44,6 @@ OPTIONS = (
     Key("ema", "bool", "false", "a training checkpoint's EMA weights", is_bool=True),
 )
 _KEYS = tuple(o.key for o in OPTIONS)
-
-
-def load_model(path: str, *, ema: bool = False):
-    """``(model in eval mode, info)`` from a training checkpoint or an exported weights file;
-    ``info`` has the export sidecar's keys (model_name, classes, img_size, mean, std, ...)."""
-    # torch: only after the options are checked
-    from .checkpoint.weights import load_checkpoint_model, load_export, load_hub_model
-    from .core.hub import is_hub_ref
-
-    if is_hub_ref(path):
-        if ema:
-            raise ConfigError("ema=true applies to training checkpoints, not hf-hub: weights")
-        return load_hub_model(path)
-    p = Path(path)
-    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():  # the sidecar was named
-        p = p.with_suffix(".safetensors")
-    if p.is_dir():
-        return load_checkpoint_model(p, ema=ema)
-    if ema and p.is_file():
-        raise ConfigError("ema=true applies to training checkpoints; export with ema=true instead")
-    return load_export(p)
 
 
 def resize_filter(name: str | None) -> Literal["bilinear", "bicubic"]:
@@ -183,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"topk={opts['topk']!r}: expected a positive integer") from None
         if topk < 1:
             raise ConfigError(f"topk={topk}: expected a positive integer")
+        from .checkpoint.weights import load_model  # torch: only after the options are checked
+
         model, info = load_model(opts["checkpoint"], ema=parse_bool("ema", opts.get("ema", "false")))
         failed = predict(model, info, images, topk=topk)
         return EXIT_DATA if failed else 0

@@ -90,8 +90,17 @@ def test_evaluate_export_predict_list_their_options(main, own, capsys):
     for name in own:
         assert name in entries and entries[name][1], (name, text)
     assert entries["ema"][0] == "bool, default false"
-    if main is evaluate.main:  # it takes the config too: every key
-        assert set(_schema()) <= set(entries)
+    if main is evaluate.main:  # the config keys evaluation uses, and no training key
+        used = {
+            k
+            for k in _schema()
+            if any(k == u or (u.endswith(".") and k.startswith(u)) for u in evaluate.USED_KEYS)
+        }
+        assert all(
+            any(k == u or k.startswith(u) for k in _schema()) for u in evaluate.USED_KEYS
+        )  # none stale
+        assert used <= set(entries) and {"data.val", "data.val_class_map", "eval.batch_size"} <= used
+        assert not {"optim.lr", "train.epochs", "augment.mixup", "data.train"} & set(entries)
     else:
         assert "optim.lr" not in entries
     if main is predict.main:

@@ -58,3 +58,53 @@ def test_evaluate_without_a_config_asks_for_what_it_needs_not_a_run_length(tmp_p
     assert main([f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'eval'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "config error: data.val is not set: nothing to evaluate on", err
+
+
+def test_evaluate_rebuilds_the_model_and_preprocessing_from_the_checkpoint_alone(
+    make_data_shards, tmp_path, capsys, caplog
+):
+    """No --config, no model keys, no data keys but data.val (and no loader workers): a run directory, its export, and an
+    EMA checkpoint give exactly the training's own final evaluation (digits at 16 px, mean 0.5,
+    crop_pct 1.0: none of it the defaults); a bare timm file still takes the config's model."""
+    from helpers import CONFIG
+    from support.train import TINY
+
+    from vit_dist.core.config import load_config
+    from vit_dist.evaluate import main
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
+
+    train = make_data_shards([40])
+    val = make_data_shards([20], split="val", name="val")
+    run = tmp_path / "run"
+    overrides = [f"data.train={train}", f"data.val={val}", "data.workers=0", "train.steps=2"]
+    overrides += ["logging.wandb=false", "ema.decay=0.5", f"output_dir={run}", *TINY[:-1]]
+    Trainer(load_config(CONFIG, overrides), init_distributed()).fit()
+    trained = json.loads((run / "eval.json").read_text())
+
+    def evaluate(checkpoint, out, *extra):
+        args = [
+            f"checkpoint={checkpoint}",
+            f"data.val={val}",
+            "data.workers=0",
+            f"output_dir={tmp_path / out}",
+        ]
+        code = main([*args, *extra])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        return json.loads((tmp_path / out / "eval.json").read_text()), captured.out
+
+    for checkpoint, out, ema in ((run, "e_run", ""), (run / "export" / "model.safetensors", "e_export", "")):
+        got, _ = evaluate(checkpoint, out, *ema)
+        assert got["num_samples"] == 20
+        assert got["top1"] == trained["top1"] and abs(got["loss"] - trained["loss"]) < 1e-6, (got, trained)
+    got, _ = evaluate(run, "e_ema", "ema=true")
+    assert got["top1"] == trained["ema_top1"] and abs(got["loss"] - trained["ema_loss"]) < 1e-6
+    assert got["weights"].startswith("EMA of vit from ")
+
+    # A key given on the command line wins over the checkpoint's, with a note.
+    caplog.set_level("INFO", logger="vit_dist.evaluate")
+    got, _ = evaluate(run, "e_crop", "data.crop_pct=0.5", "model.depth=7")
+    assert "note: data.crop_pct=0.5 (override; the checkpoint's: 1.0) is used" in caplog.text
+    assert "note: the model is the checkpoint's (vit); model.* keys are not used" in caplog.text
+    assert got["loss"] != trained["loss"]

@@ -9,6 +9,8 @@ local HTTP server that speaks the hub's error headers.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -68,7 +70,8 @@ def test_references_parse_with_and_without_a_revision():
 
 
 def test_predict_from_the_hub_alone_matches_the_same_weights_loaded_locally(hub, weights, capsys):
-    from vit_dist.predict import load_model, main
+    from vit_dist.checkpoint.weights import load_model
+    from vit_dist.predict import main
 
     model, info = load_model(f"hf-hub:{ORG}/tiny-vit")
     assert info["model_name"] == "vit_tiny_patch16_224" and info["num_classes"] == 10
@@ -105,7 +108,7 @@ def test_predict_from_the_hub_alone_matches_the_same_weights_loaded_locally(hub,
 
 
 def test_a_revision_picks_its_commit(hub, weights):
-    from vit_dist.predict import load_model
+    from vit_dist.checkpoint.weights import load_model
 
     x = torch.randn(1, 3, 32, 32)
     for ref, key, commit in (
@@ -123,7 +126,7 @@ def test_a_revision_picks_its_commit(hub, weights):
 
 
 def test_pytorch_model_bin_is_the_fallback(hub, weights):
-    from vit_dist.predict import load_model
+    from vit_dist.checkpoint.weights import load_model
 
     model, info = load_model(f"hf-hub:{ORG}/tiny-vit-bin")
     assert info["classes"] is None  # no label_names: predict prints indices
@@ -135,7 +138,7 @@ def test_pytorch_model_bin_is_the_fallback(hub, weights):
 def test_an_architecture_only_timm_has_is_built_by_timm(hub, weights):
     import timm  # the reference model
 
-    from vit_dist.predict import load_model
+    from vit_dist.checkpoint.weights import load_model
 
     model, info = load_model(f"hf-hub:{ORG}/convnext")
     assert info["model_name"] == "timm:test_convnext" and info["classes"] is None
@@ -147,7 +150,7 @@ def test_an_architecture_only_timm_has_is_built_by_timm(hub, weights):
 
 
 def test_offline_failures_are_one_checkpoint_error(hub):
-    from vit_dist.predict import load_model
+    from vit_dist.checkpoint.weights import load_model
 
     cases = {
         f"hf-hub:{ORG}/never-downloaded": "config.json is not in the hub cache",
@@ -244,3 +247,29 @@ def test_preprocessing_differences_name_what_differs_from_the_weights():
     assert not any(
         "interpolation" in d for d in preprocessing_differences(lanczos, [0.5] * 3, [0.5] * 3, "bilinear")
     )
+
+
+def test_evaluate_from_the_hub_alone_takes_model_classes_and_preprocessing_from_config_json(
+    hub, make_data_shards, tmp_path, capsys
+):
+    """No --config: the architecture, 10 classes (checked against the data's names: 'zero' in
+    config.json's label_names, '0' in the data's, so mapped by a file) and the 32 px / mean 0.5
+    / crop 0.9 preprocessing of config.json."""
+    from vit_dist.evaluate import main
+
+    val = make_data_shards([20], split="val", name="val")
+    table = tmp_path / "names.json"
+    table.write_text(json.dumps({str(i): name for i, name in enumerate(DIGITS)}))
+    args = [f"checkpoint=hf-hub:{ORG}/tiny-vit", f"data.val={val}", "data.workers=0"]
+    assert main([*args, f"output_dir={tmp_path / 'refused'}"]) == 3
+    assert "class 0 is '0' where 'zero' is expected" in capsys.readouterr().err
+    args.append(f"data.val_class_map={table}")
+    assert main([*args, f"output_dir={tmp_path / 'e'}"]) == 0, capsys.readouterr().err
+    got = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert got["num_samples"] == 20
+    assert got["weights"] == f"vit_tiny_patch16_224 from hf-hub:{ORG}/tiny-vit@{COMMIT_A}"
+    # The same with config.json's preprocessing stated by hand: the same numbers.
+    same = ["data.img_size=32", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]", "data.crop_pct=0.9"]
+    assert main([*args, *same, f"output_dir={tmp_path / 'f'}"]) == 0
+    stated = json.loads((tmp_path / "f" / "eval.json").read_text())
+    assert (stated["top1"], stated["loss"]) == (got["top1"], got["loss"])

@@ -5,6 +5,7 @@ load, and the consolidated weights file that export writes.
   process without collectives; verified against its manifest first, see
   ``checkpoint.verify_checkpoint``), its EMA, or any weights file ``models.load_pretrained``
   reads, into a plain model. A missing path or a damaged checkpoint is a CheckpointError.
+- :func:`load_model`: any weights that say which model they are for (the three below).
 - :func:`load_checkpoint_model`: rebuild a training checkpoint's model exactly as training
   built it (the resolved config in its ``meta.json``), with its weights.
 - :func:`load_export`: an exported ``.safetensors`` file and its sidecar ``.json``.
@@ -164,6 +165,38 @@ def load_checkpoint_model(path: str | os.PathLike, *, ema: bool = False) -> tupl
         "source": str(checkpoint_dir.resolve()),
     }
     return model, info
+
+
+def describes_itself(path: str | os.PathLike) -> bool:
+    """Whether the weights at ``path`` say which model they are for (a training checkpoint or
+    run directory, an export with its sidecar, a hub reference): :func:`load_model` rebuilds
+    those. A bare weights file (a timm ``.pth``/``.safetensors``) does not: the caller's
+    ``model.*`` keys give the model."""
+    if is_hub_ref(path):
+        return True
+    p = Path(path)
+    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
+        return True
+    return p.is_dir() or (p.is_file() and p.with_suffix(".json").is_file())
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = False) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, info)`` from a training checkpoint (or run directory), an exported
+    weights file with its sidecar, or ``hf-hub:ORG/NAME[@REVISION]``: the model, its classes and
+    its preprocessing from what those hold (``info`` has the export sidecar's keys: model_name,
+    num_classes, classes, img_size, mean, std, crop_pct, interpolation, step, source)."""
+    if is_hub_ref(path):
+        if ema:
+            raise ConfigError("ema=true applies to training checkpoints, not hf-hub: weights")
+        return load_hub_model(str(path))
+    p = Path(path)
+    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():  # the sidecar was named
+        p = p.with_suffix(".safetensors")
+    if p.is_dir():
+        return load_checkpoint_model(p, ema=ema)
+    if ema and p.is_file():
+        raise ConfigError("ema=true applies to training checkpoints; export with ema=true instead")
+    return load_export(p)
 
 
 SIDECAR_LIMIT = 16 * 1024 * 1024  # bytes of an export sidecar (100k class names fit)

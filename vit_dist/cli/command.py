@@ -108,16 +108,19 @@ def parse_args(
     description: str = "Train a model.",
     words: str = "[key=value ...]",
     words_help: str = "the keys listed below, as key=value",
+    help_keys: Sequence[str] | None = None,
 ) -> tuple[str | None, list[str]]:
     """The command line of an entry point: ``(--config path or None, the other words)``, where
     each dashed option became ``key=value``. ``--help`` lists ``options`` (the command's own
-    ``key=value`` options) and, with ``config``, every config key (``vit_dist.cli.help``)."""
+    ``key=value`` options) and, with ``config``, the config keys (``vit_dist.cli.help``): every
+    one, or those ``help_keys`` names (a key, or a prefix ending in ``.``) when the command
+    uses only some. Every config key is still accepted (a training YAML serves as --config)."""
     sections = []
     if options:
         name = prog.split(".")[-1]
         sections.append(f"{name} options (key=value, --key value or --key=value):\n{render_keys(options)}")
     if config:
-        sections.append(render_config_help())
+        sections.append(render_config_help(help_keys))
     p = _Parser(
         prog=prog,
         usage=f"{prog} [-h]{' [--config FILE]' if config else ''} {words}",

@@ -13,7 +13,7 @@ import dataclasses
 import textwrap
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -132,8 +132,9 @@ def render_keys(keys: Iterable[Key], *, grouped: bool = False) -> str:
     return "\n".join(lines)
 
 
-def render_config_help() -> str:
-    """The config reference that ``--help`` of train and evaluate prints."""
+def render_config_help(only: Sequence[str] | None = None) -> str:
+    """The config reference that ``--help`` of train and evaluate prints: every key, or those
+    ``only`` names (a whole key, or a prefix ending in ``.``)."""
     intro = (
         "config keys: set them in the YAML file (sections as mappings) or on the command line "
         "as key=value, --key value or --key=value (values are YAML: 3, 1e-3, true, null, [2,2,6,2]); "
@@ -141,4 +142,7 @@ def render_config_help() -> str:
         "unknown key names the closest one. Numbers must be finite; integers are at most "
         f"{MAX_INT:,} unless stated."
     )
-    return "\n".join(_wrap(intro, "")) + "\n" + render_keys(config_keys(), grouped=True)
+    keys = config_keys()
+    if only is not None:
+        keys = [k for k in keys if any(k.key == o or (o.endswith(".") and k.key.startswith(o)) for o in only)]
+    return "\n".join(_wrap(intro, "")) + "\n" + render_keys(keys, grouped=True)
