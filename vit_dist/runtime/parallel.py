@@ -19,8 +19,10 @@ steps 1-3 (FSDP2 keeps them; DDP prefixes ``module.``, see ``unwrap``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -104,15 +106,26 @@ def parallelize(model: nn.Module, env: DistEnv, section: ParallelSection, *, pre
         apply_fsdp(model, blocks, env, precision, section.reshard_after_forward)
         return model
     if env.world_size > 1:
+        # Our models have no running statistics (Swin's masks are identical everywhere);
+        # a model with batch norm (timm's ResNet, EfficientNet) gets rank 0's statistics on
+        # every rank, DDP's default, so all ranks evaluate and checkpoint the same model.
+        sync = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         return DistributedDataParallel(
             model,
             device_ids=[env.device.index] if env.device.type == "cuda" else None,
-            # Our models have no running statistics (Swin's masks are identical everywhere);
-            # a model with batch norm (timm's ResNet, EfficientNet) gets rank 0's statistics on
-            # every rank, DDP's default, so all ranks evaluate and checkpoint the same model.
-            broadcast_buffers=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+            **_buffer_sync(sync),
         )
     return model
+
+
+def _buffer_sync(sync: bool) -> dict[str, Any]:
+    """DDP's keyword for syncing buffers in each forward. Newer torch renamed it
+    (``forward_sync_buffers``, with a FutureWarning on every rank for the old
+    ``broadcast_buffers``); the GPU image's torch 2.11 has only the old one. Both keep the
+    initial broadcast from rank 0, which our buffers (identical on every rank) do not mind."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": sync}
+    return {"broadcast_buffers": sync}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
