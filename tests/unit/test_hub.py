@@ -10,7 +10,6 @@ local HTTP server that speaks the hub's error headers.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
