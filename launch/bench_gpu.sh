@@ -27,7 +27,8 @@
 #   BENCH_TRAIN_LAUNCH ("torchrun single": how the i-th run starts), BENCH_DEVICE_SYNC (warn),
 #   BENCH_DEADLINE_S (0 = none: seconds after which the remaining items are skipped), counted
 #   from BENCH_T0 (epoch seconds; default: the script's start),
-#   BENCH_SCRATCH (a temp dir), PYTHON (python3 / the repo's .venv).
+#   BENCH_SCRATCH (a temp dir), PYTHON (python3 / the repo's .venv), BENCH_ALLOW_CPU (0: without
+#   a CUDA device the script refuses, exit 2; 1: it runs on the CPU, for a smoke run at toy sizes).
 # Wheels in BENCH_WHEELS (./.whl, fetched by launch/gpu_wheels.sh; webdataset, wandb: the GPU
 # image lacks them) are installed to /tmp/site first; BENCH_WHEELS= (empty) installs none.
 set -uo pipefail
@@ -65,6 +66,12 @@ main() {
     (nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || echo "no nvidia-smi") >"$out/gpu.txt" 2>&1
     echo "[bench_gpu] $(date -Is) $(tail -n 1 "$out/gpu.txt"); $(nproc) CPU cores; python $py"
     "$py" -c "import torch; print('[bench_gpu] torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+    # Without a GPU the defaults (ViT-B/16 at batch 256, compiled) would grind on the CPU for
+    # hours: refuse, unless this is the CPU smoke run of the script itself (CI: toy sizes).
+    if [[ ${BENCH_ALLOW_CPU:-0} != 1 ]] && ! "$py" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+        echo "bench_gpu: no CUDA device visible to torch: run this on a GPU machine (BENCH_ALLOW_CPU=1 with toy BENCH_* sizes smoke-runs it on the CPU)" >&2
+        exit 2
+    fi
 
     failed=0
     skipped=0

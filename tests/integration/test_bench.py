@@ -103,6 +103,7 @@ GPU_SCRIPT_TOY_SIZES = {
     "BENCH_TRAIN_STEPS": "4",
     "BENCH_TRAIN_LOG_EVERY": "2",
     "BENCH_WHEELS": "",  # the packages are installed here (./.whl holds the GPU machine's wheels)
+    "BENCH_ALLOW_CPU": "1",  # a smoke run of the script: without it, no GPU is a refusal
 }
 
 
@@ -114,6 +115,19 @@ def _gpu_script(out: Path, **env) -> subprocess.CompletedProcess:
         text=True,
         timeout=900,
     )
+
+
+def test_gpu_bench_script_refuses_to_run_without_a_gpu_unless_told_it_is_a_smoke_run(tmp_path):
+    out = tmp_path / "gpu"
+    proc = _gpu_script(out, BENCH_ALLOW_CPU="0", CUDA_VISIBLE_DEVICES="")  # no GPU, whatever the host
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    line = (
+        "bench_gpu: no CUDA device visible to torch: run this on a GPU machine (BENCH_ALLOW_CPU=1 "
+        "with toy BENCH_* sizes smoke-runs it on the CPU)"
+    )
+    assert proc.stdout.strip().splitlines()[-1] == line  # the script's output, also in log.txt
+    assert (out / "log.txt").read_text().strip().splitlines()[-1] == line
+    assert (out / "results.jsonl").read_text() == ""  # nothing was measured
 
 
 def test_gpu_bench_script_runs_every_measurement(tmp_path):
