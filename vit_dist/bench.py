@@ -182,7 +182,7 @@ def bench_compare_timm(args) -> dict:
     try:
         import timm  # optional: only the timm comparison needs timm
     except ImportError:
-        raise SystemExit("error: compare-timm needs timm (pip install timm)") from None
+        raise ConfigError("compare-timm needs timm: pip install timm (or vit_dist[timm])") from None
     device = torch.device(args.device)
     ours = _build(args.model, args.img_size, args.compile or args.compile_ours, device)
     torch.manual_seed(0)
