@@ -169,7 +169,45 @@ def _download(ref: HubRef, filename: str) -> Path:
     # The HTTP clients log every request at INFO, which our INFO logging would print.
     for noisy in ("httpx", "httpx2", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _reachable_or_cached(ref, filename)
     return Path(hf_hub_download(repo_id=ref.repo_id, filename=filename, revision=ref.revision))
+
+
+def _reachable_or_cached(ref: HubRef, filename: str) -> None:
+    """For a file that is not in the cache, one metadata request first, without retries: with
+    no network, hf_hub_download would retry the connection 5 times with backoff (about 25 s and a
+    warning line each) before failing; here the first failure is the answer, and it is the same
+    LocalEntryNotFoundError (cause attached) that :func:`_hub_error` words. A cached file is left
+    to hf_hub_download, which falls back to the cache at once when the hub cannot be reached."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    if isinstance(try_to_load_from_cache(ref.repo_id, filename, revision=ref.revision), str):
+        return
+    url = hf_hub_url(ref.repo_id, filename, revision=ref.revision)
+    try:
+        get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:
+        if not _no_answer(e):
+            raise  # the hub answered (404, 401, ...): hf_hub_download and _hub_error word it
+        raise LocalEntryNotFoundError(f"{url}: the hub cannot be reached") from e
+
+
+# What huggingface_hub's HTTP clients raise when no answer came (refused, DNS, timeout): httpx's
+# (huggingface_hub 1.x / 2.x: httpx or its fork httpx2) TransportError family, requests' (0.x)
+# ConnectionError / Timeout, which are OSErrors. By name: which client it is depends on the
+# installed huggingface_hub, and none of them need be importable.
+_NO_ANSWER = {"TransportError", "NetworkError", "TimeoutException", "ConnectError", "ConnectTimeout"}
+
+
+def _no_answer(e: BaseException) -> bool:
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):  # an answer (an OSError too, through its HTTP client)
+        return False
+    return isinstance(e, (OSError, TimeoutError)) or any(c.__name__ in _NO_ANSWER for c in type(e).__mro__)
 
 
 def fetch(ref: HubRef, filename: str) -> Path:
