@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 source = _described(info)
             model.to(env.device)
-            from .training.exact_eval import evaluate_model, summary_line
+            from .training.exact_eval import evaluate_model, summary_line  # torch: deferred as above
 
             result = evaluate_model(model, loader, env.device, cfg.precision)
             if env.is_main:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _gives_model_keys(config_path: str | None, overrides: list[str]) -> bool:
     """Whether the config file or the command line sets any ``model.*`` key."""
-    from .core.config import read_yaml
+    from .core.config import read_yaml  # deferred: the module's imports stay light (see main)
 
     return any(w.split("=", 1)[0].strip().startswith("model.") for w in overrides) or bool(
         config_path and read_yaml(config_path).get("model")
@@ -195,6 +195,7 @@ def _described(info: dict) -> str:
 def _val_loader(cfg, env, trained, checkpoint):
     """The val loader, its labels checked against (or mapped onto) the classes the weights were
     trained for: ``trained`` is (count, names or None), or None when the weights record none."""
+    # torch and the loader: only once the command line and config are valid (see main)
     from .data import build_loader, loader_config
     from .data.classes import class_map, class_mismatch
 

@@ -240,3 +240,40 @@ def test_a_key_longer_than_the_slot_is_kept_by_its_end():
     progress.decoding(0, key)
     said = progress.describe(int(progress.pids[0]))
     assert said is not None and said.endswith(key[-WorkerProgress.KEY_BYTES :])
+
+
+def test_too_many_workers_for_the_cores_is_said_once_in_our_words(make_data_shards, monkeypatch, caplog):
+    """torch says it twice per process (building the DataLoader, starting its iterator); the
+    shard loader says it once, naming data.workers and the usable cores, and silences torch's."""
+    import warnings
+
+    from torch.utils.data import DataLoader
+
+    from vit_dist.data import pipeline
+    from vit_dist.data.workers import torch_worker_count_quiet
+
+    with warnings.catch_warnings(record=True) as loud:
+        warnings.simplefilter("always")
+        DataLoader(range(4), num_workers=512)  # no process starts until it is iterated
+    assert any("worker processes in total" in str(w.message) for w in loud)  # torch's own text
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        with torch_worker_count_quiet():
+            DataLoader(range(4), num_workers=512)
+    assert not quiet
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pipeline, "_worker_counts_warned", set())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    shards = make_data_shards([40, 40, 40, 40])
+    caplog.set_level(logging.WARNING, logger="vit_dist.data")
+    for train in (True, False):  # the train and the val loader of one run
+        ShardLoader(_cfg(shards, workers=4, training=train))
+    said = [r.getMessage() for r in caplog.records if "usable CPU cores" in r.getMessage()]
+    assert said == [
+        "warning: data.workers=4 loader processes per rank x 1 local rank(s) on 2 usable CPU cores: "
+        "they compete for the cores with each other and the training; at most 2 per rank fit"
+    ]
+    caplog.clear()
+    ShardLoader(_cfg(shards, workers=2))  # fits: nothing said
+    assert not [r for r in caplog.records if "usable CPU cores" in r.getMessage()]

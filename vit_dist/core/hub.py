@@ -179,6 +179,7 @@ def _reachable_or_cached(ref: HubRef, filename: str) -> None:
     warning line each) before failing; here the first failure is the answer, and it is the same
     LocalEntryNotFoundError (cause attached) that :func:`_hub_error` words. A cached file is left
     to hf_hub_download, which falls back to the cache at once when the hub cannot be reached."""
+    # The hub client: imported only for a hub reference (see _download)
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.utils import LocalEntryNotFoundError
 
@@ -203,7 +204,7 @@ _NO_ANSWER = {"TransportError", "NetworkError", "TimeoutException", "ConnectErro
 
 
 def _no_answer(e: BaseException) -> bool:
-    from huggingface_hub.utils import HfHubHTTPError
+    from huggingface_hub.utils import HfHubHTTPError  # only for a hub reference (see _download)
 
     if isinstance(e, HfHubHTTPError):  # an answer (an OSError too, through its HTTP client)
         return False

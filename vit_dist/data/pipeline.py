@@ -85,7 +85,15 @@ from .plan import (
 from .spec import ShardList, resolve_shards, with_sizes
 from .tar_reader import BadSample, is_http, read_runs, read_slice
 from .transforms import DEFAULT_BACKEND, NO_ERASE, SampleTransform
-from .workers import WorkerDied, WorkerProgress, dataloader_timeout, guard_timeout, worker_init
+from .workers import (
+    WorkerDied,
+    WorkerProgress,
+    dataloader_timeout,
+    guard_timeout,
+    torch_worker_count_quiet,
+    usable_cores,
+    worker_init,
+)
 
 log = logging.getLogger("vit_dist.data")
 
@@ -400,6 +408,26 @@ class ShardStream(IterableDataset):
             }
 
 
+_worker_counts_warned: set[int] = set()
+
+
+def _warn_worker_count(workers: int) -> None:
+    """Once per process and count: more loader workers on this node than it has usable cores."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cores = usable_cores()
+    if workers * local <= cores or workers in _worker_counts_warned:
+        return
+    _worker_counts_warned.add(workers)
+    log.warning(
+        "warning: data.workers=%d loader processes per rank x %d local rank(s) on %d usable CPU "
+        "cores: they compete for the cores with each other and the training; at most %d per rank fit",
+        workers,
+        local,
+        cores,
+        max(1, cores // local),
+    )
+
+
 class ShardLoader:
     """Per-rank loader over a :class:`ShardStream` with ``set_epoch``, ``state_dict`` and bad counts.
 
@@ -456,6 +484,8 @@ class ShardLoader:
         self.poisoned: set[str] = set()  # samples that killed a worker (recorded keys)
         self.label_map: torch.Tensor | None = None  # see map_labels
         self.dataset.batches_per_worker(0)  # start-up check: raises now if the plan cannot be made
+        if rank == 0:
+            _warn_worker_count(self.cfg.data.workers)
         if rank == 0 and seekable is not None:
             self._report(seekable, capped)
         elif rank == 0 and cfg.data.mode == "resampled" and shards.sizes is not None:
@@ -639,19 +669,8 @@ class ShardLoader:
         method = start_method(c.worker_start_method) if c.data.workers > 0 else None
         progress = WorkerProgress(c.data.workers) if c.data.workers > 0 else None
         self.dataset.progress = progress
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,  # the stream batches itself
-            num_workers=c.data.workers,
-            pin_memory=c.pin_memory,
-            persistent_workers=False,  # workers re-read the epoch/skip set above
-            prefetch_factor=c.data.prefetch if c.data.workers > 0 else None,
-            # DataLoader draws its base seed from this generator, not from the trainer's RNG.
-            generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
-            multiprocessing_context=method,
-            timeout=dataloader_timeout(c.worker_timeout, c.data.workers),
-            worker_init_fn=worker_init,
-        )
+        with torch_worker_count_quiet():  # said once, in our words (_warn_worker_count)
+            loader = self._dataloader(method, progress)
         base_bad, base_seen = self.bad_samples, self.samples_seen
         bad, seen = {}, {}  # running counts per worker this iteration
         for batch in guard_timeout(loader, c.worker_timeout, self.shards.spec, method, progress):
@@ -665,6 +684,22 @@ class ShardLoader:
             if self.label_map is not None:
                 batch["label"] = self.label_map[batch["label"]]
             yield batch
+
+    def _dataloader(self, method: str | None, progress: WorkerProgress | None) -> DataLoader:
+        c = self.cfg
+        return DataLoader(
+            self.dataset,
+            batch_size=None,  # the stream batches itself
+            num_workers=c.data.workers,
+            pin_memory=c.pin_memory,
+            persistent_workers=False,  # workers re-read the epoch/skip set above
+            prefetch_factor=c.data.prefetch if c.data.workers > 0 else None,
+            # DataLoader draws its base seed from this generator, not from the trainer's RNG.
+            generator=torch.Generator().manual_seed(derive_seed("loader", c.seed, self.epoch)),
+            multiprocessing_context=method,
+            timeout=dataloader_timeout(c.worker_timeout, c.data.workers),
+            worker_init_fn=worker_init,
+        )
 
     def map_labels(self, mapping: list[int], classes: list[str]) -> None:
         """From now on label ``i`` of this data comes out as ``mapping[i]``, an index into

@@ -16,12 +16,14 @@ the process that owns them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
 import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -174,6 +176,24 @@ def dataloader_timeout(worker_timeout: float, num_workers: int) -> float:
     return min(worker_timeout, POLL_S) if num_workers > 0 and worker_timeout > 0 else 0
 
 
+# torch's "This DataLoader will create N worker processes in total ..." warning, which it gives
+# twice (building the loader and starting its iterator) and then for every new loader: the
+# shard loader says it once itself (``ShardLoader``, naming data.workers and the cores).
+_TORCH_WORKER_COUNT = r"This DataLoader will create \d+ worker processes in total"
+
+
+@contextlib.contextmanager
+def torch_worker_count_quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TORCH_WORKER_COUNT, category=UserWarning)
+        yield
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a SLURM or container limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def guard_timeout(
     loader: DataLoader,
     timeout: float,
@@ -184,7 +204,8 @@ def guard_timeout(
     """Iterate ``loader`` (built with :func:`dataloader_timeout`): a dead worker is a one-line
     DataError within ``POLL_S`` (:func:`worker_death_line`), no batch for ``timeout`` seconds
     another."""
-    it = iter(loader)
+    with torch_worker_count_quiet():
+        it = iter(loader)
     waited_since = time.monotonic()
     while True:
         try:
