@@ -83,10 +83,13 @@ def test_every_rank_of_a_refused_job_stops_with_the_same_line(digits_data_dir, f
     before = _tree(finished_run)
     proc = run_train(_args(digits_data_dir, finished_run, "train.steps=4"), nproc=2, timeout=300)
     assert proc.returncode != 0, proc.stderr
-    assert proc.stderr.count("config error: ") == 1, proc.stderr  # rank 0 prints it
-    assert "already holds a run" in proc.stderr
-    # Both ranks stop (the launcher reports it, with its own traceback); none in vit_dist.
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("config error: ")]
+    assert len(ours) == 1 and "already holds a run" in ours[0], proc.stderr  # rank 0 prints it
+    # Both ranks stop (the launcher reports it, with its own traceback); none in vit_dist. The
+    # launcher's summary names the root cause: our line, from the error file torchrun asked for.
     assert "exitcode  : 2" in proc.stderr and "vit_dist/" not in proc.stderr, proc.stderr
+    assert f"traceback : {ours[0]}" in proc.stderr, proc.stderr
+    assert "To enable traceback see" not in proc.stderr
     assert _tree(finished_run) == before
 
 

@@ -255,3 +255,35 @@ def test_exit_process_freezes_the_heap_then_exits_with_the_code(monkeypatch):
     with pytest.raises(SystemExit) as e:
         exit_process(3)
     assert e.value.code == 3 and calls == ["freeze"]
+
+
+def test_under_torchrun_the_launchers_summary_shows_our_line_or_the_bugs_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    """The error file torch elastic's agent names (TORCHELASTIC_ERROR_FILE), read back by torch's
+    own ProcessFailure / ChildFailedError as the launcher does."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from vit_dist.core.errors import ConfigError
+
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+
+    def mistake():
+        raise ConfigError("train.steps: expected a positive integer")
+
+    assert run_cli(mistake) == 2
+    capsys.readouterr()
+    failure = ProcessFailure(local_rank=0, pid=123, exitcode=2, error_file=str(path))
+    summary = ChildFailedError("vit_dist.train", {0: failure}).format_msg()
+    assert "config error: train.steps: expected a positive integer" in summary, summary
+    assert "To enable traceback see" not in summary
+
+    def bug():
+        raise ValueError("a bug deep inside")
+
+    with pytest.raises(ValueError):
+        run_cli(bug)
+    failure = ProcessFailure(local_rank=0, pid=123, exitcode=1, error_file=str(path))
+    summary = ChildFailedError("vit_dist.train", {0: failure}).format_msg()
+    assert "Traceback (most recent call last)" in summary and "ValueError: a bug deep inside" in summary

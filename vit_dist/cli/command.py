@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
+import json
 import logging
 import os
 import re
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -230,6 +233,7 @@ def run_cli(main: Callable[[], int]) -> int:
     def fail(kind: str, message: str, code: int) -> int:
         if _rank() == 0 or code not in (EXIT_CONFIG, EXIT_PREEMPTED):  # the same on every rank
             print(f"{kind}: {message}", file=sys.stderr, flush=True)
+        _tell_the_launcher(f"{kind}: {message}")
         return code
 
     try:
@@ -256,4 +260,26 @@ def run_cli(main: Callable[[], int]) -> int:
                 "parallel.activation_checkpointing=true, or use parallel.strategy=fsdp / precision=bf16",
                 EXIT_OOM,
             )
+        _tell_the_launcher(f"{type(e).__name__}: {e}", traceback.format_exc())  # a bug: its traceback
         raise
+
+
+def _tell_the_launcher(message: str, callstack: str | None = None) -> None:
+    """Under torchrun (also inside `accelerate launch`), write why this rank ends into the error
+    file the agent named (``TORCHELASTIC_ERROR_FILE``, torch elastic's own JSON layout), so that
+    its ``ChildFailedError`` summary shows our one line (or a bug's traceback) for the rank that
+    failed first, instead of "To enable traceback see ...". Best effort: the exit code stands."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {
+        "message": {
+            "message": message,
+            "extraInfo": {"py_callstack": callstack or message, "timestamp": str(int(time.time()))},
+        }
+    }
+    try:
+        with open(path, "w") as fh:
+            json.dump(data, fh)
+    except OSError:
+        pass  # the line on stderr and the exit code still say it
