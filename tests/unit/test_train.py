@@ -82,3 +82,24 @@ def test_a_run_that_waits_for_data_is_told_so_once(digits_data_dir, tmp_path, mo
     assert "data.workers=0 per rank" in advice[0]
     waits = [m["data_wait_frac"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
     assert len(waits) == 8 and min(waits[1:]) > 0.2, waits
+
+
+def test_a_run_that_is_all_warmup_is_told_so_once(make_data_shards, tmp_path, caplog):
+    """train.steps=3 with the digits config's warmup (epochs): the lr would only rise; a warmup
+    shorter than the run says nothing."""
+    import logging
+
+    from vit_dist.core.config import load_config
+    from vit_dist.runtime.distributed import init_distributed
+    from vit_dist.training.trainer import Trainer
+
+    data = make_data_shards([40])
+    base = [f"data.train={data}", "data.val=null", "data.workers=0", "logging.wandb=false", *TINY[:-1]]
+    caplog.set_level(logging.WARNING, logger="vit_dist.training.trainer")
+    Trainer(load_config(CONFIG, [*base, "train.steps=3", f"output_dir={tmp_path / 'a'}"]), init_distributed())
+    said = [r.getMessage() for r in caplog.records if "is at least the whole run" in r.getMessage()]
+    assert len(said) == 1 and "(3 steps)" in said[0] and "optim.warmup_epochs" in said[0], said
+    caplog.clear()
+    short = ["train.steps=3", "optim.warmup_steps=1", f"output_dir={tmp_path / 'b'}"]
+    Trainer(load_config(CONFIG, [*base, *short]), init_distributed())
+    assert not [r for r in caplog.records if "whole run" in r.getMessage()]

@@ -69,6 +69,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _all_warmup(warmup: int, total: int, in_steps: bool) -> str:
+    """The warning for a run that never leaves warmup (it ends at the peak lr, never decays)."""
+    asked = "optim.warmup_steps" if in_steps else "optim.warmup_epochs"
+    return (
+        f"warning: warmup ({warmup} steps, from {asked}) is at least the whole run ({total} steps): "
+        f"the lr rises for the whole run and ends at its peak, without the cosine decay; set "
+        f"{asked} lower (or train longer)"
+    )
+
+
 class Trainer:
     def __init__(self, cfg: Config, env: DistEnv, settings_from: dict[str, str] | None = None):
         self.cfg, self.env = cfg, env
@@ -262,6 +272,8 @@ class Trainer:
             o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch)
         )
         self.warmup_steps = min(warmup, self.total_steps)
+        if warmup >= self.total_steps and self.total_steps > 0 and self.env.is_main:
+            log.warning(_all_warmup(warmup, self.total_steps, o.warmup_steps is not None))
         self.lr = o.lr * (self.global_batch / o.base_batch_size if o.base_batch_size else 1.0)
 
         core = self.plain_model
