@@ -1,4 +1,4 @@
-"""``python -m vit_dist.predict checkpoint=PATH IMAGE [IMAGE ...] [topk=5] [ema=true]``
+"""``python -m vit_dist.predict checkpoint=PATH IMAGE|DIR [...] [topk=5] [ema=true] [out=preds.jsonl]``
 
 Classifies image files and prints, per image, the ``topk`` classes with their probabilities::
 
@@ -18,16 +18,22 @@ Each image gets the evaluation transform of training (resize the shorter side to
 ``img_size / crop_pct``, center crop ``img_size``, normalise with the saved mean/std), so a
 prediction here matches what validation measured. An image that cannot be read is reported on
 one line (``error: cannot read image X: ...``, on stderr), the others are still predicted, and
-the exit code is then non-zero (3, as for data errors). Runs on the CPU.
+the exit code is then non-zero (3, as for data errors). A directory stands for its image files
+(by extension, recursively, in path order; symlinks inside it are not followed). ``out=FILE``
+writes one JSON record per image there instead of printing (``{"image", "top": [{"class",
+"index", "prob"}]}`` or ``{"image", "error"}``), published whole at the end. Runs on the CPU.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Literal
 
 from .cli.command import exit_process, parse_args, run_cli
 from .cli.help import Key
+from .core import atomic
 from .core.errors import EXIT_DATA, ConfigError, DataError
 from .core.files import read_bytes
 from .core.options import parse_bool, split_options
@@ -42,6 +48,13 @@ OPTIONS = (
     ),
     Key("topk", "int", "5", "how many classes to print per image", ">= 1"),
     Key("ema", "bool", "false", "a training checkpoint's EMA weights", is_bool=True),
+    Key(
+        "out",
+        "path",
+        "",
+        "write one JSON line per image here (e.g. preds.jsonl: image, top classes with index and "
+        "probability, or the error) instead of printing; published whole when the command ends",
+    ),
 )
 _KEYS = tuple(o.key for o in OPTIONS)
 
@@ -102,8 +115,36 @@ def _describe(e: Exception) -> str:
 IMAGE_LIMIT = 64 * 2**20  # bytes of one image file (data.max_sample_bytes' default)
 
 
-def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=None) -> int:
-    """Print the top-``topk`` classes of each image; returns the number of unreadable images."""
+def expand_images(paths: list[str], err=None) -> list[str]:
+    """The image files to predict: each file as given, and each directory's image files
+    (by extension, recursively, sorted by path). Inside a directory, symlinks are not followed
+    (a link could lead out of it) and a directory without images is an error line; neither
+    stops the others."""
+    from .data.pipeline import IMAGE_EXTS  # with torch: only once the options are checked
+
+    err = err or sys.stderr
+    out: list[str] = []
+    for given in paths:
+        if not os.path.isdir(given):
+            out.append(given)
+            continue
+        found = []
+        for root, dirs, files in os.walk(given):  # followlinks=False: linked directories are skipped
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTS and not os.path.islink(path):
+                    found.append(path)
+        if not found:
+            print(f"error: {given} holds no image files ({', '.join(IMAGE_EXTS)})", file=err, flush=True)
+            out.append(given)  # counted as failed below: a directory is not an image
+        out += sorted(found)  # path order: a/x before b/y before c.jpg
+    return out
+
+
+def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=None, jsonl=None) -> int:
+    """Print the top-``topk`` classes of each image (or, with ``jsonl``, a file object, write one
+    JSON record per image there); returns the number of unusable images."""
     import torch  # deferred like every torch import here: option errors come first
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -111,28 +152,40 @@ def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=N
     classes = info.get("classes")
     k = min(topk, int(info.get("num_classes") or topk))
     failed = 0
+
+    def fail(image: str, line: str) -> None:
+        nonlocal failed
+        failed += 1
+        print(f"error: {line}", file=err, flush=True)
+        if jsonl is not None:
+            jsonl.write(json.dumps({"image": image, "error": line}) + "\n")
+
     for image in images:
+        if os.path.isdir(image):
+            fail(image, f"{image} is a directory without image files")
+            continue
         try:
             # A regular file of at most IMAGE_LIMIT bytes: a FIFO would block, /dev/zero fill memory.
             data = read_bytes(image, limit=IMAGE_LIMIT, error=DataError, what="image")
         except DataError as e:
-            print(f"error: {e}", file=err, flush=True)
-            failed += 1
+            fail(image, str(e))
             continue
         try:
             x = prep(data)
         except Exception as e:  # any reason an image is unusable: report it, go on with the rest
-            print(f"error: cannot read image {image}: {_describe(e)}", file=err, flush=True)
-            failed += 1
+            fail(image, f"cannot read image {image}: {_describe(e)}")
             continue
         with torch.no_grad():
             probs = model(x).float().softmax(-1)[0]
         top = probs.topk(min(k, probs.numel()))
-        names = [classes[i] if classes else str(i) for i in top.indices.tolist()]
+        indices, values = top.indices.tolist(), top.values.tolist()
+        names = [classes[i] if classes else str(i) for i in indices]
+        if jsonl is not None:
+            ranked = [{"class": n, "index": i, "prob": p} for n, i, p in zip(names, indices, values)]
+            jsonl.write(json.dumps({"image": image, "top": ranked}) + "\n")
+            continue
         width = max(10, *(len(n) for n in names))
-        lines = [image] + [
-            f"  {r}. {n:<{width}} {p:.4f}" for r, (n, p) in enumerate(zip(names, top.values.tolist()), 1)
-        ]
+        lines = [image] + [f"  {r}. {n:<{width}} {p:.4f}" for r, (n, p) in enumerate(zip(names, values), 1)]
         print("\n".join(lines), file=out, flush=True)
     return failed
 
@@ -145,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         config=False,
         description="Print the top classes of image files (IMAGE: any file PIL reads), from a training\n"
         "checkpoint, an exported .safetensors file (with its .json) or a hf-hub: model.",
-        words="checkpoint=PATH IMAGE [IMAGE ...] [topk=5] [ema=true]",
-        words_help="the options below, as key=value, and the image files",
+        words="checkpoint=PATH IMAGE|DIR [IMAGE|DIR ...] [topk=5] [ema=true] [out=preds.jsonl]",
+        words_help="the options below, as key=value, and the image files or directories of them",
     )
 
     def _run() -> int:
@@ -154,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.get("checkpoint"):
             raise ConfigError("predict needs checkpoint=PATH (a checkpoint/run directory or a .safetensors)")
         if not images:
-            raise ConfigError("predict needs at least one image file")
+            raise ConfigError("predict needs at least one image file or directory")
         try:
             topk = int(opts.get("topk", "5"))
         except ValueError:
@@ -164,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         from .checkpoint.weights import load_model  # torch: only after the options are checked
 
         model, info = load_model(opts["checkpoint"], ema=parse_bool("ema", opts.get("ema", "false")))
-        failed = predict(model, info, images, topk=topk)
+        images = expand_images(images)
+        if not opts.get("out"):
+            failed = predict(model, info, images, topk=topk)
+            return EXIT_DATA if failed else 0
+        with atomic.atomic_path(opts["out"]) as tmp, open(tmp, "w") as fh:
+            failed = predict(model, info, images, topk=topk, jsonl=fh)
+        print(f"wrote {len(images)} predictions ({failed} failed) to {opts['out']}", flush=True)
         return EXIT_DATA if failed else 0
 
     return run_cli(_run)

@@ -108,3 +108,51 @@ def test_evaluate_rebuilds_the_model_and_preprocessing_from_the_checkpoint_alone
     assert "note: data.crop_pct=0.5 (override; the checkpoint's: 1.0) is used" in caplog.text
     assert "note: the model is the checkpoint's (vit); model.* keys are not used" in caplog.text
     assert got["loss"] != trained["loss"]
+
+
+def test_predict_takes_directories_recursively_sorted_and_writes_jsonl(tmp_path):
+    """A directory gives its image files by extension, recursively, in path order; symlinks in
+    it are not followed; an image-less directory and a broken image are error lines (and JSON
+    records) while the rest is predicted."""
+    import io
+    import os
+
+    from PIL import Image
+
+    from vit_dist.predict import expand_images, predict
+
+    root = tmp_path / "imgs"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a").mkdir()
+    (tmp_path / "empty").mkdir()
+    for rel in ("b/deep/z.PNG", "a/y.jpg", "x.png"):
+        Image.new("RGB", (8, 8), (10, 200, 30)).save(
+            root / rel, format="PNG" if rel.lower().endswith("png") else "JPEG"
+        )
+    (root / "notes.txt").write_text("not an image")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    os.symlink(outside, root / "link.png")
+
+    err = io.StringIO()
+    images = expand_images([str(root), str(tmp_path / "empty"), str(outside)], err=err)
+    assert images == [
+        *(str(root / rel) for rel in ("a/y.jpg", "b/deep/z.PNG", "broken.jpg", "x.png")),
+        str(tmp_path / "empty"),
+        str(outside),
+    ]
+    assert err.getvalue().startswith(f"error: {tmp_path / 'empty'} holds no image files")
+
+    info = {"img_size": 8, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 3}
+    info["classes"] = ["cat", "dog", "eel"]
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    jsonl, err = io.StringIO(), io.StringIO()
+    failed = predict(lambda x: logits.expand(x.shape[0], 3), info, images, topk=2, err=err, jsonl=jsonl)
+    records = [json.loads(line) for line in jsonl.getvalue().splitlines()]
+    assert failed == 2 and [r["image"] for r in records] == images
+    good = records[0]["top"]
+    assert [(t["class"], t["index"]) for t in good] == [("dog", 1), ("eel", 2)]
+    assert abs(good[0]["prob"] - logits.softmax(-1)[0, 1].item()) < 1e-6
+    assert "cannot read image" in records[2]["error"] and "without image files" in records[4]["error"]
+    assert len(err.getvalue().splitlines()) == 2

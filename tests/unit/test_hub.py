@@ -272,3 +272,21 @@ def test_evaluate_from_the_hub_alone_takes_model_classes_and_preprocessing_from_
     assert main([*args, *same, f"output_dir={tmp_path / 'f'}"]) == 0
     stated = json.loads((tmp_path / "f" / "eval.json").read_text())
     assert (stated["top1"], stated["loss"]) == (got["top1"], got["loss"])
+
+
+def test_predict_a_directory_into_a_jsonl_file(hub, capsys, tmp_path):
+    """`predict checkpoint=... DIR --out preds.jsonl`: every image of DIR, one record each."""
+    from vit_dist.predict import main
+
+    images = tmp_path / "digits"
+    images.mkdir()
+    for name in ("b.png", "a.png"):
+        digit_png(images / name)
+    out = tmp_path / "preds.jsonl"
+    assert main([f"checkpoint=hf-hub:{ORG}/tiny-vit", str(images), "--out", str(out), "topk=3"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [f"wrote 2 predictions (0 failed) to {out}"]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in records] == [str(images / "a.png"), str(images / "b.png")]
+    assert all(len(r["top"]) == 3 and r["top"][0]["class"] in DIGITS for r in records)
+    assert not list(tmp_path.glob(".preds.jsonl.tmp-*"))
