@@ -287,6 +287,23 @@ def test_peak_flops_cpu_measured_once_without_touching_the_training_rng(monkeypa
         peak_flops("cpu", "int7")
 
 
+def test_a_measured_peak_below_what_the_model_achieved_is_raised_so_mfu_stays_at_most_1(monkeypatch):
+    """A peak measured while the machine was loaded (summary.json once said mfu 1.549): the first
+    MFU above 1 measures again, and the peak becomes at least what the model achieved."""
+    readings = iter([1e9, 1.2e9])  # the start-up measurement on a loaded machine, then the retry
+    monkeypatch.setattr(hardware, "_MEASURED_PEAKS", {})
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda *a: next(readings))
+    low = peak_flops("cpu", torch.float32)
+    flops, ips = 1e7, 60.0  # 3 x 1e7 x 60 = 1.8e9 FLOP/s achieved
+    assert hardware.mfu(flops, ips, 1, low) == pytest.approx(1.8)
+    raised = hardware.raised_peak("cpu", torch.float32, 3 * flops * ips)
+    assert raised == pytest.approx(1.8e9) and hardware.mfu(flops, ips, 1, raised) == pytest.approx(1.0)
+    assert peak_flops("cpu", torch.float32) == raised  # kept for the rest of the run
+    # A datasheet peak is never raised: an MFU above it is the FLOP count's error.
+    monkeypatch.setattr(hardware, "datasheet_peak", lambda *a: 989e12)
+    assert hardware.raised_peak("cuda", torch.bfloat16, 2e15) == 989e12
+
+
 def test_peak_flops_gpu_table(monkeypatch):
     table = hardware.table_peak
     assert table("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989e12

@@ -19,7 +19,7 @@ The names other modules use are re-exported here.
 from __future__ import annotations
 
 from .curves import draw_curves, plot_curves
-from .hardware import datasheet_peak, max_memory_mb, measure_matmul_peak, mfu, peak_flops
+from .hardware import datasheet_peak, max_memory_mb, measure_matmul_peak, mfu, peak_flops, raised_peak
 from .jsonl import read_jsonl
 from .runlog import RunLogger
 from .sink import MetricSink
@@ -39,6 +39,7 @@ __all__ = [
     "measure_matmul_peak",
     "mfu",
     "peak_flops",
+    "raised_peak",
     "plot_curves",
     "read_jsonl",
     "resolve_wandb_mode",
