@@ -49,6 +49,9 @@ Bare weights files take the model from the config:
   python -m vit_dist.evaluate --config configs/X.yaml checkpoint=FILE [key=value ...]"""
 
 
+# Preprocessing a self-describing checkpoint brings (its training's eval transform); a value
+# given in the config file or on the command line still wins.
+PREPROCESSING = ("img_size", "crop_pct", "interpolation", "mean", "std")
 # What evaluation reads of the config (``--help`` lists only these): the val data and how it is
 # loaded, the batch, precision and output directory; the model keys for a bare weights file.
 USED_KEYS = (
@@ -68,11 +71,8 @@ USED_KEYS = (
     "precision",
     "output_dir",
     "model.",
-    *(f"data.{k}" for k in ("img_size", "crop_pct", "interpolation", "mean", "std")),
+    *(f"data.{k}" for k in PREPROCESSING),
 )
-# Preprocessing a self-describing checkpoint brings (its training's eval transform); a value
-# given in the config file or on the command line still wins.
-PREPROCESSING = ("img_size", "crop_pct", "interpolation", "mean", "std")
 
 
 def _with_checkpoint_preprocessing(cfg, info: dict, sources: dict[str, str]) -> list[str]:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("evaluate needs checkpoint=PATH (a checkpoint directory or a weights file)")
         use_ema = parse_bool("ema", opts.get("ema", "false"))
         # accelerate's --mixed_precision is honoured (launch_env); the parallel keys do not apply.
-        keys = ("precision", "model.name", *(f"data.{k}" for k in PREPROCESSING))
+        keys = ("precision", "model", *(f"data.{k}" for k in PREPROCESSING))  # "model": any model.* key
         cfg, sources = load_run_config(config_path, overrides, keys=keys, training=False)
         if not cfg.data.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = opts["checkpoint"]
         model, info = None, None
         trained: tuple[int, list[str] | None] | None  # what the weights were trained for
-        model_keys = sources["model.name"] != "default" or _gives_model_keys(config_path, overrides)
+        model_keys = sources["model"] != "default"
         # A hub repository with model.* keys given: its weights into that model (fine-tuned hub
         # weights of another layout); otherwise the model, classes and preprocessing are the
         # checkpoint's.
@@ -177,15 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_run)
 
 
-def _gives_model_keys(config_path: str | None, overrides: list[str]) -> bool:
-    """Whether the config file or the command line sets any ``model.*`` key."""
-    from .core.config import read_yaml  # deferred: the module's imports stay light (see main)
-
-    return any(w.split("=", 1)[0].strip().startswith("model.") for w in overrides) or bool(
-        config_path and read_yaml(config_path).get("model")
-    )
-
-
 def _described(info: dict) -> str:
     """What eval.json's ``weights`` says of a self-describing checkpoint."""
     step = f" (step {info['step']})" if info.get("step") is not None else ""
@@ -197,7 +188,6 @@ def _val_loader(cfg, env, trained, checkpoint):
     trained for: ``trained`` is (count, names or None), or None when the weights record none."""
     # torch and the loader: only once the command line and config are valid (see main)
     from .data import build_loader, loader_config
-    from .data.classes import class_map, class_mismatch
 
     settings = loader_config(
         cfg.data,
@@ -208,17 +198,10 @@ def _val_loader(cfg, env, trained, checkpoint):
         device=env.device,
     )
     loader = build_loader(settings, env.rank, env.world_size)
-    if cfg.data.val_class_map:
-        names = trained[1] if trained else None
-        mapping = class_map(
-            names,
-            loader.classes,
-            cfg.data.val_class_map,
-            expected_what=f"checkpoint={checkpoint}",
-            found_what=f"data.val={cfg.data.val}",
-        )
-        loader.map_labels(mapping, list(names or ()))  # class_map refuses None
-    problem = trained and class_mismatch(trained[1], trained[0], loader.classes, loader.num_classes)
+    if trained is None and not cfg.data.val_class_map:
+        return loader  # weights that record no classes: nothing to check them against
+    count, names = trained or (0, None)  # no names with a class map: align_classes says so
+    problem = loader.align_classes(names, count, expected_what=f"checkpoint={checkpoint}")
     if problem:
         raise DataError(
             f"data.val={cfg.data.val} does not have the classes {checkpoint} was trained "

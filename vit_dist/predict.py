@@ -115,14 +115,13 @@ def _describe(e: Exception) -> str:
 IMAGE_LIMIT = 64 * 2**20  # bytes of one image file (data.max_sample_bytes' default)
 
 
-def expand_images(paths: list[str], err=None) -> list[str]:
+def expand_images(paths: list[str]) -> list[str]:
     """The image files to predict: each file as given, and each directory's image files
     (by extension, recursively, sorted by path). Inside a directory, symlinks are not followed
-    (a link could lead out of it) and a directory without images is an error line; neither
-    stops the others."""
+    (a link could lead out of it); a directory without images stays in the list, for
+    :func:`predict` to report on one line."""
     from .data.pipeline import IMAGE_EXTS  # with torch: only once the options are checked
 
-    err = err or sys.stderr
     out: list[str] = []
     for given in paths:
         if not os.path.isdir(given):
@@ -135,10 +134,7 @@ def expand_images(paths: list[str], err=None) -> list[str]:
                 path = os.path.join(root, name)
                 if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTS and not os.path.islink(path):
                     found.append(path)
-        if not found:
-            print(f"error: {given} holds no image files ({', '.join(IMAGE_EXTS)})", file=err, flush=True)
-            out.append(given)  # counted as failed below: a directory is not an image
-        out += sorted(found)  # path order: a/x before b/y before c.jpg
+        out += sorted(found) or [given]  # path order (a/x before b/y before c.jpg); or the empty dir
     return out
 
 
@@ -146,6 +142,8 @@ def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=N
     """Print the top-``topk`` classes of each image (or, with ``jsonl``, a file object, write one
     JSON record per image there); returns the number of unusable images."""
     import torch  # deferred like every torch import here: option errors come first
+
+    from .data.pipeline import IMAGE_EXTS  # with torch, as above
 
     out, err = out or sys.stdout, err or sys.stderr
     prep = Preprocess(info)
@@ -161,8 +159,8 @@ def predict(model, info: dict, images: list[str], topk: int = 5, out=None, err=N
             jsonl.write(json.dumps({"image": image, "error": line}) + "\n")
 
     for image in images:
-        if os.path.isdir(image):
-            fail(image, f"{image} is a directory without image files")
+        if os.path.isdir(image):  # what expand_images leaves of a directory without images
+            fail(image, f"{image} holds no image files ({', '.join(IMAGE_EXTS)})")
             continue
         try:
             # A regular file of at most IMAGE_LIMIT bytes: a FIFO would block, /dev/zero fill memory.

@@ -174,10 +174,17 @@ def describes_itself(path: str | os.PathLike) -> bool:
     ``model.*`` keys give the model."""
     if is_hub_ref(path):
         return True
-    p = Path(path)
-    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
-        return True
+    p = _weights_of(Path(path))
     return p.is_dir() or (p.is_file() and p.with_suffix(".json").is_file())
+
+
+def _weights_of(p: Path) -> Path:
+    """The weights file an export's sidecar stands for, where the sidecar was named."""
+    return (
+        p.with_suffix(".safetensors")
+        if p.suffix == ".json" and p.with_suffix(".safetensors").is_file()
+        else p
+    )
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = False) -> tuple[nn.Module, dict]:
@@ -189,9 +196,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = False) -> tuple[nn.Module
         if ema:
             raise ConfigError("ema=true applies to training checkpoints, not hf-hub: weights")
         return load_hub_model(str(path))
-    p = Path(path)
-    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():  # the sidecar was named
-        p = p.with_suffix(".safetensors")
+    p = _weights_of(Path(path))
     if p.is_dir():
         return load_checkpoint_model(p, ema=ema)
     if ema and p.is_file():

@@ -24,13 +24,14 @@ mistake view of a parsed JSON object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import reprlib
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -57,10 +58,13 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def read_bytes(path: str | os.PathLike, *, limit: int, error: ErrorKind, what: str) -> bytes:
-    """The bytes of ``path``, a regular file of at most ``limit`` bytes, or ``error(line)``.
-
-    Opened non-blocking, so a FIFO is refused instead of waiting for a writer forever."""
+@contextlib.contextmanager
+def _regular_file(
+    path: str | os.PathLike, *, limit: int, error: ErrorKind, what: str
+) -> Iterator[tuple[int, int]]:
+    """``(descriptor, size)`` of ``path``, a regular file of at most ``limit`` bytes, or
+    ``error(line)``; an OSError while it is read is ``error(line)`` too. Opened non-blocking,
+    so a FIFO is refused instead of waiting for a writer forever."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -73,6 +77,16 @@ def read_bytes(path: str | os.PathLike, *, limit: int, error: ErrorKind, what: s
             raise error(f"{what} {path} is not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size > limit:
             raise error(f"{what} {path} is {st.st_size} bytes, over the {_size(limit)} a {what} may have")
+        yield fd, st.st_size
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: str | os.PathLike, *, limit: int, error: ErrorKind, what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes, or ``error(line)``."""
+    with _regular_file(path, limit=limit, error=error, what=what) as (fd, _):
         chunks, total = [], 0
         while total <= limit:
             chunk = os.read(fd, min(limit + 1 - total, 1 * MIB))
@@ -83,10 +97,15 @@ def read_bytes(path: str | os.PathLike, *, limit: int, error: ErrorKind, what: s
         if total > limit:  # it grew while we read
             raise error(f"{what} {path} is over the {_size(limit)} a {what} may have")
         return b"".join(chunks)
-    except OSError as e:
-        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
+
+
+def read_head(
+    path: str | os.PathLike, count: int, *, limit: int, error: ErrorKind, what: str
+) -> tuple[bytes, int]:
+    """The first ``count`` bytes (fewer if the file is shorter) of ``path`` and its size: the
+    checks of :func:`read_bytes`, without reading the rest (a header)."""
+    with _regular_file(path, limit=limit, error=error, what=what) as (fd, size):
+        return os.read(fd, count), size
 
 
 def read_text(path: str | os.PathLike, *, limit: int, error: ErrorKind, what: str) -> str:

@@ -32,7 +32,7 @@ import tarfile
 
 from ..core.atomic import write_bytes
 from ..core.errors import DataError
-from ..core.files import read_bytes
+from ..core.files import read_bytes, read_head
 from .tar_reader import member_data, split_name
 
 log = logging.getLogger("vit_dist.data")
@@ -60,29 +60,30 @@ def _as_le(offsets: array.array) -> bytes:
 MAX_INDEX_SAMPLES = 2**24
 
 
-def _read(path: str | os.PathLike) -> bytes:
-    """The whole index file: a regular file (a FIFO or device is refused, never waited on) of at
-    most the size ``MAX_INDEX_SAMPLES`` needs."""
-    return read_bytes(path, limit=HEADER_BYTES + 8 * (MAX_INDEX_SAMPLES + 1), error=DataError, what="index")
+# An index is a regular file (a FIFO or device is refused, never waited on) of at most the size
+# MAX_INDEX_SAMPLES need.
+_INDEX_LIMIT = HEADER_BYTES + 8 * (MAX_INDEX_SAMPLES + 1)
 
 
-def _parse_header(path: str | os.PathLike, data: bytes) -> tuple[int, int]:
-    if len(data) < HEADER_BYTES or data[:8] != MAGIC:
+def _parse_header(path: str | os.PathLike, head: bytes, size: int) -> tuple[int, int]:
+    if len(head) < HEADER_BYTES or head[:8] != MAGIC:
         raise DataError(f"index {path} is not a vit_dist shard index (bad magic or too short): {_REBUILD}")
-    n = int.from_bytes(data[8:16], "little")
-    shard_bytes = int.from_bytes(data[16:24], "little")
-    if len(data) != HEADER_BYTES + 8 * (n + 1):
+    n = int.from_bytes(head[8:16], "little")
+    shard_bytes = int.from_bytes(head[16:24], "little")
+    if size != HEADER_BYTES + 8 * (n + 1):
         raise DataError(
-            f"index {path} is {len(data)} bytes, but {n} samples need {HEADER_BYTES + 8 * (n + 1)} "
+            f"index {path} is {size} bytes, but {n} samples need {HEADER_BYTES + 8 * (n + 1)} "
             f"(truncated or corrupt): {_REBUILD}"
         )
     return n, shard_bytes
 
 
 def read_header(path: str | os.PathLike) -> tuple[int, int]:
-    """``(n, shard_bytes)`` of the index at ``path`` after checking its magic and exact size
-    (what the start-up report needs). Raises :class:`DataError`."""
-    return _parse_header(path, _read(path))
+    """``(n, shard_bytes)`` of the index at ``path`` after checking its magic and exact size,
+    without reading the offsets (what the start-up report needs). Raises :class:`DataError`."""
+    return _parse_header(
+        path, *read_head(path, HEADER_BYTES, limit=_INDEX_LIMIT, error=DataError, what="index")
+    )
 
 
 def _expectations(path, n: int, stored_bytes: int, num_samples: int | None, shard_bytes: int | None) -> None:
@@ -103,8 +104,8 @@ def read_index(
     Raises :class:`DataError` (one line) on a bad magic or size, offsets that are not
     block-aligned and strictly increasing or that point past the indexed shard's end, and on a
     sample count or shard size other than the given ``num_samples`` / ``shard_bytes``."""
-    data = _read(path)
-    n, stored_bytes = _parse_header(path, data)
+    data = read_bytes(path, limit=_INDEX_LIMIT, error=DataError, what="index")
+    n, stored_bytes = _parse_header(path, data, len(data))
     _expectations(path, n, stored_bytes, num_samples, shard_bytes)
     offsets = array.array("Q")
     offsets.frombytes(data[HEADER_BYTES:])

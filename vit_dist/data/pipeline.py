@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..core.config import AugmentSection, DataSection
 from ..core.errors import DataError
 from ..runtime.start import start_method
+from .classes import class_map, class_mismatch
 from .index import load_offsets, read_header, usable_index
 from .plan import (
     Segment,
@@ -709,6 +710,21 @@ class ShardLoader:
             raise ValueError(f"a label map of {self.num_classes} classes onto {len(classes)} expected")
         self.label_map = torch.tensor(mapping, dtype=torch.int64)
         self.num_classes, self.classes = len(classes), list(classes)
+
+    def align_classes(
+        self, expected: list[str] | None, expected_count: int, *, expected_what: str
+    ) -> str | None:
+        """Make this (val) data's labels mean the ``expected`` classes: mapped as
+        ``data.val_class_map`` says when it is set (:func:`classes.class_map`). Returns how they
+        still differ (:func:`classes.class_mismatch`), or None."""
+        how = self.cfg.data.val_class_map
+        if how:
+            found_what = f"data.val={self.cfg.data.val}"
+            mapping = class_map(
+                expected, self.classes, how, expected_what=expected_what, found_what=found_what
+            )
+            self.map_labels(mapping, list(expected or ()))  # class_map refuses None
+        return class_mismatch(expected, expected_count, self.classes, self.num_classes)
 
     def _check_bad_limit(self) -> None:
         """This rank alone, between the all-rank checks: its bad samples against its share of

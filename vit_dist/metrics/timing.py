@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..data.workers import usable_cores
+
 
 class StepTimer:
     """Time spent waiting for data vs the whole step, with host clocks only.
@@ -89,7 +91,7 @@ class InputBoundAdvisor:
         if len(self._slow_run) < self.windows:
             return None
         self._advised = True
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = usable_cores()
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return (
             f"input-bound: {100 * sum(self._slow_run) / len(self._slow_run):.0f}% of step time waited for "

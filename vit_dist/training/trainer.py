@@ -39,7 +39,6 @@ from ..core.errors import CheckpointError, ConfigError, DataError, Preempted, Tr
 from ..core.files import load_json_object
 from ..core.hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
 from ..data import MixupCutmix, ShardLoader, build_loader, loader_config
-from ..data.classes import class_map, class_mismatch
 from ..metrics import (
     InputBoundAdvisor,
     RunLogger,
@@ -191,7 +190,7 @@ class Trainer:
         raised to what the model achieved if need be), so the figure never exceeds 1."""
         value = mfu(self.flops_per_image, ips, self.env.world_size, self.peak)
         if value > 1.0:
-            achieved = 3.0 * self.flops_per_image * ips / self.env.world_size
+            achieved = value * self.peak  # the model's FLOP/s per device
             self.peak = raised_peak(self.device, DTYPES[self.cfg.precision], achieved)
             value = mfu(self.flops_per_image, ips, self.env.world_size, self.peak)
         return value
@@ -201,16 +200,9 @@ class Trainer:
         ``data.val_class_map`` says."""
         cfg, train, val = self.cfg, self.train_loader, self.val_loader
         assert val is not None
-        if cfg.data.val_class_map:
-            mapping = class_map(
-                train.classes,
-                val.classes,
-                cfg.data.val_class_map,
-                expected_what=f"data.train={cfg.data.train}",
-                found_what=f"data.val={cfg.data.val}",
-            )
-            val.map_labels(mapping, list(train.classes or ()))  # class_map refuses None
-        problem = class_mismatch(train.classes, self.num_classes, val.classes, val.num_classes)
+        problem = val.align_classes(
+            train.classes, self.num_classes, expected_what=f"data.train={cfg.data.train}"
+        )
         if problem:
             raise DataError(
                 f"data.val={cfg.data.val} does not have the training data's classes ({problem}); "
