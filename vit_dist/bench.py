@@ -77,7 +77,7 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, kind: str) -> t
         return create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
 
     nwd = cast(VitDistModel, model).no_weight_decay()  # ours, and timm's ViT / DeiT / Swin (compare-timm)
-    return build_optimizer(param_groups(model, 0.05, nwd), 1e-4, (0.9, 0.999), 1e-8, device)
+    return build_optimizer(param_groups(model, 0.05, nwd), 1e-4, device)
 
 
 def make_steps(

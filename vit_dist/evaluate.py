@@ -1,8 +1,9 @@
 """``python -m vit_dist.evaluate checkpoint=PATH data.val=SPEC [ema=true] [key=value ...]``
 
 Evaluates weights on ``data.val`` exactly once per sample across all processes (also under
-``accelerate launch``) and writes ``eval.json`` (top1, top5, loss, num_samples) into
-``output_dir``, which must not be a training run's directory (a run owns its directory).
+``accelerate launch``) and writes ``eval.json`` (top1, top5, loss, num_samples),
+``eval_per_class.json`` (per-class samples and top-1, and the confusion matrix up to 1000
+classes) and ``confusion.png`` into ``output_dir``, which must not be a training run's directory (a run owns its directory).
 ``checkpoint=`` takes a training checkpoint directory (``.../checkpoints/step-N``,
 ``.../checkpoints/best``, or a run directory: its latest checkpoint), an export (``.safetensors``
 with its ``.json`` sidecar) or ``hf-hub:ORG/NAME[@REVISION]``: each says which model it is for,
@@ -160,16 +161,27 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 source = _described(info)
             model.to(env.device)
-            from .training.exact_eval import evaluate_model, summary_line  # torch: deferred as above
+            from .training.exact_eval import (  # torch: deferred as above
+                PerClass,
+                evaluate_model,
+                summary_line,
+            )
 
-            result = evaluate_model(model, loader, env.device, cfg.precision)
+            count, names = trained or (cfg.data.num_classes or loader.num_classes, None)
+            per_class = PerClass(count, env.device)
+            result = evaluate_model(model, loader, env.device, cfg.precision, per_class=per_class)
+            classes = per_class.reduce(names or loader.classes)  # a collective: every rank
             if env.is_main:
+                from .metrics.confusion import write_per_class  # matplotlib: only here
+
                 out = Path(cfg.output_dir)
                 out.mkdir(parents=True, exist_ok=True)
                 atomic.write_json(out / "eval.json", {**result, "weights": source})
                 print(f"evaluated {source}", flush=True)
                 print(summary_line(result), flush=True)
                 print(f"wrote {os.path.abspath(out / 'eval.json')}", flush=True)
+                for path in write_per_class(classes, out):
+                    print(f"wrote {os.path.abspath(path)}", flush=True)
         finally:
             shutdown()
         return 0

@@ -65,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
             result = trainer.fit()
             if env.is_main:
                 if trainer.already_complete:
+                    fewer = (
+                        f", and this config asks for {trainer.total_steps} steps"
+                        if trainer.total_steps < trainer.step
+                        else ""
+                    )
                     print(
-                        f"run already complete: it ended at step {trainer.step}; nothing to train, its files unchanged "
-                        "(a larger train.steps or train.epochs would extend it)",
+                        f"run already complete: it ended at step {trainer.step}{fewer}; nothing to train, its files "
+                        "unchanged (a larger train.steps or train.epochs would extend it)",
                         flush=True,
                     )
                 print(f"run directory: {os.path.abspath(cfg.output_dir)}", flush=True)

@@ -184,3 +184,9 @@ def test_the_demo_twice_trains_once_and_then_reports(digits_data_dir, tmp_path):
     assert "run already complete" in second.stdout
     assert second.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
     assert _tree(out, skip=(".lock",)) == before
+    # Asked for fewer steps than it ran: only that it is complete, not a schedule for the new length.
+    shorter = run_process([*demo, "train.steps=5"], 600, env=env())
+    assert_ok(shorter)
+    log = shorter.stdout + shorter.stderr
+    assert "and this config asks for 5 steps; nothing to train" in log and "lr schedule" not in log
+    assert _tree(out, skip=(".lock",)) == before

@@ -207,6 +207,7 @@ def test_evaluate_checkpoint_export_and_timm_file(digits_data_dir, tmp_path):
     assert_ok(run_train([*args, "train.steps=20", "ema.decay=0.9", f"output_dir={run}"]))
     final = json.loads((run / "eval.json").read_text())
 
+    per_class = []
     for nproc in (1, 2):
         out = tmp_path / f"eval{nproc}"
         proc = run_evaluate([*args, f"checkpoint={run}", f"output_dir={out}"], nproc=nproc)
@@ -214,6 +215,18 @@ def test_evaluate_checkpoint_export_and_timm_file(digits_data_dir, tmp_path):
         got = json.loads((out / "eval.json").read_text())
         assert got["num_samples"] == 360
         assert abs(got["top1"] - final["top1"]) < 1e-9 and abs(got["loss"] - final["loss"]) < 1e-4
+        # Per class: the digits' ten classes, every sample once (summed over the ranks), the
+        # confusion matrix's diagonal is the top-1 hits, and its picture was drawn.
+        pc = json.loads((out / "eval_per_class.json").read_text())
+        assert pc["classes"] == [str(d) for d in range(10)] and sum(pc["count"]) == 360
+        matrix = pc["confusion"]
+        assert [sum(row) for row in matrix] == pc["count"]
+        assert sum(matrix[i][i] for i in range(10)) == round(got["top1"] * 360)
+        assert all(t == matrix[i][i] / n for i, (t, n) in enumerate(zip(pc["top1"], pc["count"])))
+        assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"wrote {out / 'eval_per_class.json'}" in proc.stdout
+        per_class.append(pc)
+    assert per_class[0] == per_class[1]  # 2 processes count what 1 counts
 
     proc = run_evaluate([*args, f"checkpoint={run}", "ema=true", f"output_dir={tmp_path / 'ema'}"])
     assert_ok(proc)

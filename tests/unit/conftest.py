@@ -53,3 +53,18 @@ def no_processes(monkeypatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded_popen)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_child)
+
+
+@pytest.fixture
+def group_of_one():
+    """A gloo process group of one in this process (FSDP, DCP and DDP need one): its DistEnv."""
+    import torch
+    import torch.distributed as dist
+
+    from vit_dist.runtime.distributed import DistEnv
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    finally:
+        dist.destroy_process_group()

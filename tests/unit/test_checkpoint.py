@@ -324,18 +324,6 @@ def test_best_is_replaced_only_by_its_own_run(tmp_path, caplog):
 # ---------------------------------------------------------------- FSDP: dcp/ files
 
 
-@pytest.fixture
-def group_of_one():
-    """A gloo process group of one in this process (FSDP and DCP need one)."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
-    finally:
-        dist.destroy_process_group()
-
-
 def _fsdp_model(width: int = 64):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

@@ -155,7 +155,7 @@ def test_offline_failures_are_one_checkpoint_error(hub):
         f"hf-hub:{ORG}/never-downloaded": "config.json is not in the hub cache",
         f"hf-hub:{ORG}/no-weights": "model.safetensors (nor pytorch_model.bin) is not in the hub cache",
         f"hf-hub:{ORG}/unknown": "architecture 'not_a_model_anywhere' is neither a vit_dist model nor a "
-        "timm one; we have: deit_",
+        "timm one; we have: deit3_base_patch16_224, deit3_small_patch16_224, deit_",
     }
     for ref, expected in cases.items():
         with pytest.raises(CheckpointError) as e:

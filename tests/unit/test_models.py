@@ -35,6 +35,8 @@ EXPECTED_NAMES = {
     "deit_tiny_distilled_patch16_224",
     "deit_small_distilled_patch16_224",
     "deit_base_distilled_patch16_224",
+    "deit3_small_patch16_224",
+    "deit3_base_patch16_224",
     "swin_tiny_patch4_window7_224",
     "swin_small_patch4_window7_224",
     "swin_base_patch4_window7_224",

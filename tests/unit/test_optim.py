@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -53,7 +54,7 @@ def test_layer_ids_vit_and_swin():
 def test_layer_decay_scales_lr():
     vit = create_model("vit", img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2)
     groups = param_groups(vit, 0.05, vit.no_weight_decay(), layer_decay=0.5, blocks=vit.transformer_blocks())
-    build_optimizer(groups, 1e-3, (0.9, 0.999), 1e-8, torch.device("cpu"))  # sets each group's lr
+    build_optimizer(groups, 1e-3, torch.device("cpu"))  # sets each group's lr
     by_name = {n: g["lr"] for g in groups for n in g["names"]}
     assert by_name["head.weight"] == pytest.approx(1e-3)
     assert by_name["blocks.2.attn.qkv.weight"] == pytest.approx(0.5e-3)
@@ -107,7 +108,7 @@ def test_adamw_is_fused_on_cpu_and_matches_the_reference_step():
     a = nn.Linear(16, 8)
     b = nn.Linear(16, 8)
     b.load_state_dict(a.state_dict())
-    opt_a = build_optimizer(param_groups(a, 0.05), 1e-2, (0.9, 0.999), 1e-8, torch.device("cpu"))
+    opt_a = build_optimizer(param_groups(a, 0.05), 1e-2, torch.device("cpu"))
     assert opt_a.defaults["fused"] is True
     opt_b = torch.optim.AdamW(
         [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in param_groups(b, 0.05)],
@@ -122,3 +123,122 @@ def test_adamw_is_fused_on_cpu_and_matches_the_reference_step():
             opt.zero_grad()
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- optim.name: sgd, lamb
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4))
+
+
+def _steps(model: nn.Module, opt, n: int = 5, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(8, 12, generator=g)
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_lamb_takes_timms_steps():
+    """Ours against timm's Lamb with in-optimizer clipping off (optim.clip_grad clips here),
+    on a decay group (trust ratio) and a no-decay group (plain Adam update) over 5 steps."""
+    from timm.optim import Lamb as TimmLamb
+
+    ours, ref = _net(), _net()
+    opt = build_optimizer(param_groups(ours, 0.05), 2e-2, torch.device("cpu"), name="lamb", eps=1e-6)
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in param_groups(ref, 0.05)]
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.05}
+    timm_opt = TimmLamb(groups, lr=2e-2, eps=1e-6, max_grad_norm=None)
+    _steps(ours, opt)
+    _steps(ref, timm_opt)
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    moved = [not torch.equal(a, b) for a, b in zip(ours.parameters(), _net().parameters())]
+    assert all(moved)
+    assert set(opt.state[next(ours.parameters())]) == {"step", "exp_avg", "exp_avg_sq"}  # AdamW's layout
+
+
+def test_sgd_is_timms_sgd_nesterov_momentum_with_l2_decay():
+    from timm.optim import create_optimizer_v2
+
+    ours, ref = _net(), _net()
+    opt = build_optimizer(param_groups(ours, 1e-4), 0.1, torch.device("cpu"), name="sgd", momentum=0.9)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    timm_opt = create_optimizer_v2(ref, "sgd", lr=0.1, weight_decay=1e-4, momentum=0.9)
+    _steps(ours, opt)
+    _steps(ref, timm_opt)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    plain = build_optimizer(param_groups(_net(), 0.0), 0.1, torch.device("cpu"), name="sgd", nesterov=False)
+    assert plain.defaults["nesterov"] is False
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lamb"])
+def test_each_optimizer_resumes_exactly_from_its_state_dict(name):
+    a = _net()
+    opt = build_optimizer(param_groups(a, 0.05), 1e-2, torch.device("cpu"), name=name)
+    _steps(a, opt, n=3)
+    saved_model, saved_opt = copy.deepcopy(a.state_dict()), copy.deepcopy(opt.state_dict())
+    _steps(a, opt, n=3, seed=7)
+
+    b = _net(seed=5)
+    b.load_state_dict(saved_model)
+    opt_b = build_optimizer(param_groups(b, 0.05), 1e-2, torch.device("cpu"), name=name)
+    opt_b.load_state_dict(saved_opt)
+    _steps(b, opt_b, n=3, seed=7)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lamb"])
+def test_sgd_and_lamb_under_fsdp_take_the_unsharded_steps(group_of_one, name):
+    """FSDP2 parameters are DTensors: LAMB's norms (the trust ratio) and SGD's momentum must
+    give the plain model's steps."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    plain, sharded = _net(), _net()
+    fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+    assert all(isinstance(p, DTensor) for p in sharded.parameters())
+    opts = [
+        build_optimizer(param_groups(m, 0.05), 1e-2, torch.device("cpu"), name=name) for m in (plain, sharded)
+    ]
+    _steps(plain, opts[0])
+    _steps(sharded, opts[1])
+    for a, b in zip(plain.parameters(), sharded.parameters()):
+        torch.testing.assert_close(a, b.full_tensor(), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- optim.schedule, warmup_lr, cooldown
+
+
+def test_linear_step_and_constant_schedules_after_warmup():
+    lin = [lr_factor(s, 110, 10, 0.1, kind="linear") for s in range(10, 111)]
+    assert lin[0] == pytest.approx(1.0) and lin[50] == pytest.approx(0.55) and lin[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(lin, lin[1:]))
+    # step, as timm's StepLRScheduler: x decay_rate at every multiple of decay_every, from step 0.
+    step = {s: lr_factor(s, 100, 5, 0.0, kind="step", decay_every=30, decay_rate=0.1) for s in range(100)}
+    assert step[4] == pytest.approx(1.0) and step[29] == 1.0 and step[30] == pytest.approx(0.1)
+    assert (
+        step[59] == pytest.approx(0.1) and step[60] == pytest.approx(0.01) and step[99] == pytest.approx(1e-3)
+    )
+    assert {lr_factor(s, 100, 5, 0.0, kind="constant") for s in range(5, 100)} == {1.0}
+
+
+def test_warmup_starts_from_warmup_lr_and_the_cooldown_holds_min_lr():
+    # warmup_lr = 0.1 x lr; 10 warmup steps; 20 cooldown steps of 100.
+    f = [lr_factor(s, 100, 10, 0.01, warmup_ratio=0.1, cooldown=20) for s in range(100)]
+    assert f[0] == pytest.approx(0.1 + 0.9 / 10) and f[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:10], f[1:10]))
+    assert f[10] == pytest.approx(1.0) and f[79] > 0.01 and f[80:] == [0.01] * 20
+    # The cosine decays over steps 10..80 instead of 10..100.
+    assert f[45] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(0, 100, 10, 0.0) == pytest.approx(0.1)  # warmup_lr 0: as before
+    sched = Schedule(100, 10, 0.01, kind="linear", warmup_ratio=0.1, cooldown=20)
+    assert [sched(s) for s in range(100)] == [
+        lr_factor(s, 100, 10, 0.01, kind="linear", warmup_ratio=0.1, cooldown=20) for s in range(100)
+    ]

@@ -10,17 +10,6 @@ import torch
 from torch import nn
 
 
-@pytest.fixture
-def group_of_one():
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("with_batchnorm", [False, True])
 def test_ddp_is_built_without_a_deprecation_warning_and_syncs_only_batch_norm(group_of_one, with_batchnorm):
     from torch.nn.parallel import DistributedDataParallel

@@ -14,9 +14,11 @@ from vit_dist.models.layers import resample_abs_pos_embed
 timm = pytest.importorskip("timm")
 
 PARITY = [
-    # (our name, timm name, image size): one ViT, one DeiT distilled, one Swin, at their native sizes.
+    # (our name, timm name, image size): one ViT, one DeiT distilled, one DeiT III, one Swin, at their
+    # native sizes.
     ("vit_tiny_patch16_224", "vit_tiny_patch16_224", 224),
     ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", 224),
+    ("deit3_small_patch16_224", "deit3_small_patch16_224", 224),  # LayerScale, patch-only positions
     ("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", 224),
 ]
 
@@ -31,6 +33,10 @@ def _timm_model(name, **kw):
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_timm_weights_give_timm_logits(tmp_path, ours_name, timm_name, size, fmt):
     ref = _timm_model(timm_name)
+    with torch.no_grad():  # LayerScale starts at 1e-6, where the blocks hardly count: make them count
+        for name, p in ref.named_parameters():
+            if name.endswith((".ls1.gamma", ".ls2.gamma")):
+                p.uniform_(0.5, 1.5)
     path = tmp_path / f"w.{fmt}"
     sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
     if fmt == "pth":

@@ -157,6 +157,32 @@ def test_the_restored_schedule_is_fitted_to_this_runs_length():
     assert math.isclose(longer.scheduler.lr_lambdas[0](30), Schedule(200, 10, 0.0)(30))
 
 
+def test_an_extended_all_warmup_run_goes_on_from_the_peak_instead_of_warming_up_again():
+    # train.steps=30 with 180 warmup steps asked for: all warmup, ending at the peak lr.
+    def short(steps: int) -> LrSchedule:
+        length = RunLength(steps, 90, in_steps=True)
+        return LrSchedule(_optimizer(), Schedule(steps, min(180, steps), 0.0), 1.0, length)
+
+    saved = short(30)
+    lrs = _run(saved, 30)
+    assert lrs[-1] == pytest.approx(1.0) and lrs[0] == pytest.approx(1 / 30)
+    longer = short(40)  # extended to train.steps=40: configured warmup min(180, 40) = 40
+    length = longer.length
+    longer.load_state_dict(saved.state_dict())
+    warning = longer.fit_length(length, step=30, steps_left=lambda: 10)
+    assert "(30 -> 40 steps)" in warning and "past its warmup (30 steps, already done)" in warning
+    after = [longer.schedule(s) for s in range(30, 41)]
+    assert after[0] == pytest.approx(1.0) and after[-1] == pytest.approx(0.0)  # decays from the peak
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+    # Killed in the middle of its warmup, the extension keeps warming up to its own length.
+    mid = short(40)
+    length = mid.length
+    mid.load_state_dict(short(30).state_dict())
+    assert "past its warmup" not in mid.fit_length(length, step=12, steps_left=lambda: 28)
+    assert mid.schedule.warmup == 40
+
+
 @pytest.mark.parametrize("is_main", [True, False])
 def test_on_another_world_size_rank_0_carries_the_jobs_bad_sample_counts(is_main):
     loader = SimpleNamespace(bad_samples=2, samples_seen=50)

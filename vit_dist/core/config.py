@@ -34,6 +34,7 @@ from .errors import ConfigError
 from .files import parse_yaml, read_text, short
 from .hub import is_hub_ref, parse_ref
 from .options import did_you_mean
+from .policy import parse_policy
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "parse_overrides"]
 
@@ -130,7 +131,9 @@ class DataSection:
 
 @dataclass
 class AugmentSection:
-    """Training-time augmentation (``augment.*``); DeiT's ImageNet recipe by default. Evaluation
+    """Training-time augmentation (``augment.*``); DeiT's ImageNet settings by default, except that
+    the default RandAugment is torchvision's (2 ops at magnitude 9 of its 31 levels, milder than
+    timm's ``rand-m9-mstd0.5-inc1`` at 9 of 10, which the shipped recipes set as ``policy``). Evaluation
     and prediction use none of it: their preprocessing (``data.img_size``, ``crop_pct``,
     ``interpolation``, ``mean``, ``std``) is the data section's."""
 
@@ -139,6 +142,15 @@ class AugmentSection:
         factory=lambda: [0.75, 4 / 3], doc="random resized crop: aspect ratio range [min, max]"
     )
     hflip: float = _field(0.5, lo=0.0, hi=1.0, doc="probability of a horizontal flip")
+    crop: Literal["rrc", "simple"] = _field(
+        "rrc",
+        doc="rrc (RandomResizedCrop: scale, ratio) | simple (DeiT III: shorter side to img_size, 4 px reflect pad, random crop)",
+    )
+    policy: str | None = _field(
+        None,
+        doc="timm RandAugment string (rand-m9-mstd0.5-inc1) or three_augment (DeiT III, timm's 3a); "
+        "set, it replaces randaugment_ops/_magnitude and trivial_augment",
+    )
     randaugment_ops: int = _field(2, lo=0, hi=64, doc="RandAugment ops per image (0 = off); at most 64")
     randaugment_magnitude: int = _field(9, lo=0, hi=30, doc="RandAugment magnitude")
     trivial_augment: bool = _field(False, doc="TrivialAugmentWide instead of RandAugment")
@@ -161,7 +173,11 @@ class TrainSection:
     )
     grad_accum: int = _field(1, lo=1, hi=2**16, doc="micro-batches per optimizer step; at most 2**16")
     seed: int = _field(0, lo=0, hi=2**32 - 1, doc="0 .. 2**32-1")
-    label_smoothing: float = _field(0.1, lo=0.0, hi=1.0, doc="label smoothing of the cross-entropy")
+    label_smoothing: float = _field(0.1, lo=0.0, hi=1.0, doc="label smoothing of the training targets")
+    loss: Literal["ce", "bce"] = _field(
+        "ce",
+        doc="ce (softmax cross-entropy) | bce (per-class binary cross-entropy, DeiT III); eval reports ce",
+    )
     max_skipped_steps: int = _field(20, lo=0, doc="stop after this many non-finite (skipped) steps")
     sync_debug: Literal["off", "warn", "error"] = _field(
         "off", doc="CUDA: warn or stop when a train step makes the host wait for the GPU (from step 3)"
@@ -170,14 +186,38 @@ class TrainSection:
 
 @dataclass
 class OptimSection:
-    lr: float = _field(5e-4, lo=0.0, lo_open=True, doc="peak AdamW learning rate (after warmup)")
+    name: Literal["adamw", "sgd", "lamb"] = _field(
+        "adamw",
+        doc="adamw (fused where supported) | sgd (momentum, nesterov) | lamb (layer-wise trust ratio)",
+    )
+    lr: float = _field(5e-4, lo=0.0, lo_open=True, doc="peak learning rate (after warmup)")
     base_batch_size: int | None = _field(None, lo=1, doc="scale lr by global_batch / base_batch_size")
-    weight_decay: float = _field(0.05, lo=0.0, doc="AdamW weight decay (not on norms, biases, embeddings)")
-    betas: list[float] = _field(factory=lambda: [0.9, 0.999], doc="AdamW betas [beta1, beta2]")
-    eps: float = _field(1e-8, lo=0.0, lo_open=True, doc="AdamW epsilon")
+    weight_decay: float = _field(
+        0.05, lo=0.0, doc="weight decay (decoupled for adamw; not on norms, biases, embeddings)"
+    )
+    betas: list[float] = _field(factory=lambda: [0.9, 0.999], doc="adamw / lamb betas [beta1, beta2]")
+    eps: float = _field(1e-8, lo=0.0, lo_open=True, doc="adamw / lamb epsilon")
+    momentum: float = _field(0.9, lo=0.0, hi=1.0, doc="sgd momentum")
+    nesterov: bool = _field(True, doc="sgd: Nesterov momentum (timm's --opt sgd)")
+    schedule: Literal["cosine", "step", "linear", "constant"] = _field(
+        "cosine",
+        doc="lr after warmup: cosine | linear (to min_lr) | step (decay_rate every decay_epochs) | constant",
+    )
     warmup_epochs: float = _field(0.0, lo=0.0, doc="linear warmup length in epochs (may be fractional)")
     warmup_steps: int | None = _field(None, lo=0, doc="overrides warmup_epochs")
-    min_lr: float = _field(1e-6, lo=0.0, doc="the cosine schedule's final learning rate")
+    warmup_lr: float = _field(0.0, lo=0.0, doc="the lr warmup starts from (it rises linearly to lr)")
+    min_lr: float = _field(1e-6, lo=0.0, doc="where cosine / linear end, and the cooldown's lr")
+    cooldown_epochs: float = _field(
+        0.0,
+        lo=0.0,
+        doc="the run's last epochs at min_lr (part of train.epochs; timm adds them after --epochs)",
+    )
+    cooldown_steps: int | None = _field(None, lo=0, doc="overrides cooldown_epochs")
+    decay_epochs: float = _field(
+        30.0, lo=0.0, lo_open=True, doc="step: multiply the lr by decay_rate every this many epochs"
+    )
+    decay_steps: int | None = _field(None, lo=1, doc="overrides decay_epochs")
+    decay_rate: float = _field(0.1, lo=0.0, hi=1.0, lo_open=True, doc="step: the factor at each decay")
     clip_grad: float | None = _field(None, lo=0.0, lo_open=True, doc="max global grad norm; null = off")
     layer_decay: float | None = _field(
         None, lo=0.0, hi=1.0, lo_open=True, doc="layer-wise lr decay (fine-tuning)"
@@ -464,6 +504,10 @@ def _check_consistency(cfg: Config, *, training: bool = True) -> None:
     ):
         if len(v) != 2:
             raise ConfigError(f"{key}: expected 2 numbers, got {_shown(v)}")
+    if cfg.augment.policy is not None:
+        parse_policy(cfg.augment.policy)
+        if cfg.augment.trivial_augment:
+            raise ConfigError("augment.policy and augment.trivial_augment=true are two policies: set one")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("data.mean and data.std must have the same length")
     d = cfg.distill

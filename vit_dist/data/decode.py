@@ -378,3 +378,35 @@ def decode_resize_center_crop(
     if backend == "pil":
         return _pil_box_resize(im, box, (size, size), interpolation)
     return F.resized_crop(_tv_decode(data), *box, [size, size], interpolation=mode, antialias=True)
+
+
+def decode_simple_random_crop(
+    data: bytes,
+    size: int,
+    padding: int = 4,
+    backend: str = "auto",
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """Decode + DeiT III's simple random crop: resize the shorter side to ``size`` (the aspect
+    kept), pad ``padding`` pixels on each side by reflection, take a random ``size`` x ``size``
+    crop; returns (3, size, size) uint8. Backends and the pixel limit as in
+    :func:`decode_random_resized_crop`."""
+    pil_filter, mode = _filters(interpolation)
+    if backend == "pil" or not _tv_decodes(data):
+        im = to_rgb8(_open_pil(data, max_pixels))
+        w, h = im.size
+        short = min(w, h)
+        img = _to_tensor(
+            im.resize((max(size, round(w * size / short)), max(size, round(h * size / short))), pil_filter)
+        )
+    else:
+        check_image_size(data, max_pixels)
+        img = F.resize(_tv_decode(data), [size], interpolation=mode, antialias=True)
+    # Reflection needs padding < each side; a side of `size` <= padding (a tiny image size) is
+    # padded by replication instead.
+    pad_mode = "reflect" if min(img.shape[-2:]) > padding else "edge"
+    img = F.pad(img, [padding] * 4, padding_mode=pad_mode) if padding > 0 else img
+    top = int(torch.randint(0, img.shape[-2] - size + 1, (1,)))
+    left = int(torch.randint(0, img.shape[-1] - size + 1, (1,)))
+    return img[:, top : top + size, left : left + size].contiguous()

@@ -2,9 +2,11 @@
 
 Per sample (in the loader workers), starting from the encoded bytes:
 
-* train: decode fused with RandomResizedCrop (see ``decode.py``) -> horizontal flip ->
-  RandAugment or TrivialAugmentWide -> color jitter -> uint8 (3, S, S), plus the rectangle
-  that random erasing will clear. Everything after the crop is ``torchvision.transforms.v2``.
+* train: decode fused with RandomResizedCrop, or DeiT III's simple random crop (see
+  ``decode.py``) -> horizontal flip -> ``augment.policy`` (timm's RandAugment strings or
+  3-Augment, ``policies.py``), else torchvision's RandAugment or TrivialAugmentWide -> color
+  jitter -> uint8 (3, S, S), plus the rectangle that random erasing will clear. Everything
+  after the crop is ``torchvision.transforms.v2`` (functional ops for the policies).
 * eval: decode fused with resize (shorter side ``img_size / crop_pct``) + center crop -> uint8.
 
 Per batch, :class:`Normalize`: uint8 -> float in [0, 1] -> normalise -> erase the drawn
@@ -33,7 +35,8 @@ from torchvision.transforms import v2
 
 from ..core.config import AugmentSection, DataSection
 from ..core.errors import ConfigError, DataError
-from .decode import decode_random_resized_crop, decode_resize_center_crop
+from .decode import decode_random_resized_crop, decode_resize_center_crop, decode_simple_random_crop
+from .policies import build_policy
 
 # "auto": torchvision.io, except PIL draft for eval crops of large JPEGs (see decode.py).
 DEFAULT_BACKEND = "auto"
@@ -58,7 +61,9 @@ class SampleTransform:
         if augment is not None:
             if augment.hflip > 0:
                 post.append(v2.RandomHorizontalFlip(augment.hflip))
-            if augment.trivial_augment:
+            if augment.policy is not None:
+                post.append(build_policy(augment.policy, data.mean))
+            elif augment.trivial_augment:
                 post.append(v2.TrivialAugmentWide())
             elif augment.randaugment_ops > 0:
                 post.append(
@@ -78,7 +83,11 @@ class SampleTransform:
     def uint8(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """-> (uint8 image (3, S, S), erasing rectangle (top, left, height, width) or NO_ERASE)."""
         d, a, limit = self.data, self.augment, self.data.max_image_pixels
-        if a is not None:
+        if a is not None and a.crop == "simple":
+            img = decode_simple_random_crop(
+                data, d.img_size, backend=self.backend, max_pixels=limit, interpolation=d.interpolation
+            )
+        elif a is not None:
             img = decode_random_resized_crop(
                 data,
                 d.img_size,

@@ -86,6 +86,21 @@ def deit_base_distilled_patch16_224() -> ModelSpec:
     return ModelSpec(DistilledVisionTransformer, dict(patch_size=16, **VIT_SIZES["base"]))
 
 
+# DeiT III ("Revenge of the ViT"): the ViT with LayerScale and patch-only position embeddings,
+# under timm's names, so that timm's deit3 weights load (tests/unit/test_pretrained.py).
+DEIT3 = dict(patch_size=16, no_embed_class=True, init_values=1e-6)
+
+
+@register_model
+def deit3_small_patch16_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(**DEIT3, **VIT_SIZES["small"]))
+
+
+@register_model
+def deit3_base_patch16_224() -> ModelSpec:
+    return ModelSpec(VisionTransformer, dict(**DEIT3, **VIT_SIZES["base"]))
+
+
 @register_family
 def deit_distilled() -> ModelSpec:
     """Any distilled DeiT: every size keyword is the caller's (the defaults are small)."""

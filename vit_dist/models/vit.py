@@ -88,6 +88,7 @@ class VisionTransformer(ModelDefaults, nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         class_token: bool = True,
+        no_embed_class: bool = False,
         init_values: float | None = None,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
@@ -103,12 +104,16 @@ class VisionTransformer(ModelDefaults, nn.Module):
         self.in_chans = in_chans
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = (1 if class_token else 0) + self.num_extra_tokens
+        # DeiT III (timm's no_embed_class): positions for the patches only, added before the
+        # prefix tokens join; otherwise the class (and distillation) token has its own position.
+        self.no_embed_class = no_embed_class
+        self.num_pos_prefix = 0 if no_embed_class else self.num_prefix_tokens
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self._init_extra_tokens(embed_dim)
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim)
+            torch.zeros(1, self.patch_embed.num_patches + self.num_pos_prefix, embed_dim)
         )
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
@@ -174,9 +179,11 @@ class VisionTransformer(ModelDefaults, nn.Module):
     def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         pos: torch.Tensor = self.pos_embed
         if grid != self.patch_embed.grid_size:  # another input size: interpolate on the fly
-            pos = resample_abs_pos_embed(pos, grid, self.num_prefix_tokens, self.patch_embed.grid_size)
+            pos = resample_abs_pos_embed(pos, grid, self.num_pos_prefix, self.patch_embed.grid_size)
+        if self.no_embed_class:
+            x = x + pos
         x = torch.cat([*self._prefix_tokens(x.shape[0]), x], dim=1)  # (B, prefix + N, D)
-        return self.pos_drop(x + pos)
+        return self.pos_drop(x if self.no_embed_class else x + pos)
 
     def forward_features(self, x: torch.Tensor, last_block_tokens: int | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, prefix + N, D) normed tokens; with ``last_block_tokens`` the last
@@ -231,7 +238,7 @@ class VisionTransformer(ModelDefaults, nn.Module):
         sd = dict(sd)
         pe = sd.get("pos_embed")
         if pe is not None and pe.ndim == 3 and pe.shape != self.pos_embed.shape:
-            n_prefix = self.num_prefix_tokens
+            n_prefix = self.num_pos_prefix
             if pe.shape[1] - n_prefix > 0 and pe.shape[2] == self.pos_embed.shape[2]:
                 # not a square grid: left as it is, reported as a shape mismatch by the loader
                 with contextlib.suppress(ValueError):

@@ -48,7 +48,7 @@ from ..models.pretrained import read_state_dict
 from ..models.protocol import VitDistModel
 from ..runtime.distributed import DistEnv
 from ..runtime.parallel import shard_frozen
-from .losses import cross_entropy
+from .losses import LOSSES
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,12 @@ def distillation_loss(
     alpha: float = 0.5,
     tau: float = 1.0,
     label_smoothing: float = 0.0,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """The DeiT loss. ``output``: (cls_logits, dist_logits) or one logits tensor (B, C)."""
+    """The DeiT loss. ``output``: (cls_logits, dist_logits) or one logits tensor (B, C); the
+    label term is ``train.loss`` (``losses.LOSSES``), the teacher term DeiT's."""
     cls_logits, dist_logits = output if isinstance(output, tuple) else (output, output)
-    base = cross_entropy(cls_logits, target, label_smoothing)
+    base = LOSSES[loss](cls_logits, target, label_smoothing)
     t = teacher_logits.detach().float()
     if kind == "hard":
         return 0.5 * base + 0.5 * F.cross_entropy(dist_logits.float(), t.argmax(dim=-1))

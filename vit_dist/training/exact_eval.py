@@ -54,6 +54,48 @@ class EvalSums:
         return {"loss": loss / d, "top1": top1 / d, "top5": top5 / d, "count": int(n)}
 
 
+# The confusion matrix is kept up to this many classes (1000 x 1000 int64: 8 MB on every rank);
+# above it, per-class top-1 only (ImageNet-21k's would be 3.8 GB).
+MAX_CONFUSION_CLASSES = 1000
+
+
+class PerClass:
+    """Per-class counts over valid rows: samples and top-1 hits of each true class, and the
+    confusion matrix (rows: true class, columns: predicted) up to ``MAX_CONFUSION_CLASSES``.
+    :meth:`reduce` sums them over ranks (a collective: every rank calls it once)."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.counts = torch.zeros(2, num_classes, dtype=torch.int64, device=device)  # samples, hits
+        small = num_classes <= MAX_CONFUSION_CLASSES
+        self.confusion = (
+            torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) if small else None
+        )
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        if valid is not None:
+            logits, labels = logits[valid], labels[valid]
+        labels = labels.to(self.counts.device)
+        pred = logits.argmax(-1).to(self.counts.device)
+        self.counts[0].index_add_(0, labels, torch.ones_like(labels))
+        self.counts[1].index_add_(0, labels, (pred == labels).long())
+        if self.confusion is not None:
+            self.confusion.view(-1).index_add_(0, labels * self.num_classes + pred, torch.ones_like(labels))
+
+    def reduce(self, classes: list[str] | None = None) -> dict:
+        """``{"classes", "count", "top1", "confusion"}``: lists, top-1 None for a class without
+        samples, confusion None above ``MAX_CONFUSION_CLASSES``."""
+        counts = all_reduce(self.counts.clone()).tolist()
+        confusion = all_reduce(self.confusion.clone()).tolist() if self.confusion is not None else None
+        return {
+            "classes": list(classes) if classes else [str(i) for i in range(self.num_classes)],
+            "count": counts[0],
+            "top1": [h / n if n else None for n, h in zip(*counts)],
+            "confusion": confusion,
+        }
+
+
 def summary_line(result: dict) -> str:
     """The one line a command prints for an evaluation record."""
     if not result:
@@ -74,6 +116,7 @@ def evaluate_model(
     *,
     plain_model: nn.Module | None = None,
     teacher: nn.Module | None = None,
+    per_class: PerClass | None = None,
 ) -> dict:
     """Top-1/top-5/loss/num_samples of ``model`` on ``loader``, exactly once per sample, summed
     over ranks (a collective: every rank calls it).
@@ -82,7 +125,8 @@ def evaluate_model(
     under it (default: ``model``). For a distilled DeiT (``return_both_heads``) the prediction
     is the mean of its heads, and each head's top-1 is added (``cls_top1``, ``dist_top1``).
     With a ``teacher``: its top-1 (``teacher_top1``) and how often the student's distillation
-    head agrees with it (``teacher_agreement``)."""
+    head agrees with it (``teacher_agreement``). ``per_class`` (optional) is updated with the
+    prediction of every valid row; the caller reduces it."""
     plain_model = plain_model if plain_model is not None else model
     heads = cast(VitDistModel, plain_model)  # the plain model is a vit_dist model (models.protocol)
     model.eval()
@@ -110,6 +154,8 @@ def evaluate_model(
                 sums["dist_"].update(dist_logits, y, valid)
                 out = (cls_logits + dist_logits) / 2
             sums[""].update(out, y, valid)
+            if per_class is not None:
+                per_class.update(out, y, valid)
             if teacher_logits is not None:
                 sums["teacher_"].update(teacher_logits, y, valid)
                 student = dist_logits if two_heads else out

@@ -1,6 +1,6 @@
 """Optimizer, parameter groups and learning-rate schedule.
 
-- AdamW (fused where the device supports it); weight decay only on weight matrices: norms,
+- AdamW (fused where the device supports it), SGD or LAMB (``lamb.py``); weight decay only on weight matrices: norms,
   biases, position embeddings, class/distillation tokens and Swin's relative-position tables
   are exempt (the model names the last ones in ``no_weight_decay()``: a name component, a name
   ending or, as timm writes some, a shell-style pattern such as ``pos_embed.*``).
@@ -10,7 +10,8 @@
   the next block. Group lr = lr * decay ** (L + 1 - id). A model with its own ``layer_ids()``
   (timm models: timm's ``group_matcher``, the grouping of ``timm.optim.param_groups_layer_decay``)
   assigns the ids itself.
-- Per-step schedule: linear warmup from 0, then cosine to ``min_lr`` (:class:`Schedule`),
+- Per-step schedule: linear warmup from ``warmup_lr``, then cosine, linear, step or constant,
+  and an optional cooldown at ``min_lr`` (:class:`Schedule`),
   checkpointed with its peak lr and run length as one component (:class:`LrSchedule`), which
   a resume then fits to this run's peak lr and length.
 Works on the parallelized model: FSDP2 keeps parameter names, DDP adds ``module.``.
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..models.pretrained import clean_param_name
 from ..models.protocol import VitDistModel
+from .lamb import Lamb
 
 
 def layer_ids(model: nn.Module, blocks: list[nn.Module]) -> tuple[dict[str, int], int]:
@@ -102,21 +104,75 @@ def fused_available(device_type: str) -> bool:
     return True
 
 
-def build_optimizer(groups: list[dict], lr: float, betas, eps: float, device: torch.device):
+OPTIMIZERS = ("adamw", "sgd", "lamb")
+
+
+def build_optimizer(
+    groups: list[dict],
+    lr: float,
+    device: torch.device,
+    *,
+    name: str = "adamw",
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``groups`` (each with its weight decay and ``lr_scale``):
+    AdamW (fused where the device has the kernel), SGD with (Nesterov) momentum and L2 weight
+    decay as timm's ``--opt sgd``, or LAMB (:class:`lamb.Lamb`)."""
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    kwargs = {"fused": True} if fused_available(device.type) else {"foreach": True}
-    return torch.optim.AdamW(clean, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+    if name == "adamw":
+        kwargs = {"fused": True} if fused_available(device.type) else {"foreach": True}
+        return torch.optim.AdamW(clean, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+    if name == "sgd":
+        return torch.optim.SGD(
+            clean, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, foreach=True
+        )
+    if name == "lamb":
+        return Lamb(clean, lr=lr, betas=tuple(betas), eps=eps)
+    raise ValueError(f"unknown optimizer {name!r}")  # a bug: the config only lets OPTIMIZERS through
 
 
-def lr_factor(step: float, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based): warmup then cosine."""
+SCHEDULES = ("cosine", "step", "linear", "constant")
+
+
+def lr_factor(
+    step: float,
+    total_steps: int,
+    warmup_steps: int,
+    min_ratio: float,
+    *,
+    kind: str = "cosine",
+    warmup_ratio: float = 0.0,
+    cooldown: int = 0,
+    decay_every: int = 0,
+    decay_rate: float = 0.1,
+) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based; a re-anchored step can be
+    fractional): linear warmup from ``warmup_ratio`` (optim.warmup_lr / lr) to 1, then ``kind``
+    until ``total_steps - cooldown``, then ``min_ratio`` for the cooldown.
+
+    cosine and linear go from 1 to ``min_ratio`` over the steps between warmup and cooldown;
+    step multiplies by ``decay_rate`` at every multiple of ``decay_every`` steps, counted from
+    step 0 as timm's StepLRScheduler counts them; constant stays at 1."""
     if warmup_steps > 0 and step < warmup_steps:
-        return min(1.0, (step + 1) / warmup_steps)  # a re-anchored step can be fractional
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_ratio + (1.0 - warmup_ratio) * min(1.0, (step + 1) / warmup_steps)
+    decay_end = max(warmup_steps, total_steps - cooldown)
+    if cooldown > 0 and step >= decay_end:
+        return min_ratio
+    if kind == "constant":
+        return 1.0
+    if kind == "step":
+        return decay_rate ** math.floor(step / decay_every) if decay_every > 0 else 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, decay_end - warmup_steps))
+    if kind == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    if kind == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule kind {kind!r}")  # a bug: the config only lets SCHEDULES through
 
 
 @dataclasses.dataclass
@@ -126,12 +182,18 @@ class Schedule:
     Optimizer step ``s`` is at schedule position ``s`` until a resume re-anchors it
     (:meth:`reanchor`): a run resumed with another number of steps per epoch (world size,
     batch size) continues from the position it had reached and arrives at ``total`` at its new
-    last step, so the lr neither jumps nor ends early or late.
+    last step, so the lr neither jumps nor ends early or late. ``cooldown`` and
+    ``decay_every`` are positions too, in the steps of the layout that made the schedule.
     """
 
     total: int
     warmup: int
     min_ratio: float
+    kind: str = "cosine"
+    warmup_ratio: float = 0.0
+    cooldown: int = 0
+    decay_every: int = 0
+    decay_rate: float = 0.1
     anchor_step: int = 0  # the optimizer step where the mapping below starts ...
     anchor_position: float = 0.0  # ... and its schedule position
     end_step: int | None = None  # the optimizer step at position ``total`` (None: ``total``)
@@ -151,7 +213,17 @@ class Schedule:
         self.anchor_position, self.anchor_step, self.end_step = self.position(step), step, end_step
 
     def __call__(self, step: int) -> float:
-        return lr_factor(self.position(step), self.total, self.warmup, self.min_ratio)
+        return lr_factor(
+            self.position(step),
+            self.total,
+            self.warmup,
+            self.min_ratio,
+            kind=self.kind,
+            warmup_ratio=self.warmup_ratio,
+            cooldown=self.cooldown,
+            decay_every=self.decay_every,
+            decay_rate=self.decay_rate,
+        )
 
 
 def build_scheduler(optimizer, schedule: Schedule):
@@ -263,8 +335,15 @@ def resume_schedule(
             f"{left} steps left to the end of train.epochs={length.epochs}; the lr schedule goes on from "
             f"{100.0 * schedule.anchor_position / max(1, schedule.total):.1f}% of its length"
         )
+    saved_warmup, warmed_up = schedule.warmup, schedule.position(step) >= schedule.warmup
     vars(schedule).update(dataclasses.asdict(configured))
+    note = ""
+    if warmed_up and schedule.warmup > saved_warmup:
+        # The saved run had finished its warmup (a short run is all warmup: it ends at the peak).
+        # Its extension goes on from there; warming up again would lower the lr and raise it back.
+        schedule.warmup = saved_warmup
+        note = f", past its warmup ({saved_warmup} steps, already done)"
     return (
         f"train.steps/train.epochs changed ({saved_length.planned_steps} -> {length.planned_steps} "
-        "steps): the lr schedule is the one for the new length"
+        f"steps): the lr schedule is the one for the new length{note}"
     )

@@ -34,7 +34,7 @@ from ..checkpoint.state import (
 )
 from ..checkpoint.weights import export_checkpoint
 from ..core import atomic, notices
-from ..core.config import Config, dump_config
+from ..core.config import Config, OptimSection, dump_config
 from ..core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingError
 from ..core.files import load_json_object
 from ..core.hub import is_hub_ref, parse_ref, preprocessing_differences, read_config
@@ -284,13 +284,36 @@ class Trainer:
             core, o.weight_decay, core.no_weight_decay(), o.layer_decay, core.transformer_blocks()
         )
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = build_optimizer(groups, self.lr, o.betas, o.eps, self.device)
-        min_ratio = min(1.0, o.min_lr / self.lr) if self.lr > 0 else 0.0
-        self.lr_schedule = LrSchedule(
-            self.optimizer, Schedule(self.total_steps, self.warmup_steps, min_ratio), self.lr, self.length
+        self.optimizer = build_optimizer(
+            groups,
+            self.lr,
+            self.device,
+            name=o.name,
+            betas=o.betas,
+            eps=o.eps,
+            momentum=o.momentum,
+            nesterov=o.nesterov,
         )
+        self.lr_schedule = LrSchedule(self.optimizer, self._schedule(o), self.lr, self.length)
         self.scaler = LossScaler(self.device, enabled=cfg.precision == "fp16")
         self.ema = ModelEma(core, cfg.ema.decay) if cfg.ema.decay > 0 else None
+
+    def _schedule(self, o: OptimSection) -> Schedule:
+        """This run's lr schedule, in optimizer steps (``optim.*_epochs`` times steps per epoch,
+        unless the ``*_steps`` key is set); the cooldown fits in what warmup leaves."""
+        spe = self.steps_per_epoch
+        cooldown = o.cooldown_steps if o.cooldown_steps is not None else round(o.cooldown_epochs * spe)
+        decay_every = o.decay_steps if o.decay_steps is not None else max(1, round(o.decay_epochs * spe))
+        return Schedule(
+            self.total_steps,
+            self.warmup_steps,
+            min(1.0, o.min_lr / self.lr) if self.lr > 0 else 0.0,
+            kind=o.schedule,
+            warmup_ratio=min(1.0, o.warmup_lr / self.lr) if self.lr > 0 else 0.0,
+            cooldown=min(cooldown, self.total_steps - self.warmup_steps),
+            decay_every=decay_every,
+            decay_rate=o.decay_rate,
+        )
 
     def _start_writing(self) -> None:
         """The run's first files: run.json (a new run), config.yaml and run_info.json."""
@@ -420,6 +443,8 @@ class Trainer:
     def _resume_run_length(self, path: Path) -> None:
         """The checkpoint's lr schedule fitted to this run's length (optim.resume_schedule);
         with it, the number of steps the run trains to."""
+        if self.claim.finished_step == self.state.step >= self.length.planned_steps:
+            return  # a finished run asked for no more steps than it ran: nothing to fit (train.py says so)
         warning = self.lr_schedule.fit_length(
             self.length, step=self.state.step, steps_left=self._steps_left_in_configured_epochs
         )
@@ -444,11 +469,12 @@ class Trainer:
     def _optimizer_step(self, found_inf: torch.Tensor) -> None:
         if getattr(self.optimizer, "_step_supports_amp_scaling", False) and self.device.type == "cuda":
             # Fused AdamW skips the update on device when found_inf is 1: no host sync.
-            self.optimizer.found_inf = found_inf
+            # torch's GradScaler protocol: an attribute the fused kernels read, on any optimizer.
+            self.optimizer.found_inf = found_inf  # type: ignore[attr-defined]
             try:
                 self.optimizer.step()
             finally:
-                del self.optimizer.found_inf
+                del self.optimizer.found_inf  # type: ignore[attr-defined]
         elif found_inf.item() == 0:  # CPU: reading a CPU tensor costs nothing
             self.optimizer.step()
 
@@ -473,10 +499,17 @@ class Trainer:
                         d = cfg.distill
                         t_logits = self.teacher(x)  # the same (mixed) batch the student sees
                         loss = distillation_loss(
-                            out, y, t_logits, d.type, d.alpha, d.tau, cfg.train.label_smoothing
+                            out,
+                            y,
+                            t_logits,
+                            d.type,
+                            d.alpha,
+                            d.tau,
+                            cfg.train.label_smoothing,
+                            cfg.train.loss,
                         )
                     else:
-                        loss = classification_loss(out, y, cfg.train.label_smoothing)
+                        loss = classification_loss(out, y, cfg.train.label_smoothing, cfg.train.loss)
                 if faults.armed("nan", self.state.step + 1, self.env.rank):
                     loss = loss * float("nan")
                 self.scaler.scale_loss(loss / self.accum).backward()
