@@ -79,5 +79,8 @@ def test_ten_kills_then_the_same_run(digits_data_dir, tmp_path, strategy):
     assert_same_run(ref, out)
     lrs = {m["step"]: m["lr"] for m in read_jsonl(out / "metrics.jsonl")}
     assert lrs == {m["step"]: m["lr"] for m in read_jsonl(ref / "metrics.jsonl")}  # the schedule resumed too
-    if strategy == "fsdp":  # the cooldown: the last 8 steps at min_lr, after the linear decay
-        assert len({lrs[s] for s in range(STEPS - 7, STEPS + 1)}) == 1 and lrs[STEPS - 8] > lrs[STEPS]
+    if strategy == "fsdp":
+        # The cooldown: the last 8 steps at min_lr, after the linear decay. A step's logged lr is
+        # the one the next step uses (logged after the scheduler's step): so from step 32 on.
+        assert [s for s in lrs if lrs[s] == lrs[STEPS]] == list(range(STEPS - 8, STEPS + 1))
+        assert lrs[STEPS - 9] > lrs[STEPS]
