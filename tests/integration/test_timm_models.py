@@ -41,6 +41,7 @@ def test_timm_vit_trains_exactly_like_ours_from_the_same_weights(digits_data_dir
 
     common = [
         f"data.train={digits_data_dir}",
+        f"data.val={digits_data_dir}",  # a fresh clone has no data/digits
         "train.steps=10",
         "train.batch_size=16",
         "logging.every=1",
